@@ -1,0 +1,41 @@
+//! Network ops: free functions over slices, output first, one file each.
+//!
+//! Weights come as `&[W]` with `W:` [`Weight`] (`f32` or `f16`), activations are always `f32`, and every
+//! sum accumulates in `f32`. Shapes are stated in a comment above each function; callers pass slices of exactly
+//! those lengths (the executor derives them from a validated blob).
+
+mod attention;
+mod conv2d;
+mod elementwise;
+mod group_norm;
+mod linear;
+mod resample;
+mod timestep;
+
+pub use attention::{attention_core, attention_output, attention_project};
+pub use conv2d::{conv2d, Conv2dShape};
+pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
+pub use group_norm::group_norm;
+pub use linear::{dot, linear_rows};
+pub use resample::upsample2x_nearest;
+pub use timestep::timestep_embedding;
+
+/// A stored weight element, widened to `f32` for arithmetic.
+pub trait Weight: Copy + Send + Sync + 'static {
+    /// The value as `f32`.
+    fn to_f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}

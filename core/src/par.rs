@@ -1,0 +1,25 @@
+//! Work splitting: rayon across cores with the `std` feature, a plain loop without it. Each chunk is computed
+//! by exactly one closure call, so results do not depend on the number of threads.
+
+/// Calls `f(i, chunk)` for each `chunk`-sized piece of `data` (the last may be shorter).
+pub(crate) fn for_each_chunk<F>(data: &mut [f32], chunk: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Send + Sync,
+{
+    if chunk == 0 {
+        return;
+    }
+    #[cfg(feature = "std")]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        data.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+}

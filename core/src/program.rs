@@ -1,0 +1,513 @@
+//! The network description: a flat list of ops over activation values.
+//!
+//! Each op is a 64-byte record of sixteen little-endian `u32` words: the opcode, then up to fifteen operands.
+//! Operands name activation values (`v*`, indices into the value table), tensors (`t*`, indices into the tensor
+//! table) or hold parameters (floats as their IEEE bit pattern). Unused words are zero.
+//!
+//! | code | op | operands | semantics |
+//! |-----:|----|----------|-----------|
+//! | 1 | `TimestepEmbed` | v out, flip, f32 shift, f32 max_period | sinusoidal embedding of the timestep (diffusers `get_timestep_embedding`) |
+//! | 2 | `Linear` | v out, v x, t w, t b | `out = w·x + b`, x `(i,1,1)`, w `[o, i]` |
+//! | 3 | `Silu` | v out, v x | `out = x·σ(x)` |
+//! | 4 | `ClassEmbed` | v out, t table | `out += table[class]` |
+//! | 5 | `Conv2d` | v out, v x, t w, t b, stride, pad top, left, bottom, right | zero-padded 2-D convolution |
+//! | 6 | `GroupNorm` | v out, v x, t gamma, t beta, groups, f32 eps, silu | group normalisation, then SiLU if `silu` = 1 |
+//! | 7 | `AddChannel` | v x, v v | `x[c] += v[c]` (time embedding, `default` shift) |
+//! | 8 | `ScaleShift` | v x, v v | `x[c] = x[c]·(1 + v[c]) + v[C + c]` (time embedding, `scale_shift`) |
+//! | 9 | `Add` | v out, v a, v b, f32 scale | `out = (a + b)·scale` |
+//! | 10 | `Attention` | v out, v x, v xn, v scratch, t wq, bq, wk, bk, wv, bv, wo, bo, heads, f32 scale | `out = (x + wo·MHA(wq·xn, wk·xn, wv·xn) + bo)·scale` |
+//! | 11 | `Upsample2x` | v out, v x | nearest-neighbour ×2 |
+//! | 12 | `Concat` | v out, v a, v b | channel concatenation `[a; b]` |
+//! | 13 | `Affine` | v out, v x, f32 mul, f32 add | `out = x·mul + add` |
+//!
+//! Aliasing: an op's output may be the same value as an input only where the table's op works in place
+//! (`Silu`, `GroupNorm`, `Add`, `Affine`, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
+//! overlaps, the arena ranges must be disjoint. Validation enforces this, so the executor never needs to copy
+//! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
+
+use crate::blob::{DType, Model, TensorInfo, ValueInfo};
+
+/// One operation of the network program. Field names follow the table in the module docs.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    TimestepEmbed {
+        out: u32,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+        max_period: f32,
+    },
+    Linear {
+        out: u32,
+        x: u32,
+        w: u32,
+        b: u32,
+    },
+    Silu {
+        out: u32,
+        x: u32,
+    },
+    ClassEmbed {
+        out: u32,
+        table: u32,
+    },
+    Conv2d {
+        out: u32,
+        x: u32,
+        w: u32,
+        b: u32,
+        stride: u32,
+        pad: [u32; 4],
+    },
+    GroupNorm {
+        out: u32,
+        x: u32,
+        gamma: u32,
+        beta: u32,
+        groups: u32,
+        eps: f32,
+        silu: bool,
+    },
+    AddChannel {
+        x: u32,
+        v: u32,
+    },
+    ScaleShift {
+        x: u32,
+        v: u32,
+    },
+    Add {
+        out: u32,
+        a: u32,
+        b: u32,
+        scale: f32,
+    },
+    Attention {
+        out: u32,
+        x: u32,
+        xn: u32,
+        scratch: u32,
+        w: [u32; 8],
+        heads: u32,
+        scale: f32,
+    },
+    Upsample2x {
+        out: u32,
+        x: u32,
+    },
+    Concat {
+        out: u32,
+        a: u32,
+        b: u32,
+    },
+    Affine {
+        out: u32,
+        x: u32,
+        mul: f32,
+        add: f32,
+    },
+}
+
+impl Op {
+    /// Encodes the op as its sixteen record words.
+    pub fn encode(&self) -> [u32; 16] {
+        let mut r = [0u32; 16];
+        let mut put = |code: u32, args: &[u32]| {
+            r[0] = code;
+            r[1..=args.len()].copy_from_slice(args);
+        };
+        match *self {
+            Op::TimestepEmbed {
+                out,
+                flip_sin_to_cos,
+                freq_shift,
+                max_period,
+            } => put(
+                1,
+                &[
+                    out,
+                    flip_sin_to_cos.into(),
+                    freq_shift.to_bits(),
+                    max_period.to_bits(),
+                ],
+            ),
+            Op::Linear { out, x, w, b } => put(2, &[out, x, w, b]),
+            Op::Silu { out, x } => put(3, &[out, x]),
+            Op::ClassEmbed { out, table } => put(4, &[out, table]),
+            Op::Conv2d {
+                out,
+                x,
+                w,
+                b,
+                stride,
+                pad,
+            } => put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3]]),
+            Op::GroupNorm {
+                out,
+                x,
+                gamma,
+                beta,
+                groups,
+                eps,
+                silu,
+            } => put(
+                6,
+                &[out, x, gamma, beta, groups, eps.to_bits(), silu.into()],
+            ),
+            Op::AddChannel { x, v } => put(7, &[x, v]),
+            Op::ScaleShift { x, v } => put(8, &[x, v]),
+            Op::Add { out, a, b, scale } => put(9, &[out, a, b, scale.to_bits()]),
+            Op::Attention {
+                out,
+                x,
+                xn,
+                scratch,
+                w,
+                heads,
+                scale,
+            } => {
+                let mut a = [0u32; 14];
+                a[..4].copy_from_slice(&[out, x, xn, scratch]);
+                a[4..12].copy_from_slice(&w);
+                a[12] = heads;
+                a[13] = scale.to_bits();
+                put(10, &a)
+            }
+            Op::Upsample2x { out, x } => put(11, &[out, x]),
+            Op::Concat { out, a, b } => put(12, &[out, a, b]),
+            Op::Affine { out, x, mul, add } => put(13, &[out, x, mul.to_bits(), add.to_bits()]),
+        }
+        r
+    }
+
+    /// Decodes a record; `None` for an unknown opcode, a bad flag or non-zero unused words.
+    pub fn decode(r: &[u32; 16]) -> Option<Op> {
+        let f = |i: usize| f32::from_bits(r[i]);
+        let flag = |i: usize| match r[i] {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        };
+        let (op, used) = match r[0] {
+            1 => (
+                Op::TimestepEmbed {
+                    out: r[1],
+                    flip_sin_to_cos: flag(2)?,
+                    freq_shift: f(3),
+                    max_period: f(4),
+                },
+                4,
+            ),
+            2 => (
+                Op::Linear {
+                    out: r[1],
+                    x: r[2],
+                    w: r[3],
+                    b: r[4],
+                },
+                4,
+            ),
+            3 => (Op::Silu { out: r[1], x: r[2] }, 2),
+            4 => (
+                Op::ClassEmbed {
+                    out: r[1],
+                    table: r[2],
+                },
+                2,
+            ),
+            5 => (
+                Op::Conv2d {
+                    out: r[1],
+                    x: r[2],
+                    w: r[3],
+                    b: r[4],
+                    stride: r[5],
+                    pad: [r[6], r[7], r[8], r[9]],
+                },
+                9,
+            ),
+            6 => (
+                Op::GroupNorm {
+                    out: r[1],
+                    x: r[2],
+                    gamma: r[3],
+                    beta: r[4],
+                    groups: r[5],
+                    eps: f(6),
+                    silu: flag(7)?,
+                },
+                7,
+            ),
+            7 => (Op::AddChannel { x: r[1], v: r[2] }, 2),
+            8 => (Op::ScaleShift { x: r[1], v: r[2] }, 2),
+            9 => (
+                Op::Add {
+                    out: r[1],
+                    a: r[2],
+                    b: r[3],
+                    scale: f(4),
+                },
+                4,
+            ),
+            10 => (
+                Op::Attention {
+                    out: r[1],
+                    x: r[2],
+                    xn: r[3],
+                    scratch: r[4],
+                    w: [r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]],
+                    heads: r[13],
+                    scale: f(14),
+                },
+                14,
+            ),
+            11 => (Op::Upsample2x { out: r[1], x: r[2] }, 2),
+            12 => (
+                Op::Concat {
+                    out: r[1],
+                    a: r[2],
+                    b: r[3],
+                },
+                3,
+            ),
+            13 => (
+                Op::Affine {
+                    out: r[1],
+                    x: r[2],
+                    mul: f(3),
+                    add: f(4),
+                },
+                4,
+            ),
+            _ => return None,
+        };
+        if r[used + 1..].iter().any(|&w| w != 0) {
+            return None;
+        }
+        Some(op)
+    }
+}
+
+/// Output size of a convolution along one axis, if the kernel fits.
+pub fn conv_out_len(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad_lo: usize,
+    pad_hi: usize,
+) -> Option<usize> {
+    let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
+/// How two arena ranges relate.
+fn same_or_disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
+    a.range() == b.range() || disjoint(a, b)
+}
+
+fn disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
+    let (ra, rb) = (a.range(), b.range());
+    ra.end <= rb.start || rb.end <= ra.start
+}
+
+fn same_shape(a: &ValueInfo, b: &ValueInfo) -> bool {
+    (a.c, a.h, a.w) == (b.c, b.h, b.w)
+}
+
+fn is_vector(v: &ValueInfo) -> bool {
+    v.h == 1 && v.w == 1
+}
+
+/// Checks one op against the model's tables: operands exist, shapes agree, aliasing is allowed, parameters
+/// are sane. After this the executor can slice without failing.
+pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
+    let v = |i: u32| m.value(i).ok_or(());
+    let t = |i: u32| m.tensor_info(i).ok_or(());
+    // A 1-D f32 tensor of length n.
+    let vec_f32 = |i: u32, n: usize| -> Result<(), ()> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+    };
+    let shape = |ti: &TensorInfo<'_>| -> [usize; 4] { ti.dims };
+    match *op {
+        Op::TimestepEmbed {
+            out,
+            freq_shift,
+            max_period,
+            ..
+        } => {
+            let o = v(out)?;
+            let half = (o.c / 2) as f32;
+            ok(is_vector(&o)
+                && o.c >= 2
+                && freq_shift.is_finite()
+                && half - freq_shift != 0.0
+                && max_period.is_finite()
+                && max_period > 0.0)
+        }
+        Op::Linear { out, x, w, b } => {
+            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+            vec_f32(b, o.c)?;
+            ok(is_vector(&o) && is_vector(&xi) && wi.shape() == [o.c, xi.c] && disjoint(&o, &xi))
+        }
+        Op::Silu { out, x } | Op::Affine { out, x, .. } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            if let Op::Affine { mul, add, .. } = *op {
+                ok(mul.is_finite() && add.is_finite())?;
+            }
+            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+        }
+        Op::ClassEmbed { out, table } => {
+            let (o, ti) = (v(out)?, t(table)?);
+            ok(is_vector(&o)
+                && m.num_classes() > 0
+                && ti.shape() == [m.num_classes() as usize, o.c])
+        }
+        Op::Conv2d {
+            out,
+            x,
+            w,
+            b,
+            stride,
+            pad,
+        } => {
+            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+            let [co, ci, kh, kw] = shape(&wi);
+            vec_f32(b, co)?;
+            let [pt, pl, pb, pr] = pad.map(|p| p as usize);
+            let s = stride as usize;
+            ok(wi.ndim == 4
+                && co == o.c
+                && ci == xi.c
+                && conv_out_len(xi.h, kh, s, pt, pb) == Some(o.h)
+                && conv_out_len(xi.w, kw, s, pl, pr) == Some(o.w)
+                && pt < kh
+                && pb < kh
+                && pl < kw
+                && pr < kw
+                && disjoint(&o, &xi))
+        }
+        Op::GroupNorm {
+            out,
+            x,
+            gamma,
+            beta,
+            groups,
+            eps,
+            ..
+        } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            vec_f32(gamma, o.c)?;
+            vec_f32(beta, o.c)?;
+            let g = groups as usize;
+            ok(g > 0
+                && o.c % g == 0
+                && eps.is_finite()
+                && eps >= 0.0
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi))
+        }
+        Op::AddChannel { x, v: vv } => {
+            let (xi, vi) = (v(x)?, v(vv)?);
+            ok(is_vector(&vi) && vi.c == xi.c && disjoint(&xi, &vi))
+        }
+        Op::ScaleShift { x, v: vv } => {
+            let (xi, vi) = (v(x)?, v(vv)?);
+            ok(is_vector(&vi) && vi.c == 2 * xi.c && disjoint(&xi, &vi))
+        }
+        Op::Add { out, a, b, scale } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            ok(scale.is_finite()
+                && same_shape(&o, &ai)
+                && same_shape(&o, &bi)
+                && same_or_disjoint(&o, &ai)
+                && same_or_disjoint(&o, &bi)
+                && same_or_disjoint(&ai, &bi))
+        }
+        Op::Attention {
+            out,
+            x,
+            xn,
+            scratch,
+            w,
+            heads,
+            scale,
+        } => {
+            let (o, xi, ni, si) = (v(out)?, v(x)?, v(xn)?, v(scratch)?);
+            let c = o.c;
+            for pair in w.chunks_exact(2) {
+                let wi = t(pair[0])?;
+                ok(wi.shape() == [c, c])?;
+                vec_f32(pair[1], c)?;
+            }
+            let h = heads as usize;
+            ok(h > 0
+                && c % h == 0
+                && scale.is_finite()
+                && same_shape(&o, &xi)
+                && same_shape(&o, &ni)
+                && si.numel() >= 4 * o.numel()
+                && same_or_disjoint(&o, &xi)
+                && same_or_disjoint(&o, &ni)
+                && same_or_disjoint(&xi, &ni)
+                && disjoint(&si, &o)
+                && disjoint(&si, &xi)
+                && disjoint(&si, &ni))
+        }
+        Op::Upsample2x { out, x } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(o.c == xi.c
+                && Some(o.h) == xi.h.checked_mul(2)
+                && Some(o.w) == xi.w.checked_mul(2)
+                && disjoint(&o, &xi))
+        }
+        Op::Concat { out, a, b } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            ok(o.c == ai.c + bi.c
+                && (o.h, o.w) == (ai.h, ai.w)
+                && (o.h, o.w) == (bi.h, bi.w)
+                && disjoint(&o, &ai)
+                && disjoint(&o, &bi))
+        }
+    }
+}
+
+fn ok(cond: bool) -> Result<(), ()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Floating-point operations of one op for one sample (a multiply-add counts 2).
+pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
+    let numel = |i: u32| m.value(i).map(|v| v.numel() as u64).unwrap_or(0);
+    let tel = |i: u32| m.tensor_info(i).map(|t| t.numel() as u64).unwrap_or(0);
+    match *op {
+        Op::TimestepEmbed { out, .. } => 4 * numel(out),
+        Op::Linear { w, .. } => 2 * tel(w),
+        Op::Conv2d { out, w, .. } => {
+            // Each output element takes one multiply-add per kernel element over all input channels.
+            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
+            2 * numel(out) * (tel(w) / co)
+        }
+        Op::GroupNorm { out, silu, .. } => numel(out) * if silu { 10 } else { 6 },
+        Op::Attention { out, .. } => {
+            let Some(o) = m.value(out) else { return 0 };
+            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
+            // q, k, v and output projections, then q·kᵀ and p·v over all heads.
+            4 * 2 * n * c * c + 2 * 2 * n * n * c
+        }
+        Op::Silu { out, .. } => 4 * numel(out),
+        Op::ClassEmbed { out, .. }
+        | Op::AddChannel { x: out, .. }
+        | Op::Add { out, .. }
+        | Op::Affine { out, .. } => numel(out),
+        Op::ScaleShift { x, .. } => 2 * numel(x),
+        Op::Upsample2x { .. } | Op::Concat { .. } => 0,
+    }
+}

@@ -1,0 +1,287 @@
+//! `host-cli`: convert PyTorch / diffusers DDPM checkpoints into ddpm-core blobs, inspect and run them.
+//!
+//! Every failure prints one line, `error: ...`, and exits with status 1 (2 for command-line usage errors).
+#![forbid(unsafe_code)]
+
+mod blobfile;
+mod convert;
+mod load;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use ddpm_core::{Model, Precision, Schedule};
+
+use blobfile::AlignedBlob;
+
+#[derive(Parser)]
+#[command(
+    name = "host-cli",
+    version,
+    about = "Run PyTorch-trained DDPMs without PyTorch"
+)]
+struct Cli {
+    /// Worker threads for the forward pass (default: all cores). Results do not depend on it.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a checkpoint (torch.save file, .safetensors, or diffusers folder) into a model blob.
+    Convert {
+        /// A .pt/.pth/.bin/.ckpt torch.save file, a .safetensors file, or a diffusers model/pipeline folder.
+        input: PathBuf,
+        /// Where to write the blob.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Weight precision of the blob.
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: PrecisionArg,
+        /// Key of the state dict inside a torch.save checkpoint dict (e.g. ema, model, state_dict; dotted
+        /// paths descend). Default: the top level if it is a state dict, else ema, ema_model, state_dict,
+        /// model, ... in that order.
+        #[arg(long)]
+        key: Option<String>,
+        /// The UNet2DModel config.json (default: the one in a diffusers folder, else inferred from the tensors).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The scheduler config (default: scheduler/scheduler_config.json beside a diffusers folder).
+        #[arg(long)]
+        scheduler: Option<PathBuf>,
+        /// Override or supply a config option, KEY=VALUE with a JSON value (e.g. sample_size=28). Repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Print a blob's family, config, precision, sizes, memory plan, FLOPs and schedule.
+    Inspect {
+        /// The model blob.
+        model: PathBuf,
+    },
+    /// Run the network once on a batch: OUT = model(X, T, class), raw output as float32 .npy.
+    Forward {
+        /// The model blob.
+        model: PathBuf,
+        /// Input samples, float32 .npy of shape [N, C, H, W].
+        #[arg(long)]
+        input: PathBuf,
+        /// The timestep, the same for every sample.
+        #[arg(long)]
+        timestep: f32,
+        /// Class label for class-conditional models, the same for every sample.
+        #[arg(long)]
+        class: Option<u32>,
+        /// Where to write the output, float32 .npy of shape [N, out_channels, H, W].
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Benchmark the forward pass at batch 1 on random input and print milliseconds per forward.
+    Bench {
+        /// The model blob.
+        model: PathBuf,
+        /// Timed forward passes.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Untimed warm-up passes.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    match cli.cmd {
+        Cmd::Convert {
+            input,
+            output,
+            precision,
+            key,
+            config,
+            scheduler,
+            sets,
+        } => {
+            let precision = match precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::F16 => Precision::F16,
+            };
+            let args = convert::ConvertArgs {
+                input,
+                output: output.clone(),
+                precision,
+                key,
+                config,
+                scheduler,
+                sets,
+            };
+            for note in convert::convert(&args)? {
+                eprintln!("note: {note}");
+            }
+            let blob = AlignedBlob::read(&output)?;
+            let m = blob.model()?;
+            eprintln!(
+                "wrote {} ({} bytes, {} parameters, {}, arena {} bytes)",
+                output.display(),
+                m.bytes().len(),
+                m.parameter_count(),
+                m.precision().name(),
+                m.arena_bytes()
+            );
+            Ok(())
+        }
+        Cmd::Inspect { model } => inspect(&AlignedBlob::read(&model)?.model()?),
+        Cmd::Forward {
+            model,
+            input,
+            timestep,
+            class,
+            output,
+        } => {
+            let blob = AlignedBlob::read(&model)?;
+            let m = blob.model()?;
+            let (shape, data) = load::read_npy(&input)?;
+            let expect = [m.in_channels(), m.height(), m.width()];
+            if shape.len() != 4 || shape[1..] != expect {
+                bail!(
+                    "input {}: shape {shape:?}, model expects [N, {}, {}, {}]",
+                    input.display(),
+                    expect[0],
+                    expect[1],
+                    expect[2]
+                );
+            }
+            let n = shape[0];
+            let (per_in, per_out) = (
+                m.in_channels() * m.height() * m.width(),
+                m.out_channels() * m.height() * m.width(),
+            );
+            let mut arena = blobfile::arena(m.arena_bytes());
+            let mut out = vec![0f32; n * per_out];
+            for (x, y) in data.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
+                m.forward(bytemuck::cast_slice_mut(&mut arena), x, timestep, class, y)?;
+            }
+            load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
+        }
+        Cmd::Bench {
+            model,
+            iters,
+            warmup,
+        } => {
+            let blob = AlignedBlob::read(&model)?;
+            let m = blob.model()?;
+            let mut arena = blobfile::arena(m.arena_bytes());
+            let x: Vec<f32> = (0..m.in_channels() * m.height() * m.width())
+                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+                .collect();
+            let mut y = vec![0f32; m.out_channels() * m.height() * m.width()];
+            let class = (m.num_classes() > 0).then_some(0);
+            let mut times = Vec::new();
+            for i in 0..warmup + iters.max(1) {
+                let t0 = Instant::now();
+                m.forward(
+                    bytemuck::cast_slice_mut(&mut arena),
+                    &x,
+                    500.0,
+                    class,
+                    &mut y,
+                )?;
+                if i >= warmup {
+                    times.push(t0.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let median = times[times.len() / 2];
+            println!(
+                "forward_ms median {median:.3} min {:.3} threads {} gflops {:.2}",
+                times[0],
+                rayon::current_num_threads(),
+                m.flops() as f64 / median / 1e6
+            );
+            Ok(())
+        }
+    }
+}
+
+fn inspect(m: &Model<'_>) -> Result<()> {
+    let s = m.schedule();
+    let name = |names: &[&str], c: u32| names.get(c as usize).copied().unwrap_or("?").to_string();
+    println!("family        diffusers UNet2DModel");
+    println!("precision     {}", m.precision().name());
+    println!(
+        "sample        {} x {} x {} -> {} channels",
+        m.in_channels(),
+        m.height(),
+        m.width(),
+        m.out_channels()
+    );
+    println!(
+        "classes       {}",
+        if m.num_classes() == 0 {
+            "unconditional".to_string()
+        } else {
+            m.num_classes().to_string()
+        }
+    );
+    println!("parameters    {}", m.parameter_count());
+    println!("blob bytes    {} (flash)", m.bytes().len());
+    println!(
+        "arena bytes   {} (RAM for one forward pass, any batch size, 16-byte aligned)",
+        m.arena_bytes()
+    );
+    println!(
+        "flops         {:.3} G per forward (batch 1)",
+        m.flops() as f64 / 1e9
+    );
+    println!(
+        "program       {} ops, {} activation values, {} tensors",
+        m.num_ops(),
+        m.num_values(),
+        m.num_tensors()
+    );
+    println!(
+        "schedule      {} train steps, {} betas {}..{}, prediction {}, variance {}, clip_sample {} (range {}), \
+         thresholding {}, spacing {} (offset {})",
+        s.num_train_timesteps,
+        name(&Schedule::BETA_SCHEDULES, s.beta_schedule),
+        s.beta_start,
+        s.beta_end,
+        name(&Schedule::PREDICTION_TYPES, s.prediction_type),
+        name(&Schedule::VARIANCE_TYPES, s.variance_type),
+        s.clip_sample,
+        s.clip_sample_range,
+        s.thresholding,
+        name(&Schedule::TIMESTEP_SPACINGS, s.timestep_spacing),
+        s.steps_offset
+    );
+    println!("config        {}", m.config_json());
+    Ok(())
+}
