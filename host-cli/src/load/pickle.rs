@@ -63,6 +63,11 @@ pub enum StorageDtype {
     Complex128,
     /// Quantized storages (`QInt8Storage`, ...): never converted.
     Quantized,
+    /// `torch.storage.UntypedStorage`: raw bytes whose element type comes from the tensor
+    /// (`_rebuild_tensor_v3`); its declared size is in bytes.
+    Untyped,
+    /// An element type this reader does not decode (float8, uint16, ...): never converted.
+    Other,
 }
 
 impl StorageDtype {
@@ -72,7 +77,12 @@ impl StorageDtype {
             StorageDtype::F64 | StorageDtype::I64 | StorageDtype::Complex64 => 8,
             StorageDtype::F32 | StorageDtype::I32 => 4,
             StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
-            StorageDtype::I8 | StorageDtype::U8 | StorageDtype::Bool | StorageDtype::Quantized => 1,
+            StorageDtype::I8
+            | StorageDtype::U8
+            | StorageDtype::Bool
+            | StorageDtype::Quantized
+            | StorageDtype::Untyped
+            | StorageDtype::Other => 1,
             StorageDtype::Complex128 => 16,
         }
     }
@@ -95,6 +105,10 @@ pub enum Global {
     OrderedDict,
     /// `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])`.
     RebuildTensorV2,
+    /// `torch._utils._rebuild_tensor_v3(untyped_storage, offset, size, stride, requires_grad,
+    /// hooks, dtype[, metadata])`: what torch writes for dtypes without a legacy storage class
+    /// (float8, uint16, ...).
+    RebuildTensorV3,
     /// `torch._utils._rebuild_tensor(storage, offset, size, stride)` (older torch).
     RebuildTensor,
     /// `torch._utils._rebuild_parameter(tensor, requires_grad, hooks)`: returns the tensor.
@@ -109,8 +123,14 @@ pub enum Global {
     TorchSize,
     /// `torch.device(...)`: returns an opaque device marker.
     TorchDevice,
-    /// `torch.float32` and friends: opaque dtype markers, not callable.
-    TorchDtype,
+    /// `torch.float32` and friends: dtype markers, not callable.
+    TorchDtype(StorageDtype),
+    /// `builtins.set` / `builtins.frozenset` (protocol 2 spells sets this way): builds a set.
+    Set,
+    /// `numpy.dtype(...)`: an opaque marker (numpy scalars in training metadata).
+    NumpyDtype,
+    /// `numpy.core.multiarray.scalar(dtype, bytes)`: an opaque marker.
+    NumpyScalar,
 }
 
 impl Global {
@@ -119,6 +139,7 @@ impl Global {
         let g = match (module, name) {
             ("collections", "OrderedDict") => Global::OrderedDict,
             ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+            ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
             ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
             ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
             ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
@@ -126,12 +147,15 @@ impl Global {
             ("torch", "Size") => Global::TorchSize,
             ("torch", "device") => Global::TorchDevice,
             ("torch.storage", "UntypedStorage") | ("torch", "UntypedStorage") => {
-                Global::StorageType(StorageDtype::U8)
+                Global::StorageType(StorageDtype::Untyped)
             }
             ("torch", storage) if storage.ends_with("Storage") => {
                 Global::StorageType(storage_dtype(storage)?)
             }
-            ("torch", dtype) if is_torch_dtype_name(dtype) => Global::TorchDtype,
+            ("torch", dtype) => Global::TorchDtype(torch_dtype(dtype)?),
+            ("builtins" | "__builtin__", "set" | "frozenset") => Global::Set,
+            ("numpy", "dtype") => Global::NumpyDtype,
+            ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => Global::NumpyScalar,
             _ => return None,
         };
         Some(g)
@@ -159,31 +183,30 @@ fn storage_dtype(name: &str) -> Option<StorageDtype> {
     })
 }
 
-/// Names of `torch.<dtype>` objects accepted as inert markers.
-fn is_torch_dtype_name(name: &str) -> bool {
-    matches!(
-        name,
-        "float32"
-            | "float"
-            | "float64"
-            | "double"
-            | "float16"
-            | "half"
-            | "bfloat16"
-            | "int64"
-            | "long"
-            | "int32"
-            | "int"
-            | "int16"
-            | "short"
-            | "int8"
-            | "uint8"
-            | "bool"
-            | "complex64"
-            | "complex128"
-            | "cfloat"
-            | "cdouble"
-    )
+/// Maps the name of a `torch.<dtype>` object to its element type; `None` if not a dtype.
+fn torch_dtype(name: &str) -> Option<StorageDtype> {
+    Some(match name {
+        "float32" | "float" => StorageDtype::F32,
+        "float64" | "double" => StorageDtype::F64,
+        "float16" | "half" => StorageDtype::F16,
+        "bfloat16" => StorageDtype::BF16,
+        "int64" | "long" => StorageDtype::I64,
+        "int32" | "int" => StorageDtype::I32,
+        "int16" | "short" => StorageDtype::I16,
+        "int8" => StorageDtype::I8,
+        "uint8" => StorageDtype::U8,
+        "bool" => StorageDtype::Bool,
+        "complex64" | "cfloat" => StorageDtype::Complex64,
+        "complex128" | "cdouble" => StorageDtype::Complex128,
+        "quint8" | "qint8" | "qint32" | "quint4x2" | "quint2x4" => StorageDtype::Quantized,
+        "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu"
+        | "float4_e2m1fn_x2" | "uint16" | "uint32" | "uint64" | "complex32" | "chalf" | "bits1x8"
+        | "bits2x4" | "bits4x2" | "bits8" | "bits16" | "int1" | "int2" | "int3" | "int4" | "int5"
+        | "int6" | "int7" | "uint1" | "uint2" | "uint3" | "uint4" | "uint5" | "uint6" | "uint7" => {
+            StorageDtype::Other
+        }
+        _ => return None,
+    })
 }
 
 /// A storage reference, from the persistent id `('storage', type, key, location, numel)`.
@@ -199,11 +222,13 @@ pub struct StorageRef {
     pub numel: u64,
 }
 
-/// A tensor view on a storage, from `_rebuild_tensor_v2`.
+/// A tensor view on a storage, from `_rebuild_tensor_v2` / `_v3`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRef {
     /// The storage object ([`Object::Storage`]).
     pub storage: ObjId,
+    /// Element type: the storage's for `_v2`, the explicit dtype argument for `_v3`.
+    pub dtype: StorageDtype,
     /// Offset of element 0, in elements.
     pub offset: u64,
     /// Shape.
@@ -262,6 +287,8 @@ pub enum Object {
     Storage(StorageRef),
     /// A torch tensor view.
     Tensor(TensorRef),
+    /// A `torch.<dtype>` object.
+    Dtype(StorageDtype),
     /// An inert object produced by an allow-listed constructor (e.g. `torch.device`).
     Opaque(&'static str),
 }
@@ -280,6 +307,7 @@ impl Object {
             Object::Global(_) => "global",
             Object::Storage(_) => "storage",
             Object::Tensor(_) => "tensor",
+            Object::Dtype(_) => "torch.dtype",
             Object::Opaque(name) => name,
         }
     }
@@ -693,11 +721,10 @@ impl<'a> Machine<'a> {
 
     /// Resolves a global through the allow-list and pushes it.
     fn push_global(&mut self, module: &str, name: &str) -> Result<()> {
-        let g = Global::resolve(module, name).ok_or_else(|| disallowed(module, name))?;
-        if g == Global::TorchDtype {
-            return self.push_obj(Object::Opaque("torch.dtype"));
+        match Global::resolve(module, name).ok_or_else(|| disallowed(module, name))? {
+            Global::TorchDtype(d) => self.push_obj(Object::Dtype(d)),
+            g => self.push_obj(Object::Global(g)),
         }
-        self.push_obj(Object::Global(g))
     }
 
     /// Implements `callable(*args)` for allow-listed callables.
@@ -734,9 +761,10 @@ impl<'a> Machine<'a> {
                 }
                 Ok(d)
             }
-            Global::RebuildTensorV2 | Global::RebuildTensor => {
+            Global::RebuildTensorV2 | Global::RebuildTensorV3 | Global::RebuildTensor => {
                 let n_ok = match g {
                     Global::RebuildTensorV2 => (6..=7).contains(&args.len()),
+                    Global::RebuildTensorV3 => (7..=8).contains(&args.len()),
                     _ => args.len() == 4,
                 };
                 if !n_ok {
@@ -745,11 +773,22 @@ impl<'a> Machine<'a> {
                         args.len()
                     )));
                 }
-                let storage = match args[0] {
-                    Value::Ref(id) if matches!(self.objects.get(id), Some(Object::Storage(_))) => {
-                        id
-                    }
+                let (storage, storage_dtype) = match args[0] {
+                    Value::Ref(id) => match self.objects.get(id) {
+                        Some(Object::Storage(s)) => (id, s.dtype),
+                        _ => return Err(self.err("tensor rebuild without a storage")),
+                    },
                     _ => return Err(self.err("tensor rebuild without a storage")),
+                };
+                let dtype = match g {
+                    Global::RebuildTensorV3 => match args[6] {
+                        Value::Ref(id) => match self.objects.get(id) {
+                            Some(Object::Dtype(d)) => *d,
+                            _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
+                        },
+                        _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
+                    },
+                    _ => storage_dtype,
                 };
                 let offset = self.uint_of(args[1], "storage offset")?;
                 let size = self.int_seq(args[2], "size")?;
@@ -759,6 +798,7 @@ impl<'a> Machine<'a> {
                 }
                 self.alloc(Object::Tensor(TensorRef {
                     storage,
+                    dtype,
                     offset,
                     size,
                     stride,
@@ -808,7 +848,22 @@ impl<'a> Machine<'a> {
             Global::StorageType(_) => {
                 Err(self.err("storage types cannot be instantiated in a checkpoint"))
             }
-            Global::TorchDtype => Err(self.err("a torch dtype is not callable")),
+            Global::Set => match args {
+                [] => self.alloc(Object::Set(Vec::new())),
+                [items] => {
+                    let items = match self.obj_mut(*items) {
+                        Some(Object::List(v)) | Some(Object::Tuple(v)) | Some(Object::Set(v)) => {
+                            v.clone()
+                        }
+                        _ => return Err(self.err("bad set arguments")),
+                    };
+                    self.alloc(Object::Set(items))
+                }
+                _ => Err(self.err("bad set arguments")),
+            },
+            Global::NumpyDtype => self.alloc(Object::Opaque("numpy.dtype")),
+            Global::NumpyScalar => self.alloc(Object::Opaque("numpy scalar")),
+            Global::TorchDtype(_) => Err(self.err("a torch dtype is not callable")),
         }
     }
 
@@ -1178,11 +1233,12 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 b'b' => {
-                    // BUILD: only accepted (and ignored) on dicts, e.g. OrderedDict `_metadata`.
+                    // BUILD: only accepted (and ignored) on dicts, e.g. OrderedDict `_metadata`,
+                    // and on numpy dtype markers (their byte-order state).
                     let _state = self.pop()?;
                     let target = self.top()?;
                     match self.obj_mut(target) {
-                        Some(Object::Dict(_)) => {}
+                        Some(Object::Dict(_)) | Some(Object::Opaque("numpy.dtype")) => {}
                         Some(o) => {
                             let t = o.type_name();
                             return Err(self.err(format!("BUILD on a {t} is not supported")));
@@ -1430,6 +1486,49 @@ pub(crate) mod tests {
         assert!(e.contains("'torch.load'"), "{e}");
         let e = hostile(W::default().proto().global("torch", "EvilStorage").op(b"."));
         assert!(e.contains("'torch.EvilStorage'"), "{e}");
+    }
+
+    #[test]
+    fn inert_metadata_values() {
+        // {'np': numpy.float64(1.5), 'set': {1, 2}, 'dt': torch.float16, 'dev': torch.device('cuda', 0)}
+        let mut w = W::default();
+        w.proto().op(b"}(").str("np");
+        w.global("numpy._core.multiarray", "scalar");
+        w.global("numpy", "dtype").str("f8").op(&[0x89, 0x88, 0x87]).op(b"R");
+        w.op(b"(").int(3).str("<").op(b"NNN").int(-1).int(-1).int(0).op(b"tb");
+        w.global("_codecs", "encode").str("\0\0\0\0\0\0\u{f8}?").str("latin1");
+        w.op(&[0x86]).op(b"R").op(&[0x86]).op(b"R");
+        w.str("set").global("__builtin__", "set");
+        w.op(b"(K\x01K\x02l").op(&[0x85]).op(b"R");
+        w.str("dt").global("torch", "float16");
+        w.str("dev").global("torch", "device").str("cuda").int(0).op(&[0x86]).op(b"R");
+        w.op(b"u.");
+        let p = parse(&w.0).unwrap();
+        let d = p.dict(p.root).unwrap();
+        assert_eq!(p.type_name(p.dict_get(d, "np").unwrap()), "numpy scalar");
+        assert!(matches!(p.obj(p.dict_get(d, "set").unwrap()), Some(Object::Set(v)) if v.len() == 2));
+        assert!(matches!(
+            p.obj(p.dict_get(d, "dt").unwrap()),
+            Some(Object::Dtype(StorageDtype::F16))
+        ));
+        assert_eq!(p.type_name(p.dict_get(d, "dev").unwrap()), "torch.device");
+    }
+
+    #[test]
+    fn rebuild_tensor_v3_takes_dtype_argument() {
+        let mut w = W::default();
+        w.proto().global("torch._utils", "_rebuild_tensor_v3").op(b"(");
+        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
+        w.str("0").str("cpu").int(12).op(b"tQ");
+        w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
+        w.global("collections", "OrderedDict").op(b")R");
+        w.global("torch", "float8_e5m2").op(b"tR.");
+        let p = parse(&w.0).unwrap();
+        let (t, s) = p.tensor(p.root).unwrap();
+        assert_eq!((t.dtype, s.dtype, s.numel), (StorageDtype::Other, StorageDtype::Untyped, 12));
+        // A dtype argument that is not a dtype is refused.
+        let bad = String::from_utf8_lossy(&w.0).replace("float8_e5m2", "Size").into_bytes();
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(
     let p = pickle::unpickle(&pkl).with_context(|| format!("reading {pkl_name}"))?;
 
     let (dict, how) = select_state_dict(&p, key)?;
-    let tensors = collect_tensors(&p, dict);
+    let tensors = collect_tensors(&p, dict)?;
     if tensors.is_empty() {
         bail!(
             "the {how} contains no float tensors ({})",
@@ -357,30 +357,43 @@ type Groups<'p> = BTreeMap<(&'p str, FloatKind), Vec<Pending<'p>>>;
 
 /// The float tensors of a dict, grouped by storage. Non-string keys, non-tensor values and
 /// non-float tensors are skipped.
-fn collect_tensors<'p>(p: &'p Pickle, d: &'p pickle::Dict) -> Groups<'p> {
+fn collect_tensors<'p>(p: &'p Pickle, d: &'p pickle::Dict) -> Result<Groups<'p>> {
     let mut groups = Groups::new();
     for &(k, v) in d.entries() {
         let (Some(name), Some((t, s))) = (p.str(k), p.tensor(v)) else {
             continue;
         };
-        let kind = match s.dtype {
+        let kind = match t.dtype {
             StorageDtype::F32 => FloatKind::F32,
             StorageDtype::F16 => FloatKind::F16,
             StorageDtype::BF16 => FloatKind::BF16,
             StorageDtype::F64 => FloatKind::F64,
             _ => continue,
         };
+        // Typed storages count elements; untyped ones (from `_rebuild_tensor_v3`) count bytes.
+        let storage_numel = if s.dtype == StorageDtype::Untyped {
+            s.numel / kind.size() as u64
+        } else if s.dtype == t.dtype {
+            s.numel
+        } else {
+            bail!(
+                "tensor {}: dtype {:?} does not match its storage type {:?}",
+                quote(name),
+                t.dtype,
+                s.dtype
+            );
+        };
         let pending = Pending {
             name: name.to_owned(),
             tensor: t,
-            storage_numel: s.numel,
+            storage_numel,
         };
         groups
             .entry((s.key.as_str(), kind))
             .or_default()
             .push(pending);
     }
-    groups
+    Ok(groups)
 }
 
 /// Reads each needed storage once and gathers its tensors.
@@ -655,6 +668,7 @@ mod tests {
         let bytes = f32_bytes(&(0..24).map(|i| i as f32).collect::<Vec<_>>());
         let t = |offset, size: &[u64], stride: &[u64]| TensorRef {
             storage: 0,
+            dtype: StorageDtype::F32,
             offset,
             size: size.to_vec(),
             stride: stride.to_vec(),
@@ -849,6 +863,70 @@ mod tests {
     }
 
     #[test]
+    fn rebuild_tensor_v3_on_untyped_storage() {
+        // A float32 tensor written the torch >= 2.1 way for "new" dtypes: the storage size
+        // is in bytes, offset/size/stride in elements.
+        let mut w = W::default();
+        w.proto().op(b"}").str("w");
+        w.global("torch._utils", "_rebuild_tensor_v3").op(b"(");
+        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
+        w.str("0").str("cuda:1").int(12).op(b"tQ");
+        w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
+        w.global("collections", "OrderedDict").op(b")R");
+        w.global("torch", "float32").op(b"tRs.");
+        let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
+        let (sd, _) = load_bytes(&z, None).unwrap();
+        assert_eq!(sd.get("w").unwrap().data, vec![2., 3.]);
+        // One element too far: 12 bytes hold only 3 floats.
+        let bad = String::from_utf8_lossy(&w.0).into_owned();
+        let bad = bad.replace("J\x01\x00\x00\x00", "J\x02\x00\x00\x00").into_bytes();
+        let z = zip_of(&[("a/data.pkl", &bad), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
+        assert!(load_bytes(&z, None).is_err());
+    }
+
+    /// Mutates the real fixture's data.pkl and re-zips it with intact CRCs, so the mutations
+    /// reach the unpickler, the state-dict selection and the tensor gathering (a mutated
+    /// pickle inside the original zip would only exercise the CRC check).
+    #[test]
+    fn fuzz_mutated_pickle_inside_valid_archive() {
+        let good = std::fs::read(data_dir().join("state_dict.pt")).unwrap();
+        let mut zip = zip::ZipArchive::new(Cursor::new(&good[..])).unwrap();
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        for i in 0..zip.len() {
+            let mut f = zip.by_index(i).unwrap();
+            let mut b = Vec::new();
+            f.read_to_end(&mut b).unwrap();
+            entries.push((f.name().to_owned(), b));
+        }
+        let pkl_idx = entries
+            .iter()
+            .position(|(n, _)| n.ends_with("/data.pkl"))
+            .unwrap();
+        let pkl = entries[pkl_idx].1.clone();
+        let run = |pkl: Vec<u8>| {
+            let mut e = entries.clone();
+            e[pkl_idx].1 = pkl;
+            let refs: Vec<(&str, &[u8])> =
+                e.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+            load_bytes(&zip_of(&refs), None).is_ok()
+        };
+        assert!(run(pkl.clone()));
+        for n in 0..pkl.len() {
+            assert!(!run(pkl[..n].to_vec()), "prefix {n} loaded");
+        }
+        let mut rng = Rng(7);
+        for _ in 0..3000 {
+            let mut b = pkl.clone();
+            for _ in 0..1 + rng.next() % 3 {
+                let i = (rng.next() % b.len() as u64) as usize;
+                // Small values are the interesting ones for sizes, strides and offsets.
+                b[i] = if rng.next() % 2 == 0 { rng.next() as u8 } else { (rng.next() % 16) as u8 };
+            }
+            let _ = run(b);
+        }
+    }
+
+    #[test]
     fn hostile_pickle_in_zip() {
         let mut w = W::default();
         w.proto()
@@ -968,7 +1046,13 @@ mod tests {
         assert_eq!(sd.get("w").unwrap().data, vec![2.0, 2.0]);
         let (sd, _) = super::super::load_torch(&path, Some("model")).unwrap();
         assert_eq!(sd.get("w").unwrap().data, vec![1.0, 1.0]);
+        // 'u16' and 'f8' (written with `_rebuild_tensor_v3` on an untyped storage) are skipped.
+        assert_eq!(sd.len(), 1);
         assert!(super::super::load_torch(&path, Some("step")).is_err());
+        // 'meta' holds bytes, torch.Size, torch.device, a dtype, a big int, a set: all parse,
+        // but it is not a state dict.
+        let e = super::super::load_torch(&path, Some("meta")).unwrap_err();
+        assert!(format!("{e:#}").contains("no float tensors"), "{e:#}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ Files:
                          a view with storage offset 3, a 0-dim tensor, an empty tensor,
                          a tensor whose storage location is "cuda:0", an nn.Parameter,
                          an int64 `num_batches_tracked` and a bool mask (both skipped).
-  checkpoint_ema.pt      {'model': {...}, 'ema': {...}, 'step': 1000}
+  checkpoint_ema.pt      {'model': {'w', 'u16', 'f8'}, 'ema': {'w'}, 'step': 1000, 'meta': {...}}:
+                         'u16'/'f8' are written with _rebuild_tensor_v3 on an UntypedStorage;
+                         'meta' holds bytes, torch.Size, torch.device, a dtype, a big int, a set
   hostile_os_system.pt   zip whose data.pkl calls os.system via REDUCE (must be refused)
   legacy_raw_pickle.pt   raw pickle, like torch.save before 1.6 (not a zip)
   mixed.safetensors      F32, F16, BF16, F64 and an I64 tensor (skipped by the loader)
@@ -93,11 +95,29 @@ def torch_fixtures():
         torch.serialization.location_tag = orig
 
     ckpt = {
-        "model": collections.OrderedDict(w=torch.ones(2)),
+        "model": collections.OrderedDict(
+            w=torch.ones(2),
+            u16=torch.tensor([1, 2], dtype=torch.uint16),
+            f8=torch.zeros(2, dtype=torch.float8_e4m3fn),
+        ),
         "ema": collections.OrderedDict(w=torch.full((2,), 2.0)),
         "step": 1000,
+        "meta": META(torch),
     }
     torch.save(ckpt, path("checkpoint_ema.pt"))
+
+
+def META(torch):
+    """Non-tensor values of the kinds training checkpoints carry."""
+    return {
+        "bytes": b"\x00\xff",
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cuda", 0),
+        "dtype": torch.float16,
+        "big": 2**70,
+        "set": {1},
+        "list": [1.5, None, True, "s", (1, 2)],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,14 +136,47 @@ def install_fake_torch():
         setattr(utils, name, f)
 
     stub("_rebuild_tensor_v2")
+    stub("_rebuild_tensor_v3")
     stub("_rebuild_parameter")
     for name in ["FloatStorage", "HalfStorage", "BFloat16Storage", "DoubleStorage", "LongStorage", "BoolStorage"]:
         cls = type(name, (), {})
         cls.__module__ = "torch"
         setattr(torch, name, cls)
+    storage = types.ModuleType("torch.storage")
+    storage.UntypedStorage = type("UntypedStorage", (), {"__module__": "torch.storage"})
+
+    class dtype:
+        """`torch.<name>`: pickled as a global reference."""
+
+        def __init__(self, name):
+            self.name = name
+
+        def __reduce__(self):
+            return self.name
+
+    dtype.__module__, dtype.__qualname__ = "torch", "dtype"
+    for name in ["float16", "uint16", "float8_e4m3fn"]:
+        setattr(torch, name, dtype(name))
+
+    class Size(tuple):
+        def __reduce__(self):
+            return (Size, (tuple(self),))
+
+    class device:
+        def __init__(self, kind, index):
+            self.args = (kind, index)
+
+        def __reduce__(self):
+            return (device, self.args)
+
+    for cls in (Size, device):
+        cls.__module__, cls.__qualname__ = "torch", cls.__name__
+        setattr(torch, cls.__name__, cls)
     torch._utils = utils
+    torch.storage = storage
     sys.modules["torch"] = torch
     sys.modules["torch._utils"] = utils
+    sys.modules["torch.storage"] = storage
     return torch
 
 
@@ -150,6 +203,17 @@ class View:
 
     def __reduce__(self):
         return (sys.modules["torch._utils"]._rebuild_tensor_v2, self.args)
+
+
+class View3:
+    """A tensor of a dtype without a legacy storage class, as torch >= 2.1 writes it:
+    `_rebuild_tensor_v3(untyped_storage, offset, size, stride, False, OrderedDict(), dtype)`."""
+
+    def __init__(self, storage, size, dtype):
+        self.args = (storage, 0, tuple(size), (1,), False, collections.OrderedDict(), dtype)
+
+    def __reduce__(self):
+        return (sys.modules["torch._utils"]._rebuild_tensor_v3, self.args)
 
 
 class Param:
@@ -227,13 +291,22 @@ def hand_fixtures():
     write_archive("state_dict.pt", dump(sd, storages), storages)
 
     s_model = Storage(torch.FloatStorage, "0", "cpu", "f", [1.0, 1.0])
-    s_ema = Storage(torch.FloatStorage, "1", "cpu", "f", [2.0, 2.0])
+    s_u16 = Storage(torch.storage.UntypedStorage, "1", "cpu", "H", [1, 2])
+    s_u16.numel = len(s_u16.data)  # untyped storages count bytes
+    s_f8 = Storage(torch.storage.UntypedStorage, "2", "cpu", "B", [0, 0])
+    s_ema = Storage(torch.FloatStorage, "3", "cpu", "f", [2.0, 2.0])
     ckpt = {
-        "model": collections.OrderedDict(w=contiguous(s_model, [2])),
+        "model": collections.OrderedDict(
+            w=contiguous(s_model, [2]),
+            u16=View3(s_u16, [2], torch.uint16),
+            f8=View3(s_f8, [2], torch.float8_e4m3fn),
+        ),
         "ema": collections.OrderedDict(w=contiguous(s_ema, [2])),
         "step": 1000,
+        "meta": META(torch),
     }
-    write_archive("checkpoint_ema.pt", dump(ckpt, [s_model, s_ema]), [s_model, s_ema])
+    storages = [s_model, s_u16, s_f8, s_ema]
+    write_archive("checkpoint_ema.pt", dump(ckpt, storages), storages)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""CPU benchmark: host-cli (Rust, f32 and f16 blobs) against PyTorch eager diffusers.
+
+Exact command (from the repository root):
+
+    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build]
+
+Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
+measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist. About
+2-3 minutes on a 2-core AMD EPYC at the defaults.
+
+For each model, in one run:
+
+1. Build a diffusers ``UNet2DModel`` with seeded random weights (nothing is downloaded).
+   Diffusers' init leaves every GroupNorm the identity and every bias zero, so the
+   weights get seeded noise on top (as in tests/fixtures/make_fixtures.py); this only
+   matters for the accuracy check, not the timings.
+   * ``cifar10``: the architecture of google/ddpm-cifar10-32 (35.7M parameters).
+   * ``mnist``:   a small 28x28x1 model, block_out_channels (16, 32, 48), attention at
+     14x14 and 7x7 (466,657 parameters).
+2. ``save_pretrained`` it into a temporary folder, ``host-cli convert`` it to an f32 and
+   an f16 blob, and run ``host-cli forward`` on one seeded random input at timestep 500.
+   Prints max |ours - torch| / max |torch| for both blobs. The f16 blob is compared both
+   with the f32 torch output and with torch run on weights rounded the way the blob
+   stores them (matrices and kernels to f16, 1-D tensors kept f32).
+3. Time batch-1 forwards at timestep 500 with N threads: PyTorch eager (float32,
+   ``torch.no_grad()``, ``torch.set_num_threads(N)``) in this process, and
+   ``host-cli --threads N bench`` (a subprocess) for the f32 and the f16 blob.
+   The three are interleaved: each round runs Rust f32, Rust f16, torch, each with one
+   untimed warm-up then K timed forwards. A measurement's figure is the median over the
+   rounds of each round's median; the spread table gives the lowest and highest round
+   median, so noise from other processes on the machine shows up there.
+4. Print torch/diffusers versions, CPU model, thread count and load averages.
+
+``--no-build`` skips ``cargo build --release -p host-cli`` (run by default so the
+binary matches the source tree); ``--bin PATH`` uses another binary.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import diffusers
+from diffusers import UNet2DModel
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMESTEP = 500
+
+# google/ddpm-cifar10-32's config.json (UNet2DModel, diffusers >= 0.16 keys), written out
+# in full. The published file also has mid_block_scale_factor=1, time_embedding_type=
+# "positional", add_attention=true, class_embed_type/num_class_embeds null: all the
+# UNet2DModel defaults, given here anyway.
+CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    norm_num_groups=32,
+    norm_eps=1e-6,
+    resnet_time_scale_shift="default",
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    center_input_sample=False,
+    act_fn="silu",
+    mid_block_scale_factor=1,
+    time_embedding_type="positional",
+    add_attention=True,
+)
+
+MNIST = dict(
+    sample_size=28,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(16, 32, 48),  # 466,657 parameters; (32, 64, 64) would be 1.16M
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    norm_num_groups=8,
+)
+
+MODELS = {"cifar10": (CIFAR10, 3), "mnist": (MNIST, 20)}  # config, default iters
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def run(cmd, **kw):
+    """Run a command; on failure print its output exactly and exit."""
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        log(f"FAILED (exit {p.returncode}): {' '.join(map(str, cmd))}")
+        log(p.stdout.rstrip())
+        log(p.stderr.rstrip())
+        sys.exit(1)
+    return p
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg():
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def git_rev():
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + (" (+ uncommitted changes)" if dirty else "")
+    except OSError:
+        return "?"
+
+
+def perturb_(model, seed):
+    """Seeded noise on every parameter so no GroupNorm is the identity and no bias is zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and p.dim() == 1:
+                p.copy_((1.0 + 0.1 * noise) if name.endswith("weight") else 0.1 * noise)
+            else:
+                std = p.std().item() if p.numel() > 1 else 0.0
+                p.add_(noise * (0.1 * std if std > 0 else 0.05))
+
+
+def build_model(cfg, seed):
+    torch.manual_seed(seed)
+    m = UNet2DModel(**cfg)
+    perturb_(m, seed + 1)
+    return m.eval()
+
+
+def torch_forward(model, x):
+    with torch.no_grad():
+        return model(x, TIMESTEP).sample
+
+
+def rel_err(ours, ref):
+    return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def f16_rounded_copy(model, cfg):
+    """The model with weights rounded the way an f16 blob stores them."""
+    m = UNet2DModel(**cfg).eval()
+    m.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() >= 2:
+                p.copy_(p.half().float())
+    return m
+
+
+def parse_inspect(text):
+    params = int(re.search(r"^parameters\s+(\d+)", text, re.M).group(1))
+    gflop = float(re.search(r"^flops\s+([0-9.]+) G", text, re.M).group(1))
+    blob = int(re.search(r"^blob bytes\s+(\d+)", text, re.M).group(1))
+    arena = int(re.search(r"^arena bytes\s+(\d+)", text, re.M).group(1))
+    return params, gflop, blob, arena
+
+
+BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) threads (\d+) gflops ([0-9.]+)")
+
+
+def rust_bench(binary, blob, threads, iters):
+    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1])
+    m = BENCH_RE.search(p.stdout)
+    if not m:
+        log(f"unexpected bench output: {p.stdout!r} {p.stderr!r}")
+        sys.exit(1)
+    if int(m.group(3)) != threads:
+        log(f"WARNING: host-cli bench reports {m.group(3)} threads, asked for {threads}")
+    return float(m.group(1)), float(m.group(2))
+
+
+def torch_bench(model, x, iters):
+    times = []
+    with torch.no_grad():
+        model(x, TIMESTEP)  # warm-up
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            model(x, TIMESTEP)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def bench_model(name, cfg, default_iters, args, binary, tmp):
+    log(f"== {name} ==")
+    t_start = time.perf_counter()
+    model = build_model(cfg, seed=1234)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"parameters (torch): {n_params:,}")
+
+    mdir = tmp / name
+    model.save_pretrained(mdir, safe_serialization=True)
+    blobs, info = {}, {}
+    for prec in ("f32", "f16"):
+        blob = tmp / f"{name}_{prec}.blob"
+        p = run([binary, "convert", mdir, "-o", blob, "--precision", prec])
+        for line in p.stderr.strip().splitlines():
+            log(f"  convert {prec}: {line}")
+        info[prec] = parse_inspect(run([binary, "inspect", blob]).stdout)
+        blobs[prec] = blob
+    params, gflop, _, arena = info["f32"]
+    log(f"inspect: parameters {params:,}  flops {gflop:.3f} G/forward  "
+        f"blob f32 {info['f32'][2]:,} B  f16 {info['f16'][2]:,} B  arena {arena:,} B")
+    if params != n_params:
+        log(f"WARNING: host-cli counts {params} parameters, torch {n_params}")
+
+    # --- accuracy: one seeded random input, timestep 500 ---------------------------------
+    c, h, w = cfg["in_channels"], cfg["sample_size"], cfg["sample_size"]
+    x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(99))
+    np.save(tmp / "x.npy", x.numpy().astype(np.float32))
+    ref = torch_forward(model, x).numpy().astype(np.float64)
+    ref16 = torch_forward(f16_rounded_copy(model, cfg), x).numpy().astype(np.float64)
+    errs = {}
+    for prec, blob in blobs.items():
+        out = tmp / f"y_{prec}.npy"
+        run([binary, "--threads", args.threads, "forward", blob, "--input", tmp / "x.npy",
+             "--timestep", TIMESTEP, "-o", out])
+        y = np.load(out)
+        if y.shape != ref.shape:
+            log(f"WARNING: {prec} output shape {y.shape}, torch {ref.shape}")
+            errs[prec] = float("nan")
+            continue
+        errs[prec] = rel_err(y, ref)
+        if prec == "f16":
+            errs["f16_vs_rounded"] = rel_err(y, ref16)
+    log(f"max|ours-torch|/max|torch|: f32 {errs['f32']:.2e}  f16 {errs['f16']:.2e}  "
+        f"(f16 vs torch with f16-rounded weights {errs.get('f16_vs_rounded', float('nan')):.2e})")
+
+    # --- timing, interleaved ----------------------------------------------------------------
+    iters = args.iters or default_iters
+    samples = {"torch": [], "f32": [], "f16": []}
+    mins = {"torch": [], "f32": [], "f16": []}
+    for r in range(args.rounds):
+        for prec in ("f32", "f16"):
+            med, mn = rust_bench(binary, blobs[prec], args.threads, iters)
+            samples[prec].append(med)
+            mins[prec].append(mn)
+        med, mn = torch_bench(model, x, iters)
+        samples["torch"].append(med)
+        mins["torch"].append(mn)
+        log(f"round {r + 1}/{args.rounds} ({iters} iters): torch {samples['torch'][-1]:.2f} ms  "
+            f"ours f32 {samples['f32'][-1]:.2f} ms  ours f16 {samples['f16'][-1]:.2f} ms")
+    res = {k: statistics.median(v) for k, v in samples.items()}
+    log(f"{name} done in {time.perf_counter() - t_start:.0f} s")
+    log()
+    return dict(name=name, params=params, gflop=gflop, errs=errs, med=res, samples=samples,
+                mins={k: min(v) for k, v in mins.items()}, iters=iters)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--iters", type=int, default=0,
+                    help="timed forwards per measurement per round (default: cifar10 3, mnist 20)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--models", default="cifar10,mnist")
+    ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
+    ap.add_argument("--no-build", action="store_true", help="skip cargo build --release -p host-cli")
+    args = ap.parse_args()
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    for n in names:
+        if n not in MODELS:
+            ap.error(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
+    if args.threads < 1 or args.rounds < 1 or args.iters < 0:
+        ap.error("--threads and --rounds must be >= 1, --iters >= 0")
+
+    if not args.no_build:
+        log("cargo build --release -p host-cli ...")
+        run(["cargo", "build", "--release", "-p", "host-cli"], cwd=ROOT)
+    if not args.bin.exists():
+        log(f"no binary at {args.bin}; build it with cargo build --release -p host-cli")
+        sys.exit(1)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    log(f"date        {datetime.datetime.now().isoformat(timespec='seconds')}")
+    log(f"cpu         {cpu_model()} ({os.cpu_count()} logical cores)")
+    log(f"threads     {args.threads} (torch.get_num_threads() = {torch.get_num_threads()}, "
+        f"host-cli --threads {args.threads})")
+    log(f"python      {platform.python_version()}  torch {torch.__version__}  "
+        f"diffusers {diffusers.__version__}  numpy {np.__version__}")
+    log(f"host-cli    {args.bin} (built {datetime.datetime.fromtimestamp(args.bin.stat().st_mtime).isoformat(timespec='seconds')}, "
+        f"git {git_rev()})")
+    log(f"loadavg     {loadavg()} (start)")
+    log()
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
+        for n in names:
+            cfg, default_iters = MODELS[n]
+            results.append(bench_model(n, cfg, default_iters, args, args.bin, Path(tmp)))
+
+    log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, CPU {cpu_model()}, "
+        f"{args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
+        f"{args.rounds} rounds, median of round medians")
+    log()
+    log("| model | params | GFLOP/fwd | torch ms | ours f32 ms | ours f16 ms | f32/torch | f16/torch |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        m = r["med"]
+        log(f"| {r['name']} | {r['params']:,} | {r['gflop']:.3f} | {m['torch']:.2f} | {m['f32']:.2f} | "
+            f"{m['f16']:.2f} | {m['f32'] / m['torch']:.2f} | {m['f16'] / m['torch']:.2f} |")
+    log()
+    log("Spread (lowest..highest round median; fastest single forward) and accuracy:")
+    log()
+    log("| model | iters x rounds | torch ms | ours f32 ms | ours f16 ms | err f32 | err f16 | err f16 vs f16-rounded torch |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        s, mn, e = r["samples"], r["mins"], r["errs"]
+        cell = lambda k: f"{min(s[k]):.2f}..{max(s[k]):.2f}; {mn[k]:.2f}"  # noqa: E731
+        log(f"| {r['name']} | {r['iters']} x {len(s['torch'])} | {cell('torch')} | {cell('f32')} | {cell('f16')} | "
+            f"{e['f32']:.1e} | {e['f16']:.1e} | {e.get('f16_vs_rounded', float('nan')):.1e} |")
+    log()
+    log("err = max|ours - torch| / max|torch| on one seeded random input, timestep 500.")
+    log(f"loadavg     {loadavg()} (end)")
+    log(f"total       {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
