@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -140,6 +141,35 @@ def git_rev():
         return rev + (" (+ uncommitted changes)" if dirty else "")
     except OSError:
         return "?"
+
+
+def _proc_stat_busy():
+    """Busy seconds summed over all CPUs since boot (/proc/stat), or None."""
+    try:
+        f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu():
+    """CPU seconds of this process (all threads) plus its finished children."""
+    a = resource.getrusage(resource.RUSAGE_SELF)
+    b = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def measure(fn, *a):
+    """Run fn(*a); also return the share of the machine's CPU time that OTHER processes
+    used meanwhile (0 = machine to ourselves, 0.5 = one of two cores busy elsewhere)."""
+    w0, c0, b0 = time.perf_counter(), _own_cpu(), _proc_stat_busy()
+    out = fn(*a)
+    w1, c1, b1 = time.perf_counter(), _own_cpu(), _proc_stat_busy()
+    if b0 is None or b1 is None:
+        return out, float("nan")
+    other = ((b1 - b0) - (c1 - c0)) / ((w1 - w0) * (os.cpu_count() or 1))
+    return out, min(max(other, 0.0), 1.0)
 
 
 def perturb_(model, seed):
@@ -264,21 +294,26 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     iters = args.iters or default_iters
     samples = {"torch": [], "f32": [], "f16": []}
     mins = {"torch": [], "f32": [], "f16": []}
+    other = {"torch": [], "f32": [], "f16": []}
     for r in range(args.rounds):
         for prec in ("f32", "f16"):
-            med, mn = rust_bench(binary, blobs[prec], args.threads, iters)
+            (med, mn), o = measure(rust_bench, binary, blobs[prec], args.threads, iters)
             samples[prec].append(med)
             mins[prec].append(mn)
-        med, mn = torch_bench(model, x, iters)
+            other[prec].append(o)
+        (med, mn), o = measure(torch_bench, model, x, iters)
         samples["torch"].append(med)
         mins["torch"].append(mn)
-        log(f"round {r + 1}/{args.rounds} ({iters} iters): torch {samples['torch'][-1]:.2f} ms  "
-            f"ours f32 {samples['f32'][-1]:.2f} ms  ours f16 {samples['f16'][-1]:.2f} ms")
+        other["torch"].append(o)
+        log(f"round {r + 1}/{args.rounds} ({iters} iters): "
+            + "  ".join(f"{lbl} {samples[k][-1]:.2f} ms (other load {100 * other[k][-1]:.0f}%)"
+                        for k, lbl in (("torch", "torch"), ("f32", "ours f32"), ("f16", "ours f16"))))
     res = {k: statistics.median(v) for k, v in samples.items()}
     log(f"{name} done in {time.perf_counter() - t_start:.0f} s")
     log()
     return dict(name=name, params=params, gflop=gflop, errs=errs, med=res, samples=samples,
-                mins={k: min(v) for k, v in mins.items()}, iters=iters)
+                mins={k: min(v) for k, v in mins.items()}, iters=iters,
+                other=statistics.mean(v for vs in other.values() for v in vs))
 
 
 def main():
@@ -338,15 +373,17 @@ def main():
     log()
     log("Spread (lowest..highest round median; fastest single forward) and accuracy:")
     log()
-    log("| model | iters x rounds | torch ms | ours f32 ms | ours f16 ms | err f32 | err f16 | err f16 vs f16-rounded torch |")
-    log("|---|---:|---:|---:|---:|---:|---:|---:|")
+    log("| model | iters x rounds | other load | torch ms | ours f32 ms | ours f16 ms | err f32 | err f16 | err f16 vs f16-rounded torch |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         s, mn, e = r["samples"], r["mins"], r["errs"]
         cell = lambda k: f"{min(s[k]):.2f}..{max(s[k]):.2f}; {mn[k]:.2f}"  # noqa: E731
-        log(f"| {r['name']} | {r['iters']} x {len(s['torch'])} | {cell('torch')} | {cell('f32')} | {cell('f16')} | "
+        log(f"| {r['name']} | {r['iters']} x {len(s['torch'])} | {100 * r['other']:.0f}% | {cell('torch')} | {cell('f32')} | {cell('f16')} | "
             f"{e['f32']:.1e} | {e['f16']:.1e} | {e.get('f16_vs_rounded', float('nan')):.1e} |")
     log()
     log("err = max|ours - torch| / max|torch| on one seeded random input, timestep 500.")
+    log("other load = mean share of all cores' time used by other processes while timing "
+        "(/proc/stat minus our own CPU time); well above 0% means the timings are inflated.")
     log(f"loadavg     {loadavg()} (end)")
     log(f"total       {time.perf_counter() - t0:.0f} s")
 

@@ -221,24 +221,13 @@ impl Schedule {
     };
 
     /// Names of the `beta_schedule` codes.
-    pub const BETA_SCHEDULES: [&'static str; 5] = [
-        "linear",
-        "scaled_linear",
-        "squaredcos_cap_v2",
-        "sigmoid",
-        "trained_betas",
-    ];
+    pub const BETA_SCHEDULES: [&'static str; 5] =
+        ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "trained_betas"];
     /// Names of the `prediction_type` codes.
     pub const PREDICTION_TYPES: [&'static str; 3] = ["epsilon", "sample", "v_prediction"];
     /// Names of the `variance_type` codes.
-    pub const VARIANCE_TYPES: [&'static str; 6] = [
-        "fixed_small",
-        "fixed_small_log",
-        "fixed_large",
-        "fixed_large_log",
-        "learned",
-        "learned_range",
-    ];
+    pub const VARIANCE_TYPES: [&'static str; 6] =
+        ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"];
     /// Names of the `timestep_spacing` codes.
     pub const TIMESTEP_SPACINGS: [&'static str; 3] = ["leading", "linspace", "trailing"];
 
@@ -442,31 +431,17 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 }
 
 /// The sub-slice `off..off + len` of `b`, if it lies inside.
-fn section<'a>(
-    b: &'a [u8],
-    off: usize,
-    len: usize,
-    name: &'static str,
-) -> Result<&'a [u8], BlobError> {
-    off.checked_add(len)
-        .and_then(|end| b.get(off..end))
-        .ok_or(BlobError::BadSection(name))
+fn section<'a>(b: &'a [u8], off: usize, len: usize, name: &'static str) -> Result<&'a [u8], BlobError> {
+    off.checked_add(len).and_then(|end| b.get(off..end)).ok_or(BlobError::BadSection(name))
 }
 
-fn table<'a>(
-    b: &'a [u8],
-    at: usize,
-    record: usize,
-    name: &'static str,
-) -> Result<&'a [u8], BlobError> {
+fn table<'a>(b: &'a [u8], at: usize, record: usize, name: &'static str) -> Result<&'a [u8], BlobError> {
     let off = u32_at(b, at) as usize;
     let count = u32_at(b, at + 4) as usize;
     if off < HEADER_BYTES || off % 4 != 0 {
         return Err(BlobError::BadSection(name));
     }
-    let len = count
-        .checked_mul(record)
-        .ok_or(BlobError::BadSection(name))?;
+    let len = count.checked_mul(record).ok_or(BlobError::BadSection(name))?;
     section(b, off, len, name)
 }
 
@@ -477,11 +452,7 @@ impl<'a> Model<'a> {
     /// in place, never copied.
     pub fn new_checked(blob: &'a [u8]) -> Result<Self, BlobError> {
         if blob.len() < HEADER_BYTES {
-            return Err(if blob.len() >= 8 && blob[..8] != MAGIC {
-                BlobError::BadMagic
-            } else {
-                BlobError::Truncated
-            });
+            return Err(if blob.len() >= 8 && blob[..8] != MAGIC { BlobError::BadMagic } else { BlobError::Truncated });
         }
         if blob[..8] != MAGIC {
             return Err(BlobError::BadMagic);
@@ -509,8 +480,7 @@ impl<'a> Model<'a> {
         if blob[116..128].iter().any(|&b| b != 0) {
             return Err(BlobError::BadField("header reserved"));
         }
-        let precision =
-            Precision::from_code(u32_at(blob, 32)).ok_or(BlobError::BadField("precision"))?;
+        let precision = Precision::from_code(u32_at(blob, 32)).ok_or(BlobError::BadField("precision"))?;
         let family = u32_at(blob, 36);
         if family != FAMILY_UNET2D {
             return Err(BlobError::BadField("family"));
@@ -537,14 +507,8 @@ impl<'a> Model<'a> {
         let sched = section(blob, sched_off, SCHEDULE_RECORD_BYTES, "schedule")?;
         Schedule::validate(sched)?;
         let schedule = Schedule::decode(sched);
-        let config_bytes = section(
-            strings,
-            u32_at(blob, 108) as usize,
-            u32_at(blob, 112) as usize,
-            "config",
-        )?;
-        let config =
-            core::str::from_utf8(config_bytes).map_err(|_| BlobError::BadField("config"))?;
+        let config_bytes = section(strings, u32_at(blob, 108) as usize, u32_at(blob, 112) as usize, "config")?;
+        let config = core::str::from_utf8(config_bytes).map_err(|_| BlobError::BadField("config"))?;
 
         let model = Model {
             blob,
@@ -568,13 +532,8 @@ impl<'a> Model<'a> {
         model.validate_tensors()?;
         model.validate_values()?;
         if schedule.beta_schedule == 4 {
-            let t = model
-                .tensor_info(schedule.trained_betas_tensor)
-                .ok_or(BlobError::BadField("trained_betas"))?;
-            if t.dtype != DType::F32
-                || t.ndim != 1
-                || t.dims[0] != schedule.num_train_timesteps as usize
-            {
+            let t = model.tensor_info(schedule.trained_betas_tensor).ok_or(BlobError::BadField("trained_betas"))?;
+            if t.dtype != DType::F32 || t.ndim != 1 || t.dims[0] != schedule.num_train_timesteps as usize {
                 return Err(BlobError::BadField("trained_betas"));
             }
         }
@@ -595,13 +554,8 @@ impl<'a> Model<'a> {
         for i in 0..self.num_tensors() {
             let bad = BlobError::BadTensor(i as u32);
             let r = &self.tensors[i * TENSOR_RECORD_BYTES..];
-            let name = section(
-                self.strings,
-                u32_at(r, 0) as usize,
-                u32_at(r, 4) as usize,
-                "tensor name",
-            )
-            .map_err(|_| bad)?;
+            let name =
+                section(self.strings, u32_at(r, 0) as usize, u32_at(r, 4) as usize, "tensor name").map_err(|_| bad)?;
             core::str::from_utf8(name).map_err(|_| bad)?;
             let dtype = DType::from_code(u32_at(r, 8)).ok_or(bad)?;
             let ndim = u32_at(r, 12) as usize;
@@ -618,10 +572,7 @@ impl<'a> Model<'a> {
             }
             let off = u32_at(r, 32) as usize;
             let len = u32_at(r, 36) as usize;
-            if off % ALIGN != 0
-                || off < HEADER_BYTES
-                || numel.checked_mul(dtype.size()) != Some(len)
-            {
+            if off % ALIGN != 0 || off < HEADER_BYTES || numel.checked_mul(dtype.size()) != Some(len) {
                 return Err(bad);
             }
             section(self.blob, off, len, "tensor data").map_err(|_| bad)?;
@@ -637,11 +588,7 @@ impl<'a> Model<'a> {
             let bad = BlobError::BadValue(i as u32);
             let r = &self.values[i * VALUE_RECORD_BYTES..];
             let off = u32_at(r, 0) as usize;
-            let (c, h, w) = (
-                u32_at(r, 4) as usize,
-                u32_at(r, 8) as usize,
-                u32_at(r, 12) as usize,
-            );
+            let (c, h, w) = (u32_at(r, 4) as usize, u32_at(r, 8) as usize, u32_at(r, 12) as usize);
             if off % ALIGN != 0 || c == 0 || h == 0 || w == 0 {
                 return Err(bad);
             }
@@ -678,13 +625,7 @@ impl<'a> Model<'a> {
             return None;
         }
         let r = &self.tensors[i * TENSOR_RECORD_BYTES..];
-        let name = section(
-            self.strings,
-            u32_at(r, 0) as usize,
-            u32_at(r, 4) as usize,
-            "",
-        )
-        .ok()?;
+        let name = section(self.strings, u32_at(r, 0) as usize, u32_at(r, 4) as usize, "").ok()?;
         let dims = [0, 1, 2, 3].map(|d| u32_at(r, 16 + 4 * d) as usize);
         Some(TensorInfo {
             name: core::str::from_utf8(name).ok()?,
@@ -698,13 +639,7 @@ impl<'a> Model<'a> {
     /// The data of tensor `i`, viewed in place.
     pub fn tensor(&self, i: u32) -> Option<TensorView<'a>> {
         let info = self.tensor_info(i)?;
-        let bytes = section(
-            self.blob,
-            info.data_off,
-            info.numel() * info.dtype.size(),
-            "",
-        )
-        .ok()?;
+        let bytes = section(self.blob, info.data_off, info.numel() * info.dtype.size(), "").ok()?;
         Some(match info.dtype {
             DType::F32 => TensorView::F32(bytemuck::try_cast_slice(bytes).ok()?),
             DType::F16 => TensorView::F16(bytemuck::try_cast_slice(bytes).ok()?),
@@ -776,6 +711,10 @@ impl<'a> Model<'a> {
     pub fn schedule(&self) -> Schedule {
         self.schedule
     }
+    /// The trained betas, when the schedule has them (`beta_schedule` = 4).
+    pub fn trained_betas(&self) -> Option<TensorView<'a>> {
+        (self.schedule.beta_schedule == 4).then(|| self.tensor(self.schedule.trained_betas_tensor)).flatten()
+    }
     /// The model config the converter read, as JSON text.
     pub fn config_json(&self) -> &'a str {
         self.config
@@ -805,9 +744,7 @@ impl<'a> Model<'a> {
     /// Number of weight parameters (elements of all tensors except the trained-betas table).
     pub fn parameter_count(&self) -> u64 {
         (0..self.num_tensors() as u32)
-            .filter(|&i| {
-                !(self.schedule.beta_schedule == 4 && i == self.schedule.trained_betas_tensor)
-            })
+            .filter(|&i| !(self.schedule.beta_schedule == 4 && i == self.schedule.trained_betas_tensor))
             .filter_map(|i| self.tensor_info(i))
             .map(|t| t.numel() as u64)
             .sum()

@@ -87,30 +87,18 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             RunError::ArenaTooSmall { need, have } => {
-                write!(
-                    f,
-                    "arena too small: need {need} bytes (16-byte aligned), have {have}"
-                )
+                write!(f, "arena too small: need {need} bytes (16-byte aligned), have {have}")
             }
             RunError::BadShape { expected, found } => {
                 write!(f, "sample has {found} elements, model expects {expected}")
             }
-            RunError::ClassRequired => {
-                f.write_str("model is class-conditional: a class label is required")
-            }
-            RunError::ClassNotSupported => {
-                f.write_str("model is unconditional: it takes no class label")
-            }
+            RunError::ClassRequired => f.write_str("model is class-conditional: a class label is required"),
+            RunError::ClassNotSupported => f.write_str("model is unconditional: it takes no class label"),
             RunError::ClassOutOfRange { class, num_classes } => {
-                write!(
-                    f,
-                    "class label {class} out of range (model has {num_classes} classes)"
-                )
+                write!(f, "class label {class} out of range (model has {num_classes} classes)")
             }
             RunError::BadTimestep => f.write_str("timestep is not a finite number"),
-            RunError::Inconsistent => {
-                f.write_str("internal error: op operands do not fit the arena")
-            }
+            RunError::Inconsistent => f.write_str("internal error: op operands do not fit the arena"),
         }
     }
 }

@@ -35,9 +35,7 @@ fn arena_f32(arena: &mut [u8], need: usize) -> Result<&mut [f32], RunError> {
     let skip = arena.as_ptr().align_offset(ALIGN).min(arena.len());
     let have = arena.len() - skip;
     let too_small = RunError::ArenaTooSmall { need, have };
-    let bytes = arena
-        .get_mut(skip..skip.checked_add(need).ok_or(too_small)?)
-        .ok_or(too_small)?;
+    let bytes = arena.get_mut(skip..skip.checked_add(need).ok_or(too_small)?).ok_or(too_small)?;
     bytemuck::try_cast_slice_mut(bytes).map_err(|_| too_small)
 }
 
@@ -74,12 +72,7 @@ impl<'a> Exec<'_, 'a> {
     fn run(&self, a: &mut [f32], op: &Op) -> Result<(), RunError> {
         let bad = RunError::Inconsistent;
         match *op {
-            Op::TimestepEmbed {
-                out,
-                flip_sin_to_cos,
-                freq_shift,
-                max_period,
-            } => {
+            Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
                 let o = a.get_mut(self.value(out)?.range()).ok_or(bad)?;
                 ops::timestep_embedding(o, self.t, flip_sin_to_cos, freq_shift, max_period);
             }
@@ -103,14 +96,7 @@ impl<'a> Exec<'_, 'a> {
                     *v += tv.get_f32(class * o.c + k);
                 }
             }
-            Op::Conv2d {
-                out,
-                x,
-                w,
-                b,
-                stride,
-                pad,
-            } => {
+            Op::Conv2d { out, x, w, b, stride, pad } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 let info = self.m.tensor_info(w).ok_or(bad)?;
                 let g = Conv2dShape {
@@ -129,15 +115,7 @@ impl<'a> Exec<'_, 'a> {
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
                 with_weights!(wv, w => ops::conv2d(od, xd, w, bv, &g));
             }
-            Op::GroupNorm {
-                out,
-                x,
-                gamma,
-                beta,
-                groups,
-                eps,
-                silu,
-            } => {
+            Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 Self::copy(a, &o, &xi)?;
                 let (g, bt) = (self.vector(gamma)?, self.vector(beta)?);
@@ -153,43 +131,21 @@ impl<'a> Exec<'_, 'a> {
                     ops::scale_shift(xd, vd, xi.c, xi.h * xi.w);
                 }
             }
-            Op::Add {
-                out,
-                a: lhs,
-                b: rhs,
-                scale,
-            } => {
+            Op::Add { out, a: lhs, b: rhs, scale } => {
                 let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
                 if l.range() == r.range() {
                     Self::copy(a, &o, &l)?;
                     ops::scale_assign(a.get_mut(o.range()).ok_or(bad)?, scale);
                 } else {
                     // Addition commutes bit for bit, so whichever operand `out` is becomes the accumulator.
-                    let (acc, other) = if o.range() == r.range() {
-                        (r, l)
-                    } else {
-                        (l, r)
-                    };
+                    let (acc, other) = if o.range() == r.range() { (r, l) } else { (l, r) };
                     Self::copy(a, &o, &acc)?;
                     let (od, bd) = split_pair(a, o.range(), other.range()).ok_or(bad)?;
                     ops::add_assign_scaled(od, bd, scale);
                 }
             }
-            Op::Attention {
-                out,
-                x,
-                xn,
-                scratch,
-                w,
-                heads,
-                scale,
-            } => {
-                let (o, xi, ni, si) = (
-                    self.value(out)?,
-                    self.value(x)?,
-                    self.value(xn)?,
-                    self.value(scratch)?,
-                );
+            Op::Attention { out, x, xn, scratch, w, heads, scale } => {
+                let (o, xi, ni, si) = (self.value(out)?, self.value(x)?, self.value(xn)?, self.value(scratch)?);
                 let (c, hw) = (o.c, o.h * o.w);
                 let n = c * hw;
                 {
@@ -214,11 +170,7 @@ impl<'a> Exec<'_, 'a> {
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
                 ops::upsample2x_nearest(od, xd, xi.c, xi.h, xi.w);
             }
-            Op::Concat {
-                out,
-                a: first,
-                b: second,
-            } => {
+            Op::Concat { out, a: first, b: second } => {
                 let (o, f, s) = (self.value(out)?, self.value(first)?, self.value(second)?);
                 let split = o.range().start + f.numel();
                 let (od, fd) = split_pair(a, o.range().start..split, f.range()).ok_or(bad)?;
@@ -253,16 +205,10 @@ impl Model<'_> {
         let sample_in = self.in_channels() * self.height() * self.width();
         let sample_out = self.out_channels() * self.height() * self.width();
         if x.len() != sample_in {
-            return Err(RunError::BadShape {
-                expected: sample_in,
-                found: x.len(),
-            });
+            return Err(RunError::BadShape { expected: sample_in, found: x.len() });
         }
         if out.len() != sample_out {
-            return Err(RunError::BadShape {
-                expected: sample_out,
-                found: out.len(),
-            });
+            return Err(RunError::BadShape { expected: sample_out, found: out.len() });
         }
         if !t.is_finite() {
             return Err(RunError::BadTimestep);
@@ -270,20 +216,13 @@ impl Model<'_> {
         match (class, self.num_classes()) {
             (Some(_), 0) => return Err(RunError::ClassNotSupported),
             (None, n) if n > 0 => return Err(RunError::ClassRequired),
-            (Some(c), n) if c >= n => {
-                return Err(RunError::ClassOutOfRange {
-                    class: c,
-                    num_classes: n,
-                })
-            }
+            (Some(c), n) if c >= n => return Err(RunError::ClassOutOfRange { class: c, num_classes: n }),
             _ => {}
         }
         let a = arena_f32(arena, self.arena_bytes())?;
         let exec = Exec { m: self, t, class };
         let input = exec.value(self.input_value())?;
-        a.get_mut(input.range())
-            .ok_or(RunError::Inconsistent)?
-            .copy_from_slice(x);
+        a.get_mut(input.range()).ok_or(RunError::Inconsistent)?.copy_from_slice(x);
         for i in 0..self.num_ops() {
             let op = self.op(i).ok_or(RunError::Inconsistent)?;
             exec.run(a, &op)?;

@@ -25,6 +25,9 @@ mod forward;
 pub mod ops;
 mod par;
 pub mod program;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
 
 pub use blob::{DType, Model, Precision, Schedule, TensorView};
 pub use checksum::fnv1a64;

@@ -12,14 +12,10 @@ where
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        data.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     }
     #[cfg(not(feature = "std"))]
     {
-        data.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c));
+        data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     }
 }

@@ -31,81 +31,19 @@ use crate::blob::{DType, Model, TensorInfo, ValueInfo};
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
-    TimestepEmbed {
-        out: u32,
-        flip_sin_to_cos: bool,
-        freq_shift: f32,
-        max_period: f32,
-    },
-    Linear {
-        out: u32,
-        x: u32,
-        w: u32,
-        b: u32,
-    },
-    Silu {
-        out: u32,
-        x: u32,
-    },
-    ClassEmbed {
-        out: u32,
-        table: u32,
-    },
-    Conv2d {
-        out: u32,
-        x: u32,
-        w: u32,
-        b: u32,
-        stride: u32,
-        pad: [u32; 4],
-    },
-    GroupNorm {
-        out: u32,
-        x: u32,
-        gamma: u32,
-        beta: u32,
-        groups: u32,
-        eps: f32,
-        silu: bool,
-    },
-    AddChannel {
-        x: u32,
-        v: u32,
-    },
-    ScaleShift {
-        x: u32,
-        v: u32,
-    },
-    Add {
-        out: u32,
-        a: u32,
-        b: u32,
-        scale: f32,
-    },
-    Attention {
-        out: u32,
-        x: u32,
-        xn: u32,
-        scratch: u32,
-        w: [u32; 8],
-        heads: u32,
-        scale: f32,
-    },
-    Upsample2x {
-        out: u32,
-        x: u32,
-    },
-    Concat {
-        out: u32,
-        a: u32,
-        b: u32,
-    },
-    Affine {
-        out: u32,
-        x: u32,
-        mul: f32,
-        add: f32,
-    },
+    TimestepEmbed { out: u32, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32 },
+    Linear { out: u32, x: u32, w: u32, b: u32 },
+    Silu { out: u32, x: u32 },
+    ClassEmbed { out: u32, table: u32 },
+    Conv2d { out: u32, x: u32, w: u32, b: u32, stride: u32, pad: [u32; 4] },
+    GroupNorm { out: u32, x: u32, gamma: u32, beta: u32, groups: u32, eps: f32, silu: bool },
+    AddChannel { x: u32, v: u32 },
+    ScaleShift { x: u32, v: u32 },
+    Add { out: u32, a: u32, b: u32, scale: f32 },
+    Attention { out: u32, x: u32, xn: u32, scratch: u32, w: [u32; 8], heads: u32, scale: f32 },
+    Upsample2x { out: u32, x: u32 },
+    Concat { out: u32, a: u32, b: u32 },
+    Affine { out: u32, x: u32, mul: f32, add: f32 },
 }
 
 impl Op {
@@ -117,55 +55,20 @@ impl Op {
             r[1..=args.len()].copy_from_slice(args);
         };
         match *self {
-            Op::TimestepEmbed {
-                out,
-                flip_sin_to_cos,
-                freq_shift,
-                max_period,
-            } => put(
-                1,
-                &[
-                    out,
-                    flip_sin_to_cos.into(),
-                    freq_shift.to_bits(),
-                    max_period.to_bits(),
-                ],
-            ),
+            Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
+                put(1, &[out, flip_sin_to_cos.into(), freq_shift.to_bits(), max_period.to_bits()])
+            }
             Op::Linear { out, x, w, b } => put(2, &[out, x, w, b]),
             Op::Silu { out, x } => put(3, &[out, x]),
             Op::ClassEmbed { out, table } => put(4, &[out, table]),
-            Op::Conv2d {
-                out,
-                x,
-                w,
-                b,
-                stride,
-                pad,
-            } => put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3]]),
-            Op::GroupNorm {
-                out,
-                x,
-                gamma,
-                beta,
-                groups,
-                eps,
-                silu,
-            } => put(
-                6,
-                &[out, x, gamma, beta, groups, eps.to_bits(), silu.into()],
-            ),
+            Op::Conv2d { out, x, w, b, stride, pad } => put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3]]),
+            Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
+                put(6, &[out, x, gamma, beta, groups, eps.to_bits(), silu.into()])
+            }
             Op::AddChannel { x, v } => put(7, &[x, v]),
             Op::ScaleShift { x, v } => put(8, &[x, v]),
             Op::Add { out, a, b, scale } => put(9, &[out, a, b, scale.to_bits()]),
-            Op::Attention {
-                out,
-                x,
-                xn,
-                scratch,
-                w,
-                heads,
-                scale,
-            } => {
+            Op::Attention { out, x, xn, scratch, w, heads, scale } => {
                 let mut a = [0u32; 14];
                 a[..4].copy_from_slice(&[out, x, xn, scratch]);
                 a[4..12].copy_from_slice(&w);
@@ -189,66 +92,18 @@ impl Op {
             _ => None,
         };
         let (op, used) = match r[0] {
-            1 => (
-                Op::TimestepEmbed {
-                    out: r[1],
-                    flip_sin_to_cos: flag(2)?,
-                    freq_shift: f(3),
-                    max_period: f(4),
-                },
-                4,
-            ),
-            2 => (
-                Op::Linear {
-                    out: r[1],
-                    x: r[2],
-                    w: r[3],
-                    b: r[4],
-                },
-                4,
-            ),
+            1 => (Op::TimestepEmbed { out: r[1], flip_sin_to_cos: flag(2)?, freq_shift: f(3), max_period: f(4) }, 4),
+            2 => (Op::Linear { out: r[1], x: r[2], w: r[3], b: r[4] }, 4),
             3 => (Op::Silu { out: r[1], x: r[2] }, 2),
-            4 => (
-                Op::ClassEmbed {
-                    out: r[1],
-                    table: r[2],
-                },
-                2,
-            ),
-            5 => (
-                Op::Conv2d {
-                    out: r[1],
-                    x: r[2],
-                    w: r[3],
-                    b: r[4],
-                    stride: r[5],
-                    pad: [r[6], r[7], r[8], r[9]],
-                },
-                9,
-            ),
+            4 => (Op::ClassEmbed { out: r[1], table: r[2] }, 2),
+            5 => (Op::Conv2d { out: r[1], x: r[2], w: r[3], b: r[4], stride: r[5], pad: [r[6], r[7], r[8], r[9]] }, 9),
             6 => (
-                Op::GroupNorm {
-                    out: r[1],
-                    x: r[2],
-                    gamma: r[3],
-                    beta: r[4],
-                    groups: r[5],
-                    eps: f(6),
-                    silu: flag(7)?,
-                },
+                Op::GroupNorm { out: r[1], x: r[2], gamma: r[3], beta: r[4], groups: r[5], eps: f(6), silu: flag(7)? },
                 7,
             ),
             7 => (Op::AddChannel { x: r[1], v: r[2] }, 2),
             8 => (Op::ScaleShift { x: r[1], v: r[2] }, 2),
-            9 => (
-                Op::Add {
-                    out: r[1],
-                    a: r[2],
-                    b: r[3],
-                    scale: f(4),
-                },
-                4,
-            ),
+            9 => (Op::Add { out: r[1], a: r[2], b: r[3], scale: f(4) }, 4),
             10 => (
                 Op::Attention {
                     out: r[1],
@@ -262,23 +117,8 @@ impl Op {
                 14,
             ),
             11 => (Op::Upsample2x { out: r[1], x: r[2] }, 2),
-            12 => (
-                Op::Concat {
-                    out: r[1],
-                    a: r[2],
-                    b: r[3],
-                },
-                3,
-            ),
-            13 => (
-                Op::Affine {
-                    out: r[1],
-                    x: r[2],
-                    mul: f(3),
-                    add: f(4),
-                },
-                4,
-            ),
+            12 => (Op::Concat { out: r[1], a: r[2], b: r[3] }, 3),
+            13 => (Op::Affine { out: r[1], x: r[2], mul: f(3), add: f(4) }, 4),
             _ => return None,
         };
         if r[used + 1..].iter().any(|&w| w != 0) {
@@ -289,13 +129,7 @@ impl Op {
 }
 
 /// Output size of a convolution along one axis, if the kernel fits.
-pub fn conv_out_len(
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    pad_lo: usize,
-    pad_hi: usize,
-) -> Option<usize> {
+pub fn conv_out_len(input: usize, kernel: usize, stride: usize, pad_lo: usize, pad_hi: usize) -> Option<usize> {
     let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
     if stride == 0 || kernel == 0 || padded < kernel {
         return None;
@@ -333,12 +167,7 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
     };
     let shape = |ti: &TensorInfo<'_>| -> [usize; 4] { ti.dims };
     match *op {
-        Op::TimestepEmbed {
-            out,
-            freq_shift,
-            max_period,
-            ..
-        } => {
+        Op::TimestepEmbed { out, freq_shift, max_period, .. } => {
             let o = v(out)?;
             let half = (o.c / 2) as f32;
             ok(is_vector(&o)
@@ -362,18 +191,9 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
         }
         Op::ClassEmbed { out, table } => {
             let (o, ti) = (v(out)?, t(table)?);
-            ok(is_vector(&o)
-                && m.num_classes() > 0
-                && ti.shape() == [m.num_classes() as usize, o.c])
+            ok(is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c])
         }
-        Op::Conv2d {
-            out,
-            x,
-            w,
-            b,
-            stride,
-            pad,
-        } => {
+        Op::Conv2d { out, x, w, b, stride, pad } => {
             let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
             let [co, ci, kh, kw] = shape(&wi);
             vec_f32(b, co)?;
@@ -390,15 +210,7 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && pr < kw
                 && disjoint(&o, &xi))
         }
-        Op::GroupNorm {
-            out,
-            x,
-            gamma,
-            beta,
-            groups,
-            eps,
-            ..
-        } => {
+        Op::GroupNorm { out, x, gamma, beta, groups, eps, .. } => {
             let (o, xi) = (v(out)?, v(x)?);
             vec_f32(gamma, o.c)?;
             vec_f32(beta, o.c)?;
@@ -427,15 +239,7 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && same_or_disjoint(&o, &bi)
                 && same_or_disjoint(&ai, &bi))
         }
-        Op::Attention {
-            out,
-            x,
-            xn,
-            scratch,
-            w,
-            heads,
-            scale,
-        } => {
+        Op::Attention { out, x, xn, scratch, w, heads, scale } => {
             let (o, xi, ni, si) = (v(out)?, v(x)?, v(xn)?, v(scratch)?);
             let c = o.c;
             for pair in w.chunks_exact(2) {
@@ -459,10 +263,7 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
         }
         Op::Upsample2x { out, x } => {
             let (o, xi) = (v(out)?, v(x)?);
-            ok(o.c == xi.c
-                && Some(o.h) == xi.h.checked_mul(2)
-                && Some(o.w) == xi.w.checked_mul(2)
-                && disjoint(&o, &xi))
+            ok(o.c == xi.c && Some(o.h) == xi.h.checked_mul(2) && Some(o.w) == xi.w.checked_mul(2) && disjoint(&o, &xi))
         }
         Op::Concat { out, a, b } => {
             let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
@@ -503,10 +304,9 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
             4 * 2 * n * c * c + 2 * 2 * n * n * c
         }
         Op::Silu { out, .. } => 4 * numel(out),
-        Op::ClassEmbed { out, .. }
-        | Op::AddChannel { x: out, .. }
-        | Op::Add { out, .. }
-        | Op::Affine { out, .. } => numel(out),
+        Op::ClassEmbed { out, .. } | Op::AddChannel { x: out, .. } | Op::Add { out, .. } | Op::Affine { out, .. } => {
+            numel(out)
+        }
         Op::ScaleShift { x, .. } => 2 * numel(x),
         Op::Upsample2x { .. } | Op::Concat { .. } => 0,
     }

@@ -3,9 +3,7 @@
 //! Every failure prints one line, `error: ...`, and exits with status 1 (2 for command-line usage errors).
 #![forbid(unsafe_code)]
 
-mod blobfile;
-mod convert;
-mod load;
+use host_cli::{blobfile, convert, image, load};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,16 +11,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use ddpm_core::sampler::{Method, SampleError, SampleSpec, Sampler};
 use ddpm_core::{Model, Precision, Schedule};
 
-use blobfile::AlignedBlob;
+use host_cli::blobfile::AlignedBlob;
 
 #[derive(Parser)]
-#[command(
-    name = "host-cli",
-    version,
-    about = "Run PyTorch-trained DDPMs without PyTorch"
-)]
+#[command(name = "host-cli", version, about = "Run PyTorch-trained DDPMs without PyTorch")]
 struct Cli {
     /// Worker threads for the forward pass (default: all cores). Results do not depend on it.
     #[arg(long, global = true)]
@@ -37,8 +32,64 @@ enum PrecisionArg {
     F16,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplerArg {
+    Ddpm,
+    Ddim,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GifOf {
+    /// The noisy samples x_t.
+    Xt,
+    /// The predicted clean images x̂₀.
+    X0,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Generate images: DDPM ancestral sampling or DDIM, with a progress bar on stderr.
+    Sample {
+        /// The model blob.
+        model: PathBuf,
+        /// Number of images.
+        #[arg(short = 'n', long = "num", default_value_t = 16)]
+        num: u32,
+        /// Seed of the noise stream: the same seed gives the same images on every machine and thread count.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Inference steps (default: the training steps for DDPM, 50 for DDIM).
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Sampling algorithm.
+        #[arg(long, value_enum, default_value = "ddpm")]
+        sampler: SamplerArg,
+        /// DDIM's eta (0 = deterministic).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        eta: f32,
+        /// Class label for class-conditional models.
+        #[arg(long)]
+        class: Option<u32>,
+        /// Replay noise: float32 .npy [K, N, C, H, W]; [0] is x_T, [i] the noise the i-th step adds (a step that
+        /// adds none ignores its entry; K may omit the last step's entry when that step adds none).
+        #[arg(long)]
+        noise: Option<PathBuf>,
+        /// PNG grid of the images.
+        #[arg(short, long, default_value = "samples.png")]
+        output: PathBuf,
+        /// Also write each image as DIR/NNNN.png.
+        #[arg(long, value_name = "DIR")]
+        each: Option<PathBuf>,
+        /// Final samples as float32 .npy [N, C, H, W] in model space (before conversion to pixels).
+        #[arg(long)]
+        npy: Option<PathBuf>,
+        /// Animated GIF of the denoising trajectory.
+        #[arg(long)]
+        gif: Option<PathBuf>,
+        /// What the GIF shows.
+        #[arg(long, value_enum, default_value = "x0")]
+        gif_of: GifOf,
+    },
     /// Convert a checkpoint (torch.save file, .safetensors, or diffusers folder) into a model blob.
     Convert {
         /// A .pt/.pth/.bin/.ckpt torch.save file, a .safetensors file, or a diffusers model/pipeline folder.
@@ -63,6 +114,10 @@ enum Cmd {
         /// Override or supply a config option, KEY=VALUE with a JSON value (e.g. sample_size=28). Repeatable.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Override or supply a scheduler option (diffusers DDPMScheduler/DDIMScheduler names), KEY=VALUE with
+        /// a JSON value (e.g. variance_type=learned_range). Repeatable.
+        #[arg(long = "scheduler-set", value_name = "KEY=VALUE")]
+        scheduler_sets: Vec<String>,
     },
     /// Print a blob's family, config, precision, sizes, memory plan, FLOPs and schedule.
     Inspect {
@@ -115,21 +170,10 @@ fn run(cli: Cli) -> Result<()> {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("cannot start the thread pool")?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the thread pool")?;
     }
     match cli.cmd {
-        Cmd::Convert {
-            input,
-            output,
-            precision,
-            key,
-            config,
-            scheduler,
-            sets,
-        } => {
+        Cmd::Convert { input, output, precision, key, config, scheduler, sets, scheduler_sets } => {
             let precision = match precision {
                 PrecisionArg::F32 => Precision::F32,
                 PrecisionArg::F16 => Precision::F16,
@@ -142,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 config,
                 scheduler,
                 sets,
+                scheduler_sets,
             };
             for note in convert::convert(&args)? {
                 eprintln!("note: {note}");
@@ -158,14 +203,113 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of } => {
+            let blob = AlignedBlob::read(&model)?;
+            let m = blob.model()?;
+            let method = match sampler {
+                SamplerArg::Ddpm => Method::Ddpm,
+                SamplerArg::Ddim => Method::Ddim { eta },
+            };
+            let steps = steps.unwrap_or(match sampler {
+                SamplerArg::Ddpm => m.schedule().num_train_timesteps,
+                SamplerArg::Ddim => 50,
+            });
+            let replay = noise.as_deref().map(load::read_npy).transpose()?;
+            let batch = match &replay {
+                Some((shape, _)) if shape.len() == 5 => u32::try_from(shape[1])?,
+                _ => num,
+            };
+            let spec = SampleSpec { method, steps, batch, seed, class };
+            let s = Sampler::new(&m, spec).map_err(|e| match e {
+                SampleError::OutputChannels => anyhow::anyhow!(
+                    "the model predicts {} channels for {}-channel images (learned variance) but the blob's \
+                     variance_type is {}: convert again with --scheduler-set variance_type=learned_range (or \
+                     learned), or sample with --sampler ddim",
+                    m.out_channels(),
+                    m.in_channels(),
+                    Schedule::VARIANCE_TYPES.get(m.schedule().variance_type as usize).unwrap_or(&"?")
+                ),
+                SampleError::BadSteps => anyhow::anyhow!(
+                    "--steps {steps}: must be between 1 and the {} training steps, with every timestep inside \
+                     them (steps_offset {})",
+                    m.schedule().num_train_timesteps,
+                    m.schedule().steps_offset
+                ),
+                e => anyhow::anyhow!("{e}"),
+            })?;
+            let per = s.sample_len() * batch as usize;
+            let k = s.num_steps();
+            if let Some((shape, _)) = &replay {
+                let want = [m.in_channels(), m.height(), m.width()];
+                if shape.len() != 5 || shape[2..] != want || !(shape[0] == k || shape[0] == k + 1) {
+                    bail!(
+                        "noise file: shape {shape:?}, expected [K, N, {}, {}, {}] with K = {k} or {} ({k} steps)",
+                        want[0],
+                        want[1],
+                        want[2],
+                        k + 1
+                    );
+                }
+                if s.step_adds_noise(k - 1) && shape[0] == k {
+                    bail!("noise file: the last step adds noise, so K must be {} (x_T and one entry per step)", k + 1);
+                }
+            }
+            let noise_at = |i: usize| replay.as_ref().and_then(|(_, d)| d.get(i * per..(i + 1) * per));
+            let mut arena = blobfile::arena(s.arena_bytes());
+            let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut arena);
+            let mut state = s.start(arena, noise_at(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (c, h, w) = (m.in_channels(), m.height(), m.width());
+            let mut anim = None;
+            if let Some(path) = &gif {
+                let grid = image::Batch { data: s.samples(arena), n: batch as usize, c, h, w }.grid()?;
+                let mut g = image::Gif::create(path, grid.width, grid.height)?;
+                g.frame(&grid, 8)?;
+                anim = Some(g);
+            }
+            let every = k.div_ceil(60).max(1);
+            let bar = indicatif::ProgressBar::new(k as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  t={msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            while state.done < k {
+                bar.set_message(s.timestep(state.done).unwrap_or(0).to_string());
+                let replayed = noise_at(state.done + 1);
+                s.step(arena, &mut state, replayed).map_err(|e| anyhow::anyhow!("{e}"))?;
+                bar.inc(1);
+                if let Some(g) = anim.as_mut() {
+                    if state.done % every == 0 || state.done == k {
+                        let data = match gif_of {
+                            GifOf::Xt => s.samples(arena),
+                            GifOf::X0 => s.pred_original(arena),
+                        };
+                        let grid = image::Batch { data, n: batch as usize, c, h, w }.grid()?;
+                        g.frame(&grid, if state.done == k { 200 } else { 8 })?;
+                    }
+                }
+            }
+            bar.finish();
+            let out = s.samples(arena).to_vec();
+            let b = image::Batch { data: &out, n: batch as usize, c, h, w };
+            if let Some(p) = &npy {
+                load::write_npy(p, &[batch as usize, c, h, w], &out)?;
+            }
+            if c == 1 || c == 3 {
+                image::write_png(&output, &b.grid()?)?;
+                if let Some(dir) = &each {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    for i in 0..batch as usize {
+                        image::write_png(&dir.join(format!("{i:04}.png")), &b.image(i)?)?;
+                    }
+                }
+                eprintln!("wrote {} ({batch} images, {k} steps, seed {seed})", output.display());
+            } else if npy.is_none() {
+                bail!("the model makes {c}-channel images, which PNG cannot show: use --npy");
+            }
+            Ok(())
+        }
         Cmd::Inspect { model } => inspect(&AlignedBlob::read(&model)?.model()?),
-        Cmd::Forward {
-            model,
-            input,
-            timestep,
-            class,
-            output,
-        } => {
+        Cmd::Forward { model, input, timestep, class, output } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let (shape, data) = load::read_npy(&input)?;
@@ -180,10 +324,8 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let n = shape[0];
-            let (per_in, per_out) = (
-                m.in_channels() * m.height() * m.width(),
-                m.out_channels() * m.height() * m.width(),
-            );
+            let (per_in, per_out) =
+                (m.in_channels() * m.height() * m.width(), m.out_channels() * m.height() * m.width());
             let mut arena = blobfile::arena(m.arena_bytes());
             let mut out = vec![0f32; n * per_out];
             for (x, y) in data.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
@@ -191,11 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
         }
-        Cmd::Bench {
-            model,
-            iters,
-            warmup,
-        } => {
+        Cmd::Bench { model, iters, warmup } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let mut arena = blobfile::arena(m.arena_bytes());
@@ -207,13 +345,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut times = Vec::new();
             for i in 0..warmup + iters.max(1) {
                 let t0 = Instant::now();
-                m.forward(
-                    bytemuck::cast_slice_mut(&mut arena),
-                    &x,
-                    500.0,
-                    class,
-                    &mut y,
-                )?;
+                m.forward(bytemuck::cast_slice_mut(&mut arena), &x, 500.0, class, &mut y)?;
                 if i >= warmup {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
@@ -236,37 +368,16 @@ fn inspect(m: &Model<'_>) -> Result<()> {
     let name = |names: &[&str], c: u32| names.get(c as usize).copied().unwrap_or("?").to_string();
     println!("family        diffusers UNet2DModel");
     println!("precision     {}", m.precision().name());
-    println!(
-        "sample        {} x {} x {} -> {} channels",
-        m.in_channels(),
-        m.height(),
-        m.width(),
-        m.out_channels()
-    );
+    println!("sample        {} x {} x {} -> {} channels", m.in_channels(), m.height(), m.width(), m.out_channels());
     println!(
         "classes       {}",
-        if m.num_classes() == 0 {
-            "unconditional".to_string()
-        } else {
-            m.num_classes().to_string()
-        }
+        if m.num_classes() == 0 { "unconditional".to_string() } else { m.num_classes().to_string() }
     );
     println!("parameters    {}", m.parameter_count());
     println!("blob bytes    {} (flash)", m.bytes().len());
-    println!(
-        "arena bytes   {} (RAM for one forward pass, any batch size, 16-byte aligned)",
-        m.arena_bytes()
-    );
-    println!(
-        "flops         {:.3} G per forward (batch 1)",
-        m.flops() as f64 / 1e9
-    );
-    println!(
-        "program       {} ops, {} activation values, {} tensors",
-        m.num_ops(),
-        m.num_values(),
-        m.num_tensors()
-    );
+    println!("arena bytes   {} (RAM for one forward pass, any batch size, 16-byte aligned)", m.arena_bytes());
+    println!("flops         {:.3} G per forward (batch 1)", m.flops() as f64 / 1e9);
+    println!("program       {} ops, {} activation values, {} tensors", m.num_ops(), m.num_values(), m.num_tensors());
     println!(
         "schedule      {} train steps, {} betas {}..{}, prediction {}, variance {}, clip_sample {} (range {}), \
          thresholding {}, spacing {} (offset {})",

@@ -68,7 +68,11 @@ fn wrong_family_and_wrong_config() {
     // The right weights with another model's config: the first mismatching tensor is named with both shapes.
     let d = fixtures().join("unet/d_safetensors");
     let wrong = fixtures().join("unet/a_ddpm/unet/config.json");
-    convert_fails(&d.join("model.safetensors"), &["--config", wrong.to_str().unwrap()], &["tensor ", "expected [", "found ["]);
+    convert_fails(
+        &d.join("model.safetensors"),
+        &["--config", wrong.to_str().unwrap()],
+        &["tensor ", "expected [", "found ["],
+    );
     // No config and nothing to say what the tensors cannot tell.
     convert_fails(&fixtures().join("unet/c_old_attn/model.pth"), &[], &["sample_size", "norm_num_groups", "--set"]);
 }
@@ -97,11 +101,19 @@ fn bad_blobs_and_bad_forward_arguments() {
     let tmp = tempfile::tempdir().unwrap();
     let blob = tmp.path().join("b.blob");
     let b = fixtures().join("unet/b_scale_shift");
-    host_cli_ok(&["convert", b.join("ckpt.pt").to_str().unwrap(), "--config", b.join("config.json").to_str().unwrap(), "-o", blob.to_str().unwrap()]);
+    host_cli_ok(&[
+        "convert",
+        b.join("ckpt.pt").to_str().unwrap(),
+        "--config",
+        b.join("config.json").to_str().unwrap(),
+        "-o",
+        blob.to_str().unwrap(),
+    ]);
     let x = b.join("x.npy");
     let out = tmp.path().join("y.npy");
     let fwd = |model: &Path, extra: &[&str], needles: &[&str]| {
-        let mut args = vec!["forward", model.to_str().unwrap(), "--input", x.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        let mut args =
+            vec!["forward", model.to_str().unwrap(), "--input", x.to_str().unwrap(), "-o", out.to_str().unwrap()];
         args.extend_from_slice(extra);
         fails_cleanly(&args, needles);
         assert!(!out.exists());
@@ -120,16 +132,45 @@ fn bad_blobs_and_bad_forward_arguments() {
     host_cli_ok(&["convert", fixtures().join("unet/a_ddpm").to_str().unwrap(), "-o", a.to_str().unwrap()]);
     let out2 = tmp.path().join("z.npy");
     fails_cleanly(
-        &["forward", a.to_str().unwrap(), "--input", x.to_str().unwrap(), "--timestep", "3", "-o", out2.to_str().unwrap()],
+        &[
+            "forward",
+            a.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--timestep",
+            "3",
+            "-o",
+            out2.to_str().unwrap(),
+        ],
         &["shape", "[N, 3, 16, 16]"],
     );
     let ax = fixtures().join("unet/a_ddpm/x.npy");
     fails_cleanly(
-        &["forward", a.to_str().unwrap(), "--input", ax.to_str().unwrap(), "--timestep", "3", "--class", "1", "-o", out2.to_str().unwrap()],
+        &[
+            "forward",
+            a.to_str().unwrap(),
+            "--input",
+            ax.to_str().unwrap(),
+            "--timestep",
+            "3",
+            "--class",
+            "1",
+            "-o",
+            out2.to_str().unwrap(),
+        ],
         &["unconditional"],
     );
     assert!(!out2.exists());
     // A non-number timestep is a usage error (exit 2), still without a panic.
-    let o = host_cli(&["forward", a.to_str().unwrap(), "--input", ax.to_str().unwrap(), "--timestep", "soon", "-o", out2.to_str().unwrap()]);
+    let o = host_cli(&[
+        "forward",
+        a.to_str().unwrap(),
+        "--input",
+        ax.to_str().unwrap(),
+        "--timestep",
+        "soon",
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }

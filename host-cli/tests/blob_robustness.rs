@@ -49,7 +49,16 @@ fn small_blob() -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("d.blob");
     let d = fixtures().join("unet/d_safetensors");
-    host_cli_ok(&["convert", d.join("model.safetensors").to_str().unwrap(), "--config", d.join("config.json").to_str().unwrap(), "-o", out.to_str().unwrap(), "--precision", "f16"]);
+    host_cli_ok(&[
+        "convert",
+        d.join("model.safetensors").to_str().unwrap(),
+        "--config",
+        d.join("config.json").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--precision",
+        "f16",
+    ]);
     std::fs::read(out).unwrap()
 }
 

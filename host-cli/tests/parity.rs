@@ -21,8 +21,14 @@ fn convert(dir: &Path, case: &Value, precision: &str, out: &Path) -> String {
     let input = dir.join(case["path"].as_str().unwrap());
     // A diffusers pipeline is converted from its root folder, like a user would.
     let input = if case["format"] == "diffusers_pipeline" { dir.to_path_buf() } else { input };
-    let mut args: Vec<String> =
-        vec!["convert".into(), input.display().to_string(), "-o".into(), out.display().to_string(), "--precision".into(), precision.into()];
+    let mut args: Vec<String> = vec![
+        "convert".into(),
+        input.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--precision".into(),
+        precision.into(),
+    ];
     if let Some(c) = case["config"].as_str() {
         args.extend(["--config".into(), dir.join(c).display().to_string()]);
     }

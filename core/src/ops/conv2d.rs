@@ -33,29 +33,14 @@ fn valid_range(n_out: usize, n_in: usize, k: usize, s: usize, p: usize) -> (usiz
     // o·s + k ≥ p  ⇔  o ≥ ceil((p − k) / s)
     let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
     // o·s + k − p ≤ n_in − 1  ⇔  o ≤ (n_in − 1 + p − k) / s
-    let hi = if n_in + p > k {
-        ((n_in - 1 + p - k) / s + 1).min(n_out)
-    } else {
-        0
-    };
+    let hi = if n_in + p > k { ((n_in - 1 + p - k) / s + 1).min(n_out) } else { 0 };
     (lo, hi.max(lo))
 }
 
 /// Zero-padded cross-correlation (PyTorch's `Conv2d`).
 // w (co,ci,kh,kw) * x (ci,h,w) + b (co) -> out (co,ho,wo)
 pub fn conv2d<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
-    let Conv2dShape {
-        ci,
-        h,
-        w: wi,
-        kh,
-        kw,
-        stride: s,
-        pad: [pt, pl, _, _],
-        ho,
-        wo,
-        ..
-    } = *g;
+    let Conv2dShape { ci, h, w: wi, kh, kw, stride: s, pad: [pt, pl, _, _], ho, wo, .. } = *g;
     let plane = ho * wo;
     let ksize = ci * kh * kw;
     par::for_each_chunk(out, plane, |co, o| {
@@ -108,8 +93,7 @@ mod tests {
                             for kx in 0..g.kw {
                                 let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
                                 let ix = (ox * g.stride + kx) as isize - g.pad[1] as isize;
-                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w
-                                {
+                                if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                                     acc += w[((co * g.ci + c) * g.kh + ky) * g.kw + kx]
                                         * x[(c * g.h + iy as usize) * g.w + ix as usize];
                                 }
@@ -127,18 +111,7 @@ mod tests {
         let (ci, co, k) = (2, 2, 3);
         let ho = (h + pad[0] + pad[2] - k) / stride + 1;
         let wo = (w + pad[1] + pad[3] - k) / stride + 1;
-        let g = Conv2dShape {
-            ci,
-            h,
-            w,
-            co,
-            kh: k,
-            kw: k,
-            stride,
-            pad,
-            ho,
-            wo,
-        };
+        let g = Conv2dShape { ci, h, w, co, kh: k, kw: k, stride, pad, ho, wo };
         let x: [f32; 50] = core::array::from_fn(|i| ((i * 7 % 11) as f32) - 5.0);
         let wt: [f32; 36] = core::array::from_fn(|i| ((i * 5 % 9) as f32) * 0.25 - 1.0);
         let b = [0.5f32, -0.25];

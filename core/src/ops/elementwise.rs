@@ -24,9 +24,7 @@ pub fn add_assign_scaled(out: &mut [f32], b: &[f32], scale: f32) {
     if scale == 1.0 {
         out.iter_mut().zip(b).for_each(|(o, v)| *o += v);
     } else {
-        out.iter_mut()
-            .zip(b)
-            .for_each(|(o, v)| *o = (*o + v) * scale);
+        out.iter_mut().zip(b).for_each(|(o, v)| *o = (*o + v) * scale);
     }
 }
 

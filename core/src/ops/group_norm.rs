@@ -45,16 +45,7 @@ mod tests {
     fn normalises_each_group() {
         // 4 channels of 2 pixels, 2 groups: group 0 = [1,2,3,4], group 1 = [10,10,10,10]
         let mut x = [1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
-        group_norm(
-            &mut x,
-            4,
-            2,
-            2,
-            &[1.0, 1.0, 2.0, 2.0],
-            &[0.0, 0.0, 1.0, 1.0],
-            0.0,
-            false,
-        );
+        group_norm(&mut x, 4, 2, 2, &[1.0, 1.0, 2.0, 2.0], &[0.0, 0.0, 1.0, 1.0], 0.0, false);
         let s = 1.0 / 1.25f32.sqrt(); // mean 2.5, var 1.25
         let expect = [-1.5 * s, -0.5 * s, 0.5 * s, 1.5 * s];
         for (a, b) in x[..4].iter().zip(expect) {

@@ -4,13 +4,7 @@
 /// `f_k = exp(−ln(max_period)·k / (dim/2 − freq_shift))`, and a trailing zero when `dim` is odd.
 /// Arithmetic follows diffusers step by step in f32, with `ln(max_period)` rounded from f64 as Python does.
 // t -> out (dim)
-pub fn timestep_embedding(
-    out: &mut [f32],
-    t: f32,
-    flip_sin_to_cos: bool,
-    freq_shift: f32,
-    max_period: f32,
-) {
+pub fn timestep_embedding(out: &mut [f32], t: f32, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32) {
     let dim = out.len();
     let half = dim / 2;
     let neg_log = -(libm::log(max_period as f64) as f32);

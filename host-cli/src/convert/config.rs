@@ -85,9 +85,10 @@ pub struct UNetConfig {
 fn opt_usize(m: &Map<String, Value>, k: &str) -> Result<Option<usize>> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-            anyhow!("config option '{k}': expected a non-negative integer, found {v}")
-        }),
+        Some(v) => v
+            .as_u64()
+            .map(|x| Some(x as usize))
+            .ok_or_else(|| anyhow!("config option '{k}': expected a non-negative integer, found {v}")),
     }
 }
 
@@ -96,16 +97,11 @@ fn get_usize(m: &Map<String, Value>, k: &str) -> Result<usize> {
 }
 
 fn get_f32(m: &Map<String, Value>, k: &str) -> Result<f32> {
-    m.get(k)
-        .and_then(Value::as_f64)
-        .map(|v| v as f32)
-        .ok_or_else(|| anyhow!("config option '{k}': expected a number"))
+    m.get(k).and_then(Value::as_f64).map(|v| v as f32).ok_or_else(|| anyhow!("config option '{k}': expected a number"))
 }
 
 fn get_bool(m: &Map<String, Value>, k: &str) -> Result<bool> {
-    m.get(k)
-        .and_then(Value::as_bool)
-        .ok_or_else(|| anyhow!("config option '{k}': expected true or false"))
+    m.get(k).and_then(Value::as_bool).ok_or_else(|| anyhow!("config option '{k}': expected true or false"))
 }
 
 fn get_str<'a>(m: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>> {
@@ -117,9 +113,7 @@ fn get_str<'a>(m: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>> {
 }
 
 fn get_list<'a>(m: &'a Map<String, Value>, k: &str) -> Result<&'a Vec<Value>> {
-    m.get(k)
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("config option '{k}': expected a list"))
+    m.get(k).and_then(Value::as_array).ok_or_else(|| anyhow!("config option '{k}': expected a list"))
 }
 
 fn unsupported(k: &str, v: impl std::fmt::Display, supported: &str) -> anyhow::Error {
@@ -163,22 +157,15 @@ impl UNetConfig {
             .iter()
             .map(|v| v.as_u64().map(|x| x as usize))
             .collect::<Option<_>>()
-            .ok_or_else(|| {
-                anyhow!("config option 'block_out_channels' must be a list of integers")
-            })?;
+            .ok_or_else(|| anyhow!("config option 'block_out_channels' must be a list of integers"))?;
         let levels = block_out_channels.len();
         if levels == 0 || block_out_channels.contains(&0) {
-            bail!(
-                "config option 'block_out_channels' must be a non-empty list of positive integers"
-            );
+            bail!("config option 'block_out_channels' must be a non-empty list of positive integers");
         }
         let block_types = |k: &str, plain: &str, attn: &str| -> Result<Vec<bool>> {
             let list = get_list(&m, k)?;
             if list.len() != levels {
-                bail!(
-                    "config option '{k}' has {} entries but block_out_channels has {levels}",
-                    list.len()
-                );
+                bail!("config option '{k}' has {} entries but block_out_channels has {levels}", list.len());
             }
             list.iter()
                 .map(|v| match v.as_str() {
@@ -207,19 +194,11 @@ impl UNetConfig {
         expect("act_fn", &["silu", "swish"])?;
         expect("resnet_time_scale_shift", &["default", "scale_shift"])?;
         if let Some(s) = get_str(&m, "class_embed_type")? {
-            return Err(unsupported(
-                "class_embed_type",
-                s,
-                "null (with num_class_embeds)",
-            ));
+            return Err(unsupported("class_embed_type", s, "null (with num_class_embeds)"));
         }
         let downsample_padding = get_usize(&m, "downsample_padding")?;
         if downsample_padding > 1 {
-            return Err(unsupported(
-                "downsample_padding",
-                downsample_padding,
-                "0, 1",
-            ));
+            return Err(unsupported("downsample_padding", downsample_padding, "0, 1"));
         }
         let norm_num_groups = match opt_usize(&m, "norm_num_groups")? {
             Some(g) if g > 0 => g,
@@ -264,8 +243,7 @@ impl UNetConfig {
             bail!("in_channels, out_channels and layers_per_block must be positive");
         }
         let step = 1usize << (levels - 1);
-        if self.height == 0 || self.width == 0 || self.height % step != 0 || self.width % step != 0
-        {
+        if self.height == 0 || self.width == 0 || self.height % step != 0 || self.width % step != 0 {
             bail!(
                 "sample_size {}x{} must be a positive multiple of {step} ({levels} levels halve it {} times)",
                 self.height,
@@ -287,10 +265,7 @@ impl UNetConfig {
         }
         for &c in &self.block_out_channels {
             if c % self.norm_num_groups != 0 {
-                bail!(
-                    "norm_num_groups = {} does not divide block channels {c}",
-                    self.norm_num_groups
-                );
+                bail!("norm_num_groups = {} does not divide block channels {c}", self.norm_num_groups);
             }
             if let Some(d) = self.attention_head_dim {
                 if d == 0 || c % d != 0 {
@@ -309,11 +284,7 @@ impl UNetConfig {
             let skip_in = self.block_out_channels[levels.saturating_sub(i + 2).min(levels - 1)];
             for j in 0..=self.layers_per_block {
                 let res_in = if j == 0 { prev } else { out };
-                let skip = if j == self.layers_per_block {
-                    skip_in
-                } else {
-                    out
-                };
+                let skip = if j == self.layers_per_block { skip_in } else { out };
                 if (res_in + skip) % self.norm_num_groups != 0 {
                     bail!(
                         "norm_num_groups = {} does not divide up-block input channels {}",
@@ -329,10 +300,7 @@ impl UNetConfig {
 
     /// Infers a config from tensor names and shapes. Options the tensors cannot tell take diffusers' defaults
     /// (listed in the returned note), except [`MUST_GIVE`], which must come from `overrides`.
-    pub fn infer(
-        sd: &StateDict,
-        overrides: &Map<String, Value>,
-    ) -> Result<(Map<String, Value>, String)> {
+    pub fn infer(sd: &StateDict, overrides: &Map<String, Value>) -> Result<(Map<String, Value>, String)> {
         let t = &sd.tensors;
         let dims = |name: &str| -> Option<&Vec<usize>> { t.get(name).map(|x| &x.shape) };
         let Some(conv_in) = dims("conv_in.weight") else {
@@ -342,75 +310,38 @@ impl UNetConfig {
                 first.join(", ")
             );
         };
-        let conv_out =
-            dims("conv_out.weight").ok_or_else(|| anyhow!("missing tensor 'conv_out.weight'"))?;
+        let conv_out = dims("conv_out.weight").ok_or_else(|| anyhow!("missing tensor 'conv_out.weight'"))?;
         let mut m = Map::new();
-        m.insert(
-            "in_channels".into(),
-            json!(conv_in.get(1).copied().unwrap_or(0)),
-        );
-        m.insert(
-            "out_channels".into(),
-            json!(conv_out.first().copied().unwrap_or(0)),
-        );
+        m.insert("in_channels".into(), json!(conv_in.get(1).copied().unwrap_or(0)));
+        m.insert("out_channels".into(), json!(conv_out.first().copied().unwrap_or(0)));
         let mut boc = Vec::new();
         let (mut downs, mut ups) = (Vec::new(), Vec::new());
         while let Some(d) = dims(&format!("down_blocks.{}.resnets.0.conv1.weight", boc.len())) {
             let i = boc.len();
             boc.push(d[0]);
-            let attn = t
-                .keys()
-                .any(|k| k.starts_with(&format!("down_blocks.{i}.attentions.")));
-            downs.push(if attn {
-                "AttnDownBlock2D"
-            } else {
-                "DownBlock2D"
-            });
-            let attn_up = t
-                .keys()
-                .any(|k| k.starts_with(&format!("up_blocks.{i}.attentions.")));
-            ups.push(if attn_up {
-                "AttnUpBlock2D"
-            } else {
-                "UpBlock2D"
-            });
+            let attn = t.keys().any(|k| k.starts_with(&format!("down_blocks.{i}.attentions.")));
+            downs.push(if attn { "AttnDownBlock2D" } else { "DownBlock2D" });
+            let attn_up = t.keys().any(|k| k.starts_with(&format!("up_blocks.{i}.attentions.")));
+            ups.push(if attn_up { "AttnUpBlock2D" } else { "UpBlock2D" });
         }
         if boc.is_empty() {
             bail!("no 'down_blocks.0.resnets.0.conv1.weight' tensor: not a diffusers UNet2DModel checkpoint");
         }
-        let layers = (0..)
-            .take_while(|j| t.contains_key(&format!("down_blocks.0.resnets.{j}.conv1.weight")))
-            .count();
+        let layers = (0..).take_while(|j| t.contains_key(&format!("down_blocks.0.resnets.{j}.conv1.weight"))).count();
         m.insert("block_out_channels".into(), json!(boc));
         m.insert("down_block_types".into(), json!(downs));
         m.insert("up_block_types".into(), json!(ups));
         m.insert("layers_per_block".into(), json!(layers));
-        let temb = dims("time_embedding.linear_1.weight")
-            .map(|d| d[0])
-            .unwrap_or(4 * boc[0]);
+        let temb = dims("time_embedding.linear_1.weight").map(|d| d[0]).unwrap_or(4 * boc[0]);
         if temb != 4 * boc[0] {
             m.insert("time_embedding_dim".into(), json!(temb));
         }
         let proj = dims("down_blocks.0.resnets.0.time_emb_proj.weight").map(|d| d[0]);
-        let shift = if proj == Some(2 * boc[0]) {
-            "scale_shift"
-        } else {
-            "default"
-        };
+        let shift = if proj == Some(2 * boc[0]) { "scale_shift" } else { "default" };
         m.insert("resnet_time_scale_shift".into(), json!(shift));
         let mid = t.keys().any(|k| k.starts_with("mid_block."));
-        m.insert(
-            "mid_block_type".into(),
-            if mid {
-                json!("UNetMidBlock2D")
-            } else {
-                Value::Null
-            },
-        );
-        m.insert(
-            "add_attention".into(),
-            json!(t.keys().any(|k| k.starts_with("mid_block.attentions."))),
-        );
+        m.insert("mid_block_type".into(), if mid { json!("UNetMidBlock2D") } else { Value::Null });
+        m.insert("add_attention".into(), json!(t.keys().any(|k| k.starts_with("mid_block.attentions."))));
         if let Some(d) = dims("class_embedding.weight") {
             m.insert("num_class_embeds".into(), json!(d[0]));
         }
@@ -465,9 +396,7 @@ impl UNetConfig {
 pub fn parse_overrides(sets: &[String]) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     for s in sets {
-        let (k, v) = s
-            .split_once('=')
-            .with_context(|| format!("--set '{s}': expected KEY=VALUE"))?;
+        let (k, v) = s.split_once('=').with_context(|| format!("--set '{s}': expected KEY=VALUE"))?;
         let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         m.insert(k.trim().to_string(), v);
     }
@@ -476,11 +405,8 @@ pub fn parse_overrides(sets: &[String]) -> Result<Map<String, Value>> {
 
 /// Reads a JSON object from a file.
 pub fn read_json_object(path: &std::path::Path) -> Result<Map<String, Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?
-    {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))? {
         Value::Object(m) => Ok(m),
         _ => bail!("{} does not hold a JSON object", path.display()),
     }
@@ -493,18 +419,11 @@ pub fn normalize_names(sd: &mut StateDict) {
     let old = std::mem::take(&mut sd.tensors);
     let mut new = BTreeMap::new();
     for (k, v) in old {
-        let mut k = if all_module {
-            k["module.".len()..].to_string()
-        } else {
-            k
-        };
+        let mut k = if all_module { k["module.".len()..].to_string() } else { k };
         if k.contains(".attentions.") {
-            for (from, to) in [
-                (".query.", ".to_q."),
-                (".key.", ".to_k."),
-                (".value.", ".to_v."),
-                (".proj_attn.", ".to_out.0."),
-            ] {
+            for (from, to) in
+                [(".query.", ".to_q."), (".key.", ".to_k."), (".value.", ".to_v."), (".proj_attn.", ".to_out.0.")]
+            {
                 k = k.replace(from, to);
             }
         }

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Result};
 use ddpm_core::blob::{
-    Precision, Schedule, ALIGN, FAMILY_UNET2D, HEADER_BYTES, MAGIC, OP_RECORD_BYTES,
-    SCHEDULE_RECORD_BYTES, TENSOR_RECORD_BYTES, VALUE_RECORD_BYTES, VERSION,
+    Precision, Schedule, ALIGN, FAMILY_UNET2D, HEADER_BYTES, MAGIC, OP_RECORD_BYTES, SCHEDULE_RECORD_BYTES,
+    TENSOR_RECORD_BYTES, VALUE_RECORD_BYTES, VERSION,
 };
 use ddpm_core::program::Op;
 
@@ -60,13 +60,7 @@ pub fn op_values(op: &Op) -> Vec<u32> {
         | Op::Affine { out, x, .. } => vec![out, x],
         Op::AddChannel { x, v } | Op::ScaleShift { x, v } => vec![x, v],
         Op::Add { out, a, b, .. } | Op::Concat { out, a, b } => vec![out, a, b],
-        Op::Attention {
-            out,
-            x,
-            xn,
-            scratch,
-            ..
-        } => vec![out, x, xn, scratch],
+        Op::Attention { out, x, xn, scratch, .. } => vec![out, x, xn, scratch],
     }
 }
 
@@ -81,11 +75,7 @@ impl Graph {
     }
 
     pub fn tensor(&mut self, name: &str, dims: Vec<usize>, data: Vec<f32>) -> u32 {
-        self.tensors.push(Tensor {
-            name: name.to_string(),
-            dims,
-            data,
-        });
+        self.tensors.push(Tensor { name: name.to_string(), dims, data });
         (self.tensors.len() - 1) as u32
     }
 
@@ -169,11 +159,7 @@ impl Graph {
             let len = t.data.len() * if dtype == 1 { 2 } else { 4 };
             let mut dims = [1u32; 4];
             if t.dims.is_empty() || t.dims.len() > 4 {
-                bail!(
-                    "tensor {} has {} dimensions; the blob holds 1 to 4",
-                    t.name,
-                    t.dims.len()
-                );
+                bail!("tensor {} has {} dimensions; the blob holds 1 to 4", t.name, t.dims.len());
             }
             for (d, &v) in dims.iter_mut().zip(&t.dims) {
                 *d = u32_of(v)?;
@@ -198,8 +184,7 @@ impl Graph {
         u32_of(total).map_err(|_| anyhow::anyhow!("model too large: blob would exceed 4 GiB"))?;
 
         let mut b = vec![0u8; total];
-        let put =
-            |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        let put = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
         b[..8].copy_from_slice(&MAGIC);
         put(&mut b, 8, VERSION);
         put(&mut b, 12, HEADER_BYTES as u32);
@@ -229,19 +214,13 @@ impl Graph {
         b[sched_off..sched_off + SCHEDULE_RECORD_BYTES].copy_from_slice(&hdr.schedule.encode());
         b[tensors_off..values_off].copy_from_slice(&tensor_records);
         for (i, s) in self.values.iter().enumerate() {
-            let rec = [
-                u32_of(offsets[i])?,
-                u32_of(s.c)?,
-                u32_of(s.h)?,
-                u32_of(s.w)?,
-            ];
+            let rec = [u32_of(offsets[i])?, u32_of(s.c)?, u32_of(s.h)?, u32_of(s.w)?];
             let at = values_off + i * VALUE_RECORD_BYTES;
             b[at..at + 16].copy_from_slice(&rec.map(u32::to_le_bytes).concat());
         }
         for (i, op) in self.ops.iter().enumerate() {
             let at = ops_off + i * OP_RECORD_BYTES;
-            b[at..at + OP_RECORD_BYTES]
-                .copy_from_slice(&op.encode().map(u32::to_le_bytes).concat());
+            b[at..at + OP_RECORD_BYTES].copy_from_slice(&op.encode().map(u32::to_le_bytes).concat());
         }
         b[strings_off..strings_off + strings.len()].copy_from_slice(&strings);
         for (t, &(off, dtype)) in self.tensors.iter().zip(&data_places) {

@@ -1,8 +1,8 @@
 //! `host-cli convert`: checkpoint → blob, with no Python involved.
 
-mod config;
-mod graph;
-mod scheduler;
+pub mod config;
+pub mod graph;
+pub mod scheduler;
 mod unet;
 
 use std::path::{Path, PathBuf};
@@ -26,50 +26,30 @@ pub struct ConvertArgs {
     pub config: Option<PathBuf>,
     pub scheduler: Option<PathBuf>,
     pub sets: Vec<String>,
+    pub scheduler_sets: Vec<String>,
 }
 
 /// The weights files a diffusers model folder may hold, in order of preference.
-const FOLDER_WEIGHTS: [&str; 4] = [
-    "diffusion_pytorch_model.safetensors",
-    "model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "pytorch_model.bin",
-];
+const FOLDER_WEIGHTS: [&str; 4] =
+    ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin"];
 
 /// Loads weights from a file or a diffusers folder; returns them, the config found beside them (if any), the
 /// scheduler config found beside them (if any), and notes for the user.
-fn load_input(
-    a: &ConvertArgs,
-) -> Result<(StateDict, Option<PathBuf>, Option<PathBuf>, Vec<String>)> {
+fn load_input(a: &ConvertArgs) -> Result<(StateDict, Option<PathBuf>, Option<PathBuf>, Vec<String>)> {
     let mut notes = Vec::new();
     let p = &a.input;
     if p.is_dir() {
         // A pipeline folder (model_index.json, unet/, scheduler/) or a model folder (config.json + weights).
-        let dir = if p.join("unet").is_dir() && !p.join("config.json").exists() {
-            p.join("unet")
-        } else {
-            p.clone()
-        };
-        let weights = FOLDER_WEIGHTS
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|f| f.is_file())
-            .with_context(|| {
-                format!(
-                    "{} holds no diffusers weights file ({})",
-                    dir.display(),
-                    FOLDER_WEIGHTS.join(", ")
-                )
-            })?;
+        let dir = if p.join("unet").is_dir() && !p.join("config.json").exists() { p.join("unet") } else { p.clone() };
+        let weights = FOLDER_WEIGHTS.iter().map(|f| dir.join(f)).find(|f| f.is_file()).with_context(|| {
+            format!("{} holds no diffusers weights file ({})", dir.display(), FOLDER_WEIGHTS.join(", "))
+        })?;
         let (sd, n) = load_file(&weights, a.key.as_deref())?;
         notes.extend(n);
         let config = Some(dir.join("config.json")).filter(|c| c.is_file());
-        let sched = [
-            dir.join("scheduler/scheduler_config.json"),
-            dir.join("../scheduler/scheduler_config.json"),
-        ]
-        .into_iter()
-        .find(|s| s.is_file());
+        let sched = [dir.join("scheduler/scheduler_config.json"), dir.join("../scheduler/scheduler_config.json")]
+            .into_iter()
+            .find(|s| s.is_file());
         if let Some(s) = &sched {
             notes.push(format!("scheduler config: {}", s.display()));
         }
@@ -84,19 +64,14 @@ fn load_input(
 }
 
 fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
-    let ext = p
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "safetensors" {
         if key.is_some() {
             bail!("--key applies to torch.save files, not to {}", p.display());
         }
         return Ok((load::load_safetensors(p)?, vec![]));
     }
-    let (sd, used) =
-        load::load_torch(p, key).with_context(|| format!("cannot read {}", p.display()))?;
+    let (sd, used) = load::load_torch(p, key).with_context(|| format!("cannot read {}", p.display()))?;
     Ok((sd, vec![format!("using the {used}")]))
 }
 
@@ -132,17 +107,37 @@ pub fn convert(a: &ConvertArgs) -> Result<Vec<String>> {
     }
 
     let sched_path = a.scheduler.clone().or(found_sched);
-    let schedule = match &sched_path {
-        Some(s) => {
-            let (sched, warn) = scheduler::from_json(&read_json_object(s)?, &mut graph)?;
-            notes.extend(warn);
-            sched
-        }
-        None => {
-            notes.push("no scheduler config: using DDPMScheduler defaults (1000 linear betas 1e-4..0.02, epsilon)".into());
-            Schedule::DDPM_DEFAULT
-        }
+    let mut sched_json = match &sched_path {
+        Some(s) => read_json_object(s)?,
+        None => Map::new(),
     };
+    let sched_overrides = parse_overrides(&a.scheduler_sets)?;
+    if sched_path.is_none() {
+        notes.push(if sched_overrides.is_empty() {
+            "no scheduler config: using DDPMScheduler defaults (1000 linear betas 1e-4..0.02, epsilon)".into()
+        } else {
+            "no scheduler config: DDPMScheduler defaults with the --scheduler-set options".into()
+        });
+    }
+    sched_json.extend(sched_overrides);
+    let (schedule, warn) = scheduler::from_json(&sched_json, &mut graph)?;
+    notes.extend(warn);
+    let learned =
+        matches!(Schedule::VARIANCE_TYPES.get(schedule.variance_type as usize), Some(&"learned" | &"learned_range"));
+    if cfg.out_channels == 2 * cfg.in_channels && !learned {
+        notes.push(format!(
+            "the model predicts {} channels for {}-channel images (learned variance?) but variance_type is fixed: \
+             DDPM sampling will refuse it; pass --scheduler-set variance_type=learned_range if it was trained so",
+            cfg.out_channels, cfg.in_channels
+        ));
+    }
+    if learned && cfg.out_channels != 2 * cfg.in_channels {
+        bail!(
+            "scheduler variance_type is learned but the model predicts {} channels, not 2 x {}",
+            cfg.out_channels,
+            cfg.in_channels
+        );
+    }
     let hdr = ModelHeader {
         precision: a.precision,
         in_channels: cfg.in_channels,
@@ -155,8 +150,7 @@ pub fn convert(a: &ConvertArgs) -> Result<Vec<String>> {
     };
     let blob = graph.to_blob(&hdr, input, output)?;
     // Check what we wrote with the same validator the target uses.
-    crate::blobfile::check(&blob)
-        .context("internal error: the converter produced an invalid blob")?;
+    crate::blobfile::check(&blob).context("internal error: the converter produced an invalid blob")?;
     crate::blobfile::write_atomic(&a.output, &blob)?;
     Ok(notes)
 }

@@ -27,19 +27,12 @@ const KNOWN: [&str; 16] = [
 ];
 
 fn code(key: &str, value: &Value, names: &[&str]) -> Result<u32> {
-    let s = value
-        .as_str()
-        .ok_or_else(|| anyhow!("scheduler option '{key}': expected a string, found {value}"))?;
+    let s = value.as_str().ok_or_else(|| anyhow!("scheduler option '{key}': expected a string, found {value}"))?;
     names
         .iter()
         .position(|n| *n == s)
         .map(|i| i as u32)
-        .ok_or_else(|| {
-            anyhow!(
-                "unsupported scheduler option {key} = \"{s}\" (supported: {})",
-                names.join(", ")
-            )
-        })
+        .ok_or_else(|| anyhow!("unsupported scheduler option {key} = \"{s}\" (supported: {})", names.join(", ")))
 }
 
 /// Reads a scheduler config. Missing keys keep diffusers' defaults; unknown values are errors naming the key;
@@ -49,26 +42,19 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
     let mut notes = Vec::new();
     if let Some(name) = m.get("_class_name").and_then(Value::as_str) {
         if !["DDPMScheduler", "DDIMScheduler"].contains(&name) {
-            notes.push(format!(
-                "scheduler config is for {name}; reading its DDPM-compatible options"
-            ));
+            notes.push(format!("scheduler config is for {name}; reading its DDPM-compatible options"));
         }
     }
     let num = |k: &str, v: &Value| {
-        v.as_f64()
-            .map(|x| x as f32)
-            .ok_or_else(|| anyhow!("scheduler option '{k}': expected a number, found {v}"))
+        v.as_f64().map(|x| x as f32).ok_or_else(|| anyhow!("scheduler option '{k}': expected a number, found {v}"))
     };
     let flag = |k: &str, v: &Value| {
-        v.as_bool()
-            .ok_or_else(|| anyhow!("scheduler option '{k}': expected true or false, found {v}"))
+        v.as_bool().ok_or_else(|| anyhow!("scheduler option '{k}': expected true or false, found {v}"))
     };
     let uint = |k: &str, v: &Value| {
         v.as_u64()
             .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| {
-                anyhow!("scheduler option '{k}': expected a non-negative integer, found {v}")
-            })
+            .ok_or_else(|| anyhow!("scheduler option '{k}': expected a non-negative integer, found {v}"))
     };
     let mut trained: Option<Vec<f32>> = None;
     for (k, v) in m {
@@ -86,9 +72,8 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
             "beta_schedule" => s.beta_schedule = code(k, v, &Schedule::BETA_SCHEDULES[..4])?,
             "trained_betas" => {
                 if !v.is_null() {
-                    let list = v.as_array().ok_or_else(|| {
-                        anyhow!("scheduler option 'trained_betas': expected a list")
-                    })?;
+                    let list =
+                        v.as_array().ok_or_else(|| anyhow!("scheduler option 'trained_betas': expected a list"))?;
                     trained = Some(list.iter().map(|x| num(k, x)).collect::<Result<_>>()?);
                 }
             }
@@ -121,10 +106,7 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
                 s.num_train_timesteps
             );
         }
-        if betas
-            .iter()
-            .any(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0))
-        {
+        if betas.iter().any(|b| !(b.is_finite() && *b > 0.0 && *b < 1.0)) {
             bail!("scheduler trained_betas must lie in (0, 1)");
         }
         s.beta_schedule = 4;

@@ -1,13 +1,12 @@
 //! Checkpoint and array readers.
 //!
 //! * [`load_torch`]: `torch.save` zip archives (`.pt`, `.pth`, `.bin`, `.ckpt`), read with a
-//!   restricted unpickler that never executes anything (see [`pickle`]);
+//!   restricted unpickler that never executes anything (module `pickle`);
 //! * [`load_safetensors`]: `.safetensors` files;
 //! * [`read_npy`] / [`write_npy`]: NumPy `.npy` arrays.
 //!
 //! Every reader converts float tensors (f32, f16, bf16, f64) to row-major `f32`.
 //! Non-float tensors (integer step counters, `num_batches_tracked`, masks) are skipped.
-#![allow(dead_code)]
 
 mod npy;
 mod pickle;
@@ -59,12 +58,14 @@ impl StateDict {
 
 /// Load a torch.save zip file (.pt/.pth/.bin/.ckpt).
 ///
-/// `key`: if `Some(k)`, the state dict is the dict found under top-level key `k` (dotted paths
-/// like `"ema.model"` descend nested dicts; a top-level key that itself contains dots wins).
+/// `key`: if `Some(k)`, the state dict is the dict found under top-level key `k`; dotted paths
+/// like `"ema.model"` descend nested dicts, and keys may contain dots themselves (`"ema.0.999"`
+/// finds `ckpt["ema"]["0.999"]`: at each level the longest matching run of parts wins).
 /// If `None`: a top-level dict whose values are all tensors is used as is; otherwise the first
 /// of `"ema"`, `"ema_model"`, `"state_dict"`, `"model"`, `"model_state_dict"`, `"module"`,
-/// `"net"` holding a dict of tensors is used (then the same names one level further down, e.g.
-/// `model.state_dict`). Returns the state dict and a sentence saying what was used, e.g.
+/// `"net"` holding a dict of tensors (plain scalars alongside are tolerated) is used, then the
+/// same names one level further down (e.g. `model.state_dict`), then a top-level dict mixing
+/// tensors and scalars. Returns the state dict and a sentence saying what was used, e.g.
 /// `"state dict under top-level key 'ema' (other keys: 'model', 'step')"` or
 /// `"top-level state dict"`. Errors name the available keys when nothing fits.
 ///

@@ -20,10 +20,20 @@
 //!   to each other by index, so deeply nested or even cyclic object graphs are
 //!   just data.
 //!
+//! Opcodes understood (protocols 0-5 as used in practice): PROTO, FRAME, STOP, MARK, POP,
+//! POP_MARK, DUP, NONE, NEWTRUE, NEWFALSE, INT, LONG, BININT, BININT1, BININT2, LONG1, LONG4,
+//! FLOAT, BINFLOAT, BINUNICODE, SHORT_BINUNICODE, BINUNICODE8, BINSTRING, SHORT_BINSTRING,
+//! BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8, EMPTY_LIST/TUPLE/DICT/SET, LIST, TUPLE,
+//! TUPLE1-3, DICT, FROZENSET, APPEND(S), SETITEM(S), ADDITEMS, PUT, BINPUT, LONG_BINPUT, MEMOIZE,
+//! GET, BINGET, LONG_BINGET, GLOBAL, STACK_GLOBAL, INST, OBJ, REDUCE, NEWOBJ, NEWOBJ_EX, BUILD
+//! (on dicts only) and BINPERSID (torch storages only). Anything else (STRING, UNICODE, PERSID,
+//! EXT1-4, NEXT_BUFFER, READONLY_BUFFER, unknown bytes) is an error naming the opcode and offset.
+//!
 //! Storages (the tensor payloads) are not resolved here: `BINPERSID` produces
 //! a [`StorageRef`] naming the zip entry, and `_rebuild_tensor_v2` produces a
 //! [`TensorRef`] describing the view. The zip reader materialises them.
 
+use super::FloatKind;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 
@@ -71,28 +81,15 @@ pub enum StorageDtype {
 }
 
 impl StorageDtype {
-    /// Size of one element in bytes.
-    pub fn elem_size(self) -> usize {
+    /// The float encoding the loader converts from, or `None` for types it skips.
+    pub fn float_kind(self) -> Option<FloatKind> {
         match self {
-            StorageDtype::F64 | StorageDtype::I64 | StorageDtype::Complex64 => 8,
-            StorageDtype::F32 | StorageDtype::I32 => 4,
-            StorageDtype::F16 | StorageDtype::BF16 | StorageDtype::I16 => 2,
-            StorageDtype::I8
-            | StorageDtype::U8
-            | StorageDtype::Bool
-            | StorageDtype::Quantized
-            | StorageDtype::Untyped
-            | StorageDtype::Other => 1,
-            StorageDtype::Complex128 => 16,
+            StorageDtype::F32 => Some(FloatKind::F32),
+            StorageDtype::F16 => Some(FloatKind::F16),
+            StorageDtype::BF16 => Some(FloatKind::BF16),
+            StorageDtype::F64 => Some(FloatKind::F64),
+            _ => None,
         }
-    }
-
-    /// Whether tensors of this type are converted to `f32` by the loader.
-    pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            StorageDtype::F64 | StorageDtype::F32 | StorageDtype::F16 | StorageDtype::BF16
-        )
     }
 }
 
@@ -199,12 +196,11 @@ fn torch_dtype(name: &str) -> Option<StorageDtype> {
         "complex64" | "cfloat" => StorageDtype::Complex64,
         "complex128" | "cdouble" => StorageDtype::Complex128,
         "quint8" | "qint8" | "qint32" | "quint4x2" | "quint2x4" => StorageDtype::Quantized,
-        "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu"
-        | "float4_e2m1fn_x2" | "uint16" | "uint32" | "uint64" | "complex32" | "chalf" | "bits1x8"
-        | "bits2x4" | "bits4x2" | "bits8" | "bits16" | "int1" | "int2" | "int3" | "int4" | "int5"
-        | "int6" | "int7" | "uint1" | "uint2" | "uint3" | "uint4" | "uint5" | "uint6" | "uint7" => {
-            StorageDtype::Other
-        }
+        "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz" | "float8_e5m2fnuz"
+        | "float8_e8m0fnu" | "float4_e2m1fn_x2" | "uint16" | "uint32" | "uint64" | "complex32"
+        | "chalf" | "bits1x8" | "bits2x4" | "bits4x2" | "bits8" | "bits16" | "int1" | "int2"
+        | "int3" | "int4" | "int5" | "int6" | "int7" | "uint1" | "uint2" | "uint3" | "uint4"
+        | "uint5" | "uint6" | "uint7" => StorageDtype::Other,
         _ => return None,
     })
 }
@@ -379,8 +375,16 @@ impl Pickle {
 }
 
 /// Upper bound on stack + memo entries + arena objects, far above what any real
-/// checkpoint needs (those are linear in the input anyway; this is defence in depth).
-const MAX_ITEMS: usize = 1 << 26;
+/// checkpoint needs (a large model's pickle has tens of thousands).
+const MAX_ITEMS: usize = 1 << 24;
+
+/// Copy budget per input byte. Memo references (`BINGET`) let a few bytes of input name a
+/// large object again and again; every operation that *copies* data out of an existing
+/// object (argument tuples, dict key strings, set/Size contents, ...) is charged against
+/// `WORK_PER_BYTE * input length + WORK_BASE`, so total work stays linear in the input.
+const WORK_PER_BYTE: usize = 16;
+/// Fixed part of the copy budget.
+const WORK_BASE: usize = 1 << 20;
 
 /// Opcode names, for error messages about opcodes this reader refuses.
 fn opcode_name(op: u8) -> Option<&'static str> {
@@ -476,6 +480,8 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
     objects: Vec<Object>,
+    /// Remaining copy budget (see [`WORK_PER_BYTE`]).
+    budget: usize,
 }
 
 /// Parses a pickle byte stream without executing it.
@@ -491,6 +497,10 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
         marks: Vec::new(),
         memo: HashMap::new(),
         objects: Vec::new(),
+        budget: data
+            .len()
+            .saturating_mul(WORK_PER_BYTE)
+            .saturating_add(WORK_BASE),
     };
     let root = m.run()?;
     Ok(Pickle {
@@ -654,6 +664,43 @@ impl<'a> Machine<'a> {
         u64::try_from(i).map_err(|_| self.err(format!("negative {what}")))
     }
 
+    /// Charges `units` of copying against the budget.
+    fn charge(&mut self, units: usize) -> Result<()> {
+        match self.budget.checked_sub(units) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => {
+                Err(self.err("object graph expands too much (shared objects copied too often)"))
+            }
+        }
+    }
+
+    /// Items of a tuple (or, with `any_seq`, a list or set).
+    fn items_ref(&self, v: Value, any_seq: bool) -> Option<&[Value]> {
+        match v {
+            Value::Ref(id) => match self.objects.get(id) {
+                Some(Object::Tuple(items)) => Some(items),
+                Some(Object::List(items)) | Some(Object::Set(items)) if any_seq => Some(items),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A charged copy of the items of a tuple (or, with `any_seq`, a list or set).
+    fn copy_items(&mut self, v: Value, any_seq: bool, what: &str) -> Result<Vec<Value>> {
+        let Some(n) = self.items_ref(v, any_seq).map(<[Value]>::len) else {
+            return Err(self.err(format!("{what}: expected a tuple")));
+        };
+        self.charge(n)?;
+        Ok(self
+            .items_ref(v, any_seq)
+            .map(<[Value]>::to_vec)
+            .unwrap_or_default())
+    }
+
     /// Items of a tuple or list value.
     fn seq_of(&self, v: Value) -> Option<&[Value]> {
         match v {
@@ -681,13 +728,22 @@ impl<'a> Machine<'a> {
 
     /// `dict[k] = v` on the dict referenced by `d`.
     fn set_items(&mut self, d: Value, items: &[Value]) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.chunks_exact(2).remainder().is_empty() {
             return Err(self.err("odd number of items for SETITEMS"));
         }
         let keys: Vec<DictKey> = items
             .chunks_exact(2)
             .map(|kv| self.dict_key(kv[0]))
             .collect();
+        let copied: usize = keys
+            .iter()
+            .map(|k| match k {
+                DictKey::Str(s) => s.len(),
+                DictKey::Bytes(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        self.charge(copied)?;
         let op_pos = self.op_pos;
         let Some(Object::Dict(dict)) = self.obj_mut(d) else {
             return Err(anyhow!(
@@ -744,10 +800,7 @@ impl<'a> Machine<'a> {
                     [] => {}
                     [pairs] => {
                         // OrderedDict([[k, v], ...]) as written by protocols 0/1.
-                        let pairs = self
-                            .seq_of(*pairs)
-                            .ok_or_else(|| self.err("bad OrderedDict args"))?
-                            .to_vec();
+                        let pairs = self.copy_items(*pairs, true, "OrderedDict argument")?;
                         let mut flat = Vec::with_capacity(pairs.len().saturating_mul(2));
                         for p in pairs {
                             match self.seq_of(p) {
@@ -834,12 +887,13 @@ impl<'a> Machine<'a> {
                     "utf-8" | "utf8" => s.as_bytes().to_vec(),
                     _ => return Err(self.err("_codecs.encode with an unsupported encoding")),
                 };
+                self.charge(bytes.len())?;
                 self.alloc(Object::Bytes(bytes))
             }
             Global::TorchSize => match args {
                 [] => self.alloc(Object::Tuple(Vec::new())),
-                [t] if self.seq_of(*t).is_some() => {
-                    let items = self.seq_of(*t).map(<[Value]>::to_vec).unwrap_or_default();
+                [t] => {
+                    let items = self.copy_items(*t, true, "torch.Size argument")?;
                     self.alloc(Object::Tuple(items))
                 }
                 _ => Err(self.err("bad torch.Size arguments")),
@@ -851,12 +905,7 @@ impl<'a> Machine<'a> {
             Global::Set => match args {
                 [] => self.alloc(Object::Set(Vec::new())),
                 [items] => {
-                    let items = match self.obj_mut(*items) {
-                        Some(Object::List(v)) | Some(Object::Tuple(v)) | Some(Object::Set(v)) => {
-                            v.clone()
-                        }
-                        _ => return Err(self.err("bad set arguments")),
-                    };
+                    let items = self.copy_items(*items, true, "set argument")?;
                     self.alloc(Object::Set(items))
                 }
                 _ => Err(self.err("bad set arguments")),
@@ -868,10 +917,8 @@ impl<'a> Machine<'a> {
     }
 
     /// A tuple/list of non-negative ints.
-    fn int_seq(&self, v: Value, what: &str) -> Result<Vec<u64>> {
-        let items = self
-            .seq_of(v)
-            .ok_or_else(|| self.err(format!("tensor {what} is not a tuple")))?;
+    fn int_seq(&mut self, v: Value, what: &str) -> Result<Vec<u64>> {
+        let items = self.copy_items(v, true, what)?;
         items.iter().map(|&i| self.uint_of(i, what)).collect()
     }
 
@@ -903,6 +950,7 @@ impl<'a> Machine<'a> {
         // Locations are normally strings ("cpu", "cuda:0"); accept anything and just record it.
         let location = self.str_of(*location).unwrap_or("?").to_owned();
         let numel = self.uint_of(*numel, "storage size")?;
+        self.charge(key.len() + location.len())?;
         self.alloc(Object::Storage(StorageRef {
             dtype,
             key,
@@ -1182,6 +1230,7 @@ impl<'a> Machine<'a> {
                         return Err(self.err("STACK_GLOBAL arguments are not strings"));
                     };
                     let (module, name) = (module.to_owned(), name.to_owned());
+                    self.charge(module.len() + name.len())?;
                     self.push_global(&module, &name)?;
                 }
                 b'i' => {
@@ -1209,10 +1258,7 @@ impl<'a> Machine<'a> {
                     // REDUCE: callable(*args); NEWOBJ: cls.__new__(cls, *args), same for our constructors.
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let args = match self.obj_mut(args) {
-                        Some(Object::Tuple(items)) => items.clone(),
-                        _ => return Err(self.err("REDUCE arguments are not a tuple")),
-                    };
+                    let args = self.copy_items(args, false, "REDUCE arguments")?;
                     let v = self.call(callable, &args)?;
                     self.push(v)?;
                 }
@@ -1225,10 +1271,10 @@ impl<'a> Machine<'a> {
                         Some(Object::Dict(d)) => d.entries.is_empty(),
                         _ => false,
                     };
-                    let args = match self.obj_mut(args) {
-                        Some(Object::Tuple(items)) if no_kwargs => items.clone(),
-                        _ => return Err(self.err("unsupported NEWOBJ_EX arguments")),
-                    };
+                    if !no_kwargs {
+                        return Err(self.err("unsupported NEWOBJ_EX arguments"));
+                    }
+                    let args = self.copy_items(args, false, "NEWOBJ_EX arguments")?;
                     let v = self.call(callable, &args)?;
                     self.push(v)?;
                 }
@@ -1494,19 +1540,38 @@ pub(crate) mod tests {
         let mut w = W::default();
         w.proto().op(b"}(").str("np");
         w.global("numpy._core.multiarray", "scalar");
-        w.global("numpy", "dtype").str("f8").op(&[0x89, 0x88, 0x87]).op(b"R");
-        w.op(b"(").int(3).str("<").op(b"NNN").int(-1).int(-1).int(0).op(b"tb");
-        w.global("_codecs", "encode").str("\0\0\0\0\0\0\u{f8}?").str("latin1");
+        w.global("numpy", "dtype")
+            .str("f8")
+            .op(&[0x89, 0x88, 0x87])
+            .op(b"R");
+        w.op(b"(")
+            .int(3)
+            .str("<")
+            .op(b"NNN")
+            .int(-1)
+            .int(-1)
+            .int(0)
+            .op(b"tb");
+        w.global("_codecs", "encode")
+            .str("\0\0\0\0\0\0\u{f8}?")
+            .str("latin1");
         w.op(&[0x86]).op(b"R").op(&[0x86]).op(b"R");
         w.str("set").global("__builtin__", "set");
         w.op(b"(K\x01K\x02l").op(&[0x85]).op(b"R");
         w.str("dt").global("torch", "float16");
-        w.str("dev").global("torch", "device").str("cuda").int(0).op(&[0x86]).op(b"R");
+        w.str("dev")
+            .global("torch", "device")
+            .str("cuda")
+            .int(0)
+            .op(&[0x86])
+            .op(b"R");
         w.op(b"u.");
         let p = parse(&w.0).unwrap();
         let d = p.dict(p.root).unwrap();
         assert_eq!(p.type_name(p.dict_get(d, "np").unwrap()), "numpy scalar");
-        assert!(matches!(p.obj(p.dict_get(d, "set").unwrap()), Some(Object::Set(v)) if v.len() == 2));
+        assert!(
+            matches!(p.obj(p.dict_get(d, "set").unwrap()), Some(Object::Set(v)) if v.len() == 2)
+        );
         assert!(matches!(
             p.obj(p.dict_get(d, "dt").unwrap()),
             Some(Object::Dtype(StorageDtype::F16))
@@ -1517,17 +1582,26 @@ pub(crate) mod tests {
     #[test]
     fn rebuild_tensor_v3_takes_dtype_argument() {
         let mut w = W::default();
-        w.proto().global("torch._utils", "_rebuild_tensor_v3").op(b"(");
-        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
+        w.proto()
+            .global("torch._utils", "_rebuild_tensor_v3")
+            .op(b"(");
+        w.op(b"(")
+            .str("storage")
+            .global("torch.storage", "UntypedStorage");
         w.str("0").str("cpu").int(12).op(b"tQ");
         w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
         w.global("collections", "OrderedDict").op(b")R");
         w.global("torch", "float8_e5m2").op(b"tR.");
         let p = parse(&w.0).unwrap();
         let (t, s) = p.tensor(p.root).unwrap();
-        assert_eq!((t.dtype, s.dtype, s.numel), (StorageDtype::Other, StorageDtype::Untyped, 12));
+        assert_eq!(
+            (t.dtype, s.dtype, s.numel),
+            (StorageDtype::Other, StorageDtype::Untyped, 12)
+        );
         // A dtype argument that is not a dtype is refused.
-        let bad = String::from_utf8_lossy(&w.0).replace("float8_e5m2", "Size").into_bytes();
+        let bad = String::from_utf8_lossy(&w.0)
+            .replace("float8_e5m2", "Size")
+            .into_bytes();
         assert!(parse(&bad).is_err());
     }
 
@@ -1585,18 +1659,47 @@ pub(crate) mod tests {
         // 200k nested lists: no recursion, so no stack overflow.
         let n = 200_000;
         let mut b = vec![0x80, 2];
-        b.extend(std::iter::repeat(b']').take(n));
-        b.extend(std::iter::repeat(b'a').take(n - 1));
+        b.extend(vec![b']'; n]);
+        b.extend(vec![b'a'; n - 1]);
         b.push(b'.');
         assert!(parse(&b).is_ok());
         // 200k MARKs without matching close: just data.
         let mut b = vec![0x80, 2];
-        b.extend(std::iter::repeat(b'(').take(n));
+        b.extend(vec![b'('; n]);
         b.push(b'.');
         assert!(parse(&b).is_err());
         // A list containing itself.
         let p = parse(b"\x80\x02]q\x00h\x00a.").unwrap();
         assert!(matches!(p.obj(p.root), Some(Object::List(v)) if v[0] == p.root));
+    }
+
+    #[test]
+    fn memo_aliasing_cannot_force_quadratic_copies() {
+        // A 100k-element tuple passed to torch.Size 10k times (each call copies it).
+        let mut w = W::default();
+        w.proto().global("torch", "Size").op(b"q\x00(");
+        for _ in 0..100_000 {
+            w.op(b"K\x01");
+        }
+        w.op(b"tq\x01");
+        for _ in 0..10_000 {
+            w.op(b"h\x00h\x01\x85R0");
+        }
+        w.op(b"N.");
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", parse(&w.0).unwrap_err());
+        assert!(e.contains("expands too much"), "{e}");
+        assert!(t.elapsed().as_secs() < 5);
+        // A 1 MB string used as a dict key 10k times (each insertion copies the key).
+        let mut w = W::default();
+        w.proto().op(b"}").str(&"x".repeat(1 << 20)).op(b"q\x00");
+        w.op(b"0");
+        for _ in 0..10_000 {
+            w.op(b"h\x00Ns");
+        }
+        w.op(b".");
+        let e = format!("{:#}", parse(&w.0).unwrap_err());
+        assert!(e.contains("expands too much"), "{e}");
     }
 
     #[test]
@@ -1613,6 +1716,15 @@ pub(crate) mod tests {
         let d = p.dict(p.root).unwrap();
         assert_eq!(d.entries().len(), 100_000);
         assert_eq!(p.dict_get(d, "key99999"), Some(Value::Int(99999)));
+    }
+
+    /// Iteration count for the fuzz-style tests: `default`, or `$LOAD_FUZZ_ITERS` when set
+    /// (e.g. `LOAD_FUZZ_ITERS=1000000 cargo test -p host-cli --release load::` for a long run).
+    pub(crate) fn fuzz_iters(default: usize) -> usize {
+        std::env::var("LOAD_FUZZ_ITERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
     }
 
     /// Minimal xorshift PRNG for reproducible fuzzing.
@@ -1647,7 +1759,7 @@ pub(crate) mod tests {
             assert!(parse(&good[..n]).is_err(), "prefix {n} parsed");
         }
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..20_000 {
+        for _ in 0..fuzz_iters(20_000) {
             let mut b = good.clone();
             for _ in 0..1 + rng.next() % 4 {
                 let i = (rng.next() % b.len() as u64) as usize;
@@ -1656,7 +1768,7 @@ pub(crate) mod tests {
             let _ = parse(&b);
         }
         // Pure random garbage too.
-        for _ in 0..2_000 {
+        for _ in 0..fuzz_iters(2_000) {
             let len = (rng.next() % 256) as usize;
             let b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let _ = parse(&b);

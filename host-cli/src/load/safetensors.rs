@@ -70,7 +70,7 @@ mod tests {
             );
         }
         let mut h = serde_json::to_vec(&header).unwrap();
-        while h.len() % 8 != 0 {
+        while h.len() & 7 != 0 {
             h.push(b' ');
         }
         let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -30,6 +30,12 @@ const CANDIDATE_KEYS: &[&str] = &[
 /// Largest `data.pkl` accepted (real ones are a few MiB even for huge models).
 const MAX_PICKLE_BYTES: u64 = 512 << 20;
 
+/// Output (f32 bytes) may exceed the archive size by at most this factor (f16 storages
+/// double in size, tied weights are listed more than once) ...
+const MAX_EXPANSION: u64 = 16;
+/// ... or this many bytes, whichever is larger.
+const MIN_OUTPUT_LIMIT: u64 = 1 << 30;
+
 /// Message for files that are not zip archives.
 const NOT_ZIP: &str = "not a torch.save zip archive (legacy pre-1.6 format or not a checkpoint)";
 
@@ -57,6 +63,7 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(
         }
         bail!("{NOT_ZIP}");
     }
+    let archive_len = reader.seek(std::io::SeekFrom::End(0))?;
     reader.rewind()?;
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| anyhow!("{NOT_ZIP}: {e}"))?;
     let prefix = find_prefix(&zip)?;
@@ -83,7 +90,7 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(
             describe_keys(&p, dict, None)
         );
     }
-    let state = materialize(&mut zip, &prefix, tensors)?;
+    let state = materialize(&mut zip, &prefix, tensors, archive_len)?;
     Ok((state, how))
 }
 
@@ -103,12 +110,12 @@ fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize> {
 
 /// Finds the archive's record prefix (`"archive/"`, `"model/"`, or `""`) from its `data.pkl`.
 fn find_prefix<R: Read + Seek>(zip: &zip::ZipArchive<R>) -> Result<String> {
-    let mut prefix = None;
+    let mut prefix: Option<String> = None;
     let mut torchscript = false;
     for name in zip.file_names() {
         if let Some(p) = name.strip_suffix("data.pkl") {
             let depth_ok = p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1);
-            if depth_ok && prefix.as_ref().map_or(true, |q: &String| p.len() < q.len()) {
+            if depth_ok && !matches!(&prefix, Some(q) if q.len() <= p.len()) {
                 prefix = Some(p.to_owned());
             }
         }
@@ -289,47 +296,45 @@ fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle
     )
 }
 
-/// Resolves an explicit key: a literal top-level key, else a dotted path through nested dicts.
+/// Resolves an explicit key: a path of dict keys separated by dots. Keys may themselves
+/// contain dots (`"ema.0.999"` finds `ckpt["ema"]["0.999"]`): at each level the longest
+/// run of dot-separated parts that is a key there wins.
 fn select_by_key<'p>(
     p: &'p Pickle,
     root: &'p pickle::Dict,
     key: &str,
 ) -> Result<(&'p pickle::Dict, String)> {
-    let found = match p.dict_get(root, key) {
-        Some(v) => v,
-        None => {
-            let mut cur = root;
-            let mut walked = String::new();
-            let mut value = None;
-            for part in key.split('.') {
-                let v = p.dict_get(cur, part).ok_or_else(|| {
-                    let place = if walked.is_empty() {
-                        "at the top level".to_owned()
-                    } else {
-                        format!("under {}", quote(&walked))
-                    };
-                    anyhow!(
-                        "key {} not found {place} of the checkpoint; {}",
-                        quote(part),
-                        describe_keys(p, cur, None)
-                    )
-                })?;
-                if !walked.is_empty() {
-                    walked.push('.');
-                }
-                walked.push_str(part);
-                value = Some(v);
-                match p.dict(v) {
-                    Some(d) => cur = d,
-                    None => {
-                        if walked.len() < key.len() {
-                            bail!("{} is a {}, not a dict", quote(&walked), p.type_name(v));
-                        }
-                    }
-                }
-            }
-            value.ok_or_else(|| anyhow!("empty key"))?
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = root;
+    let mut walked = String::new();
+    let mut i = 0;
+    let found = loop {
+        let hit = (i + 1..=parts.len())
+            .rev()
+            .find_map(|j| p.dict_get(cur, &parts[i..j].join(".")).map(|v| (j, v)));
+        let Some((j, v)) = hit else {
+            let place = if walked.is_empty() {
+                "at the top level".to_owned()
+            } else {
+                format!("under {}", quote(&walked))
+            };
+            bail!(
+                "key {} not found {place} of the checkpoint; {}",
+                quote(&parts[i..].join(".")),
+                describe_keys(p, cur, None)
+            );
+        };
+        if !walked.is_empty() {
+            walked.push('.');
         }
+        walked.push_str(&parts[i..j].join("."));
+        i = j;
+        if i == parts.len() {
+            break v;
+        }
+        cur = p
+            .dict(v)
+            .ok_or_else(|| anyhow!("{} is a {}, not a dict", quote(&walked), p.type_name(v)))?;
     };
     let d = p.dict(found).ok_or_else(|| {
         anyhow!(
@@ -363,12 +368,8 @@ fn collect_tensors<'p>(p: &'p Pickle, d: &'p pickle::Dict) -> Result<Groups<'p>>
         let (Some(name), Some((t, s))) = (p.str(k), p.tensor(v)) else {
             continue;
         };
-        let kind = match t.dtype {
-            StorageDtype::F32 => FloatKind::F32,
-            StorageDtype::F16 => FloatKind::F16,
-            StorageDtype::BF16 => FloatKind::BF16,
-            StorageDtype::F64 => FloatKind::F64,
-            _ => continue,
+        let Some(kind) = t.dtype.float_kind() else {
+            continue;
         };
         // Typed storages count elements; untyped ones (from `_rebuild_tensor_v3`) count bytes.
         let storage_numel = if s.dtype == StorageDtype::Untyped {
@@ -401,7 +402,22 @@ fn materialize<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     prefix: &str,
     groups: Groups,
+    archive_len: u64,
 ) -> Result<StateDict> {
+    // One tensor object may be listed under many names (tied weights do this legitimately);
+    // bound the total output so aliasing cannot turn a small file into a huge allocation.
+    let limit = archive_len
+        .saturating_mul(MAX_EXPANSION)
+        .max(MIN_OUTPUT_LIMIT);
+    let total = groups
+        .values()
+        .flatten()
+        .map(|t| numel(t.tensor).unwrap_or(u64::MAX))
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(4);
+    if total > limit {
+        bail!("the state dict would expand to {total} bytes of f32 from a {archive_len}-byte archive (tensors aliased too many times?)");
+    }
     let mut out = StateDict::default();
     for ((key, kind), tensors) in groups {
         // Validate every view against its declared storage size before reading anything.
@@ -409,12 +425,10 @@ fn materialize<R: Read + Seek>(
             check_view(t.tensor, t.storage_numel)
                 .with_context(|| format!("tensor {}", quote(&t.name)))?;
         }
-        let needed = tensors
-            .iter()
-            .any(|t| numel(t.tensor).map_or(true, |n| n > 0));
+        let needed = tensors.iter().any(|t| numel(t.tensor) != Some(0));
         let bytes = if needed {
             let numel = tensors.iter().map(|t| t.storage_numel).max().unwrap_or(0);
-            read_storage(zip, prefix, key, numel, kind)?
+            read_storage(zip, prefix, key, numel, kind, archive_len)?
         } else {
             Vec::new()
         };
@@ -427,13 +441,15 @@ fn materialize<R: Read + Seek>(
     Ok(out)
 }
 
-/// Reads `<prefix>data/<key>`: the first `numel` elements of `kind`.
+/// Reads `<prefix>data/<key>`: the first `numel` elements of `kind` (`archive_len`, the size of
+/// the whole archive, bounds the up-front allocation).
 fn read_storage<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     prefix: &str,
     key: &str,
     numel: u64,
     kind: FloatKind,
+    archive_len: u64,
 ) -> Result<Vec<u8>> {
     let name = format!("{prefix}data/{key}");
     let want = numel
@@ -449,8 +465,12 @@ fn read_storage<R: Read + Seek>(
             entry.size()
         );
     }
+    // Read the whole entry so the zip reader verifies its CRC at the end. Memory grows with
+    // the bytes actually present; only the archive's own length is reserved up front.
     let mut buf = Vec::new();
-    entry.take(want).read_to_end(&mut buf).with_context(|| {
+    buf.reserve_exact(usize::try_from(entry.size().min(archive_len)).unwrap_or(0));
+    let mut entry = entry;
+    entry.read_to_end(&mut buf).with_context(|| {
         format!(
             "cannot read storage {} (truncated or corrupt archive)",
             quote(&name)
@@ -463,6 +483,7 @@ fn read_storage<R: Read + Seek>(
             buf.len()
         );
     }
+    buf.truncate(want as usize);
     Ok(buf)
 }
 
@@ -583,7 +604,7 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pickle::tests::{Rng, W};
+    use super::super::pickle::tests::{fuzz_iters, Rng, W};
     use super::*;
     use std::io::{Cursor, Write};
 
@@ -632,6 +653,16 @@ mod tests {
             ("ckpt/data/2", &7i64.to_le_bytes()),
             ("ckpt/version", b"3\n"),
         ])
+    }
+
+    #[test]
+    fn corrupted_storage_bytes_fail_the_crc() {
+        let mut z = sample_checkpoint();
+        // Storage 0 holds 0.0..5.0; 5.0f32 is 00 00 a0 40 and occurs only there.
+        let at = z.windows(4).position(|w| w == [0, 0, 0xa0, 0x40]).unwrap();
+        z[at + 3] ^= 1;
+        let e = format!("{:#}", load_bytes(&z, None).unwrap_err());
+        assert!(e.contains("corrupt"), "{e}");
     }
 
     #[test]
@@ -751,6 +782,26 @@ mod tests {
         let (sd, _) = load_bytes(&z, Some("weird.key")).unwrap();
         assert!(sd.get("c").is_some());
 
+        // Keys containing dots, nested: {'ema': {'0.999': {...}}}.
+        let mut w2 = W::default();
+        w2.proto()
+            .op(b"}")
+            .str("ema")
+            .op(b"}")
+            .str("0.999")
+            .op(b"}");
+        w2.str("d")
+            .tensor("FloatStorage", "0", 2, 1, &[], &[])
+            .op(b"sss.");
+        let z2 = zip_of(&[("x/data.pkl", &w2.0), ("x/data/0", &f32_bytes(&[1., 2.]))]);
+        let (sd, _) = load_bytes(&z2, Some("ema.0.999")).unwrap();
+        assert_eq!(sd.get("d").unwrap().data, vec![2.]);
+        let e = format!("{:#}", load_bytes(&z2, Some("ema.0.99")).unwrap_err());
+        assert!(
+            e.contains("'0.99' not found under 'ema'") && e.contains("'0.999'"),
+            "{e}"
+        );
+
         let e = format!("{:#}", load_bytes(&z, Some("nope")).unwrap_err());
         assert!(
             e.contains("'nope' not found") && e.contains("'model'") && e.contains("'step' (int)"),
@@ -869,18 +920,28 @@ mod tests {
         let mut w = W::default();
         w.proto().op(b"}").str("w");
         w.global("torch._utils", "_rebuild_tensor_v3").op(b"(");
-        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
+        w.op(b"(")
+            .str("storage")
+            .global("torch.storage", "UntypedStorage");
         w.str("0").str("cuda:1").int(12).op(b"tQ");
         w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
         w.global("collections", "OrderedDict").op(b")R");
         w.global("torch", "float32").op(b"tRs.");
-        let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
+        let z = zip_of(&[
+            ("a/data.pkl", &w.0),
+            ("a/data/0", &f32_bytes(&[1., 2., 3.])),
+        ]);
         let (sd, _) = load_bytes(&z, None).unwrap();
         assert_eq!(sd.get("w").unwrap().data, vec![2., 3.]);
         // One element too far: 12 bytes hold only 3 floats.
         let bad = String::from_utf8_lossy(&w.0).into_owned();
-        let bad = bad.replace("J\x01\x00\x00\x00", "J\x02\x00\x00\x00").into_bytes();
-        let z = zip_of(&[("a/data.pkl", &bad), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
+        let bad = bad
+            .replace("J\x01\x00\x00\x00", "J\x02\x00\x00\x00")
+            .into_bytes();
+        let z = zip_of(&[
+            ("a/data.pkl", &bad),
+            ("a/data/0", &f32_bytes(&[1., 2., 3.])),
+        ]);
         assert!(load_bytes(&z, None).is_err());
     }
 
@@ -915,15 +976,37 @@ mod tests {
             assert!(!run(pkl[..n].to_vec()), "prefix {n} loaded");
         }
         let mut rng = Rng(7);
-        for _ in 0..3000 {
+        for _ in 0..fuzz_iters(3000) {
             let mut b = pkl.clone();
             for _ in 0..1 + rng.next() % 3 {
                 let i = (rng.next() % b.len() as u64) as usize;
                 // Small values are the interesting ones for sizes, strides and offsets.
-                b[i] = if rng.next() % 2 == 0 { rng.next() as u8 } else { (rng.next() % 16) as u8 };
+                b[i] = if rng.next() & 1 == 0 {
+                    rng.next() as u8
+                } else {
+                    (rng.next() % 16) as u8
+                };
             }
             let _ = run(b);
         }
+    }
+
+    #[test]
+    fn aliasing_cannot_blow_up_memory() {
+        // One 4096-float tensor listed under 100k names would need 1.6 GB of output.
+        let mut w = W::default();
+        w.proto().op(b"}(").str("k0");
+        w.tensor("FloatStorage", "0", 4096, 0, &[4096], &[1]);
+        w.op(b"r").op(&1_000_000u32.to_le_bytes());
+        for i in 1..100_000 {
+            w.str(&format!("k{i}"))
+                .op(b"j")
+                .op(&1_000_000u32.to_le_bytes());
+        }
+        w.op(b"u.");
+        let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[0.0; 4096]))]);
+        let e = format!("{:#}", load_bytes(&z, None).unwrap_err());
+        assert!(e.contains("aliased"), "{e}");
     }
 
     #[test]
@@ -947,7 +1030,7 @@ mod tests {
             let _ = load_bytes(&good[..n], None);
         }
         let mut rng = Rng(12345);
-        for _ in 0..3000 {
+        for _ in 0..fuzz_iters(3000) {
             let mut b = good.clone();
             for _ in 0..1 + rng.next() % 3 {
                 let i = (rng.next() % b.len() as u64) as usize;
@@ -1083,7 +1166,7 @@ mod tests {
             let _ = load_bytes(&good[..n], None);
         }
         let mut rng = Rng(0xdead_beef);
-        for _ in 0..2000 {
+        for _ in 0..fuzz_iters(2000) {
             let mut b = good.clone();
             let i = (rng.next() % b.len() as u64) as usize;
             b[i] = rng.next() as u8;

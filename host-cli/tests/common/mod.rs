@@ -35,8 +35,10 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert!(header.contains("'descr': '<f4'"), "{}: not float32: {header}", path.display());
     assert!(header.contains("'fortran_order': False"));
     let dims = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = dims.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    let data: Vec<f32> = b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape: Vec<usize> =
+        dims.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let data: Vec<f32> =
+        b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     assert_eq!(data.len(), shape.iter().product::<usize>());
     (shape, data)
 }

@@ -3,8 +3,8 @@
 
 Run from anywhere:  python3 host-cli/tests/data/load/make.py [--no-torch]
 
-Only the standard library is required. When `torch` is importable the torch
-checkpoints are written by the real `torch.save`; otherwise an equivalent
+Only the standard library is required. When `torch` (>= 2.3) is importable the
+torch checkpoints are written by the real `torch.save`; otherwise an equivalent
 archive (same pickle opcodes, same zip layout) is built by hand with `pickle`
 and `zipfile`, using stand-in `torch` modules so the pickle references the same
 globals (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, ...).
@@ -102,12 +102,12 @@ def torch_fixtures():
         ),
         "ema": collections.OrderedDict(w=torch.full((2,), 2.0)),
         "step": 1000,
-        "meta": META(torch),
+        "meta": meta_values(torch),
     }
     torch.save(ckpt, path("checkpoint_ema.pt"))
 
 
-def META(torch):
+def meta_values(torch):
     """Non-tensor values of the kinds training checkpoints carry."""
     return {
         "bytes": b"\x00\xff",
@@ -303,7 +303,7 @@ def hand_fixtures():
         ),
         "ema": collections.OrderedDict(w=contiguous(s_ema, [2])),
         "step": 1000,
-        "meta": META(torch),
+        "meta": meta_values(torch),
     }
     storages = [s_model, s_u16, s_f8, s_ema]
     write_archive("checkpoint_ema.pt", dump(ckpt, storages), storages)

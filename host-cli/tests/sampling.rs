@@ -1,0 +1,135 @@
+//! Sampling behaviour that does not need diffusers: determinism across runs and thread counts, stop and
+//! resume, and clear errors for bad sampling input.
+
+mod common;
+
+use common::{fixtures, host_cli, host_cli_ok};
+use ddpm_core::sampler::{Method, SampleSpec, Sampler};
+use host_cli::blobfile::{arena, AlignedBlob};
+
+fn convert_d(dir: &std::path::Path) -> std::path::PathBuf {
+    let d = fixtures().join("unet/a_ddpm");
+    let blob = dir.join("a.blob");
+    host_cli_ok(&["convert", d.to_str().unwrap(), "-o", blob.to_str().unwrap()]);
+    blob
+}
+
+#[test]
+fn same_seed_same_bits_across_runs_and_thread_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert_d(tmp.path());
+    let run = |threads: &str, seed: &str, tag: &str| {
+        let npy = tmp.path().join(format!("{tag}.npy"));
+        host_cli_ok(&[
+            "--threads",
+            threads,
+            "sample",
+            blob.to_str().unwrap(),
+            "-n",
+            "2",
+            "--steps",
+            "8",
+            "--seed",
+            seed,
+            "--npy",
+            npy.to_str().unwrap(),
+            "-o",
+            tmp.path().join(format!("{tag}.png")).to_str().unwrap(),
+        ]);
+        std::fs::read(npy).unwrap()
+    };
+    let one = run("1", "7", "a");
+    assert_eq!(one, run("1", "7", "b"), "run to run");
+    assert_eq!(one, run("2", "7", "c"), "1 vs 2 threads");
+    assert_eq!(one, run("4", "7", "d"), "1 vs 4 threads");
+    assert_ne!(one, run("2", "8", "e"), "another seed must give other images");
+}
+
+#[test]
+fn stop_and_resume_gives_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
+    let m = blob.model().unwrap();
+    for method in [Method::Ddpm, Method::Ddim { eta: 0.3 }] {
+        let spec = SampleSpec { method, steps: 10, batch: 2, seed: 3, class: None };
+        let s = Sampler::new(&m, spec).unwrap();
+        let mut a1 = arena(s.arena_bytes());
+        let a1: &mut [u8] = bytemuck::cast_slice_mut(&mut a1);
+        let mut st = s.start(a1, None).unwrap();
+        while st.done < s.num_steps() {
+            s.step(a1, &mut st, None).unwrap();
+        }
+        let straight = s.samples(a1).to_vec();
+        // Stop after 4 steps, keep only x_t and the step count, resume in a fresh arena.
+        let mut a2 = arena(s.arena_bytes());
+        let a2: &mut [u8] = bytemuck::cast_slice_mut(&mut a2);
+        let mut st = s.start(a2, None).unwrap();
+        for _ in 0..4 {
+            s.step(a2, &mut st, None).unwrap();
+        }
+        let saved = s.samples(a2).to_vec();
+        let mut a3 = arena(s.arena_bytes());
+        let a3: &mut [u8] = bytemuck::cast_slice_mut(&mut a3);
+        let mut st = s.resume(a3, &saved, st.done).unwrap();
+        while st.done < s.num_steps() {
+            s.step(a3, &mut st, None).unwrap();
+        }
+        assert_eq!(s.samples(a3), &straight[..], "{method:?}: resumed run differs");
+        assert!(s.step(a3, &mut st, None).is_err(), "stepping past the end must be an error");
+    }
+}
+
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let out = host_cli(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_sampling_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert_d(tmp.path());
+    let b = blob.to_str().unwrap();
+    let png = tmp.path().join("x.png");
+    let o = png.to_str().unwrap();
+    fails(&["sample", b, "--steps", "0", "-o", o], 1, "steps");
+    fails(&["sample", b, "--steps", "1001", "-o", o], 1, "steps");
+    fails(&["sample", b, "--class", "3", "-o", o], 1, "unconditional");
+    fails(&["sample", b, "--seed", "abc", "-o", o], 2, "seed");
+    fails(&["sample", b, "-n", "0", "-o", o], 1, "batch");
+    fails(&["sample", b, "--sampler", "ddim", "--eta", "-1", "-o", o], 1, "eta");
+    // A noise file of the wrong shape: the model's x.npy is [2, 3, 16, 16], not [K, N, 3, 16, 16].
+    let x = fixtures().join("unet/a_ddpm/x.npy");
+    fails(&["sample", b, "--steps", "4", "--noise", x.to_str().unwrap(), "-o", o], 1, "noise file");
+    assert!(!png.exists(), "a failed run must not write an image");
+    // Class-conditional model: a label out of range.
+    let bdir = fixtures().join("unet/b_scale_shift");
+    let cblob = tmp.path().join("b.blob");
+    let conv = |extra: &[&str]| {
+        let cfg = bdir.join("config.json");
+        let mut a: Vec<String> = vec![
+            "convert".into(),
+            bdir.join("ckpt.pt").display().to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "-o".into(),
+            cblob.display().to_string(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        host_cli_ok(&a)
+    };
+    // Without a scheduler config the variance is fixed: the converter warns, the sampler explains.
+    let notes = conv(&[]);
+    assert!(notes.contains("learned variance"), "{notes}");
+    fails(
+        &["sample", cblob.to_str().unwrap(), "--class", "1", "--steps", "2", "-o", o],
+        1,
+        "--scheduler-set variance_type=learned_range",
+    );
+    conv(&["--scheduler-set", "variance_type=learned_range"]);
+    fails(&["sample", cblob.to_str().unwrap(), "--class", "10", "--steps", "2", "-o", o], 1, "out of range");
+    fails(&["sample", cblob.to_str().unwrap(), "--steps", "2", "-o", o], 1, "class label is required");
+}
