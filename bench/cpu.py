@@ -6,8 +6,8 @@ Exact command (from the repository root):
     python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build]
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
-measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist. About
-2-3 minutes on a 2-core AMD EPYC at the defaults.
+measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
+141-263 s at the defaults on a 2-core AMD EPYC that other jobs kept busy (bench/README.md).
 
 For each model, in one run:
 

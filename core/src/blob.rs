@@ -64,7 +64,7 @@
 //! | 48 | u32 | `steps_offset` |
 //! | 52 | u32 | index of the trained-betas tensor (read only when `beta_schedule` = 4) |
 //! | 56 | u32 | `set_alpha_to_one` (DDIM; 0/1) |
-//! | 60 | u32 | reserved, zero |
+//! | 60 | u32 | `rescale_betas_zero_snr` (0/1; Lin et al. 2024, Algorithm 1) |
 //!
 //! ## Memory plan
 //! The forward arena holds every activation value of one sample; the executor runs the samples of a batch one
@@ -198,6 +198,8 @@ pub struct Schedule {
     pub trained_betas_tensor: u32,
     /// `set_alpha_to_one` (DDIM).
     pub set_alpha_to_one: bool,
+    /// `rescale_betas_zero_snr`: rescale the betas so that the last timestep has zero SNR.
+    pub rescale_betas_zero_snr: bool,
 }
 
 impl Schedule {
@@ -218,6 +220,7 @@ impl Schedule {
         steps_offset: 0,
         trained_betas_tensor: 0,
         set_alpha_to_one: true,
+        rescale_betas_zero_snr: false,
     };
 
     /// Names of the `beta_schedule` codes.
@@ -249,7 +252,7 @@ impl Schedule {
             self.steps_offset,
             self.trained_betas_tensor,
             u32::from(self.set_alpha_to_one),
-            0,
+            u32::from(self.rescale_betas_zero_snr),
         ];
         let mut out = [0u8; SCHEDULE_RECORD_BYTES];
         for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
@@ -277,6 +280,7 @@ impl Schedule {
             steps_offset: w(12),
             trained_betas_tensor: w(13),
             set_alpha_to_one: w(14) != 0,
+            rescale_betas_zero_snr: w(15) != 0,
         }
     }
 
@@ -299,14 +303,11 @@ impl Schedule {
         if w(5) as usize >= Self::VARIANCE_TYPES.len() {
             return Err(bad("variance_type"));
         }
-        if w(6) > 1 || w(8) > 1 || w(14) > 1 {
+        if w(6) > 1 || w(8) > 1 || w(14) > 1 || w(15) > 1 {
             return Err(bad("schedule flag"));
         }
         if w(11) as usize >= Self::TIMESTEP_SPACINGS.len() {
             return Err(bad("timestep_spacing"));
-        }
-        if w(15) != 0 {
-            return Err(bad("schedule reserved"));
         }
         Ok(())
     }
@@ -438,7 +439,7 @@ fn section<'a>(b: &'a [u8], off: usize, len: usize, name: &'static str) -> Resul
 fn table<'a>(b: &'a [u8], at: usize, record: usize, name: &'static str) -> Result<&'a [u8], BlobError> {
     let off = u32_at(b, at) as usize;
     let count = u32_at(b, at + 4) as usize;
-    if off < HEADER_BYTES || off % 4 != 0 {
+    if off < HEADER_BYTES || !off.is_multiple_of(4) {
         return Err(BlobError::BadSection(name));
     }
     let len = count.checked_mul(record).ok_or(BlobError::BadSection(name))?;
@@ -474,7 +475,7 @@ impl<'a> Model<'a> {
         if fnv1a64(&blob[32..]) != u64_at(blob, 24) {
             return Err(BlobError::ChecksumMismatch);
         }
-        if (blob.as_ptr() as usize) % ALIGN != 0 {
+        if !(blob.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(BlobError::Misaligned);
         }
         if blob[116..128].iter().any(|&b| b != 0) {
@@ -501,7 +502,7 @@ impl<'a> Model<'a> {
         let ops = table(blob, 80, OP_RECORD_BYTES, "ops")?;
         let strings = table(blob, 88, 1, "strings")?;
         let sched_off = u32_at(blob, 96) as usize;
-        if sched_off < HEADER_BYTES || sched_off % 4 != 0 {
+        if sched_off < HEADER_BYTES || !sched_off.is_multiple_of(4) {
             return Err(BlobError::BadSection("schedule"));
         }
         let sched = section(blob, sched_off, SCHEDULE_RECORD_BYTES, "schedule")?;
@@ -572,7 +573,7 @@ impl<'a> Model<'a> {
             }
             let off = u32_at(r, 32) as usize;
             let len = u32_at(r, 36) as usize;
-            if off % ALIGN != 0 || off < HEADER_BYTES || numel.checked_mul(dtype.size()) != Some(len) {
+            if !off.is_multiple_of(ALIGN) || off < HEADER_BYTES || numel.checked_mul(dtype.size()) != Some(len) {
                 return Err(bad);
             }
             section(self.blob, off, len, "tensor data").map_err(|_| bad)?;
@@ -581,7 +582,7 @@ impl<'a> Model<'a> {
     }
 
     fn validate_values(&self) -> Result<(), BlobError> {
-        if self.arena_bytes % ALIGN != 0 {
+        if !self.arena_bytes.is_multiple_of(ALIGN) {
             return Err(BlobError::BadField("arena bytes"));
         }
         for i in 0..self.num_values() {
@@ -589,7 +590,7 @@ impl<'a> Model<'a> {
             let r = &self.values[i * VALUE_RECORD_BYTES..];
             let off = u32_at(r, 0) as usize;
             let (c, h, w) = (u32_at(r, 4) as usize, u32_at(r, 8) as usize, u32_at(r, 12) as usize);
-            if off % ALIGN != 0 || c == 0 || h == 0 || w == 0 {
+            if !off.is_multiple_of(ALIGN) || c == 0 || h == 0 || w == 0 {
                 return Err(bad);
             }
             let end = c

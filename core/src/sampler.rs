@@ -207,7 +207,8 @@ impl<'m, 'a> Sampler<'m, 'a> {
         let (cin, cout) = (model.in_channels(), model.out_channels());
         let learned_type = matches!(s.variance_type, 4 | 5);
         let learned = cout == 2 * cin && (learned_type || matches!(spec.method, Method::Ddim { .. }));
-        if !(cout == cin && !learned_type) && !learned {
+        let fixed_ok = cout == cin && !learned_type;
+        if !fixed_ok && !learned {
             return Err(SampleError::OutputChannels);
         }
         match (spec.class, model.num_classes()) {

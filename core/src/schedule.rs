@@ -54,11 +54,39 @@ fn betas(s: &Schedule, trained: Option<TensorView<'_>>, out: &mut [f32]) {
 /// ([`crate::Model::trained_betas`]).
 pub fn alphas_cumprod(s: &Schedule, trained: Option<TensorView<'_>>, out: &mut [f32]) {
     betas(s, trained, out);
+    if s.rescale_betas_zero_snr {
+        rescale_zero_terminal_snr(out);
+    }
+    cumprod_of_one_minus(out);
+}
+
+/// `out[t] = ∏_{s ≤ t} (1 − out[s])`, accumulated in f64 and rounded per prefix.
+fn cumprod_of_one_minus(out: &mut [f32]) {
     let mut acc = 1.0f64;
     for v in out.iter_mut() {
         acc *= f64::from(1.0 - *v);
         *v = acc as f32;
     }
+}
+
+/// Rescales betas in place so that the final ᾱ is zero (Lin et al. 2024, "Common diffusion noise schedules
+/// and sample steps are flawed", Algorithm 1), in diffusers' f32 operation order: √ᾱ is shifted so its last
+/// value is 0 and scaled so its first is unchanged; then β_t = 1 − ᾱ_t/ᾱ_{t−1} (β_0 = 1 − ᾱ_0).
+fn rescale_zero_terminal_snr(betas: &mut [f32]) {
+    let n = betas.len();
+    if n == 0 {
+        return;
+    }
+    cumprod_of_one_minus(betas);
+    betas.iter_mut().for_each(|v| *v = libm::sqrtf(*v));
+    let (first, last) = (betas[0], betas[n - 1]);
+    let scale = first / (first - last);
+    betas.iter_mut().for_each(|v| *v = (*v - last) * scale);
+    betas.iter_mut().for_each(|v| *v = *v * *v);
+    for i in (1..n).rev() {
+        betas[i] = 1.0 - betas[i] / betas[i - 1];
+    }
+    betas[0] = 1.0 - betas[0];
 }
 
 /// The inference timesteps of `set_timesteps(k)`, in denoising order (descending).

@@ -1,30 +1,43 @@
-//! Vulkan compute backend for `ddpm-core` models.
+//! Vulkan compute backend for `ddpm-core` models: the same blob, the same ops and the same noise stream,
+//! on a GPU (or on Mesa's lavapipe, a Vulkan driver that runs on the CPU).
 //!
-//! This crate is a skeleton: the device backend lands with its own issue. The API already exists so that
-//! callers can be written against it; every entry point returns [`Error::NotImplemented`].
+//! The layers, bottom up:
+//!
+//! - `shaders/*.comp` (GLSL, compiled to SPIR-V by `build.rs` with `glslangValidator`): one compute kernel
+//!   per op of [`ddpm_core::program::Op`] (attention in three phases plus the shared dense-layer kernel), the
+//!   Philox4x32-10 noise stream of [`ddpm_core::rng`], and the DDPM/DDIM update.
+//! - `kernels`: the pipelines over one shared layout (one descriptor set of seven storage buffers, 96 bytes of
+//!   push constants for each kernel's offsets and sizes).
+//! - `plan`: the blob's program lowered to a list of dispatches, once per model and batch size.
+//! - [`Device`]: picks a Vulkan device (by index or name) and owns its queue and allocators.
+//! - [`GpuModel`]: uploads the weights once (the blob itself: f16 tensors stay f16 in device memory and are
+//!   unpacked in the shaders, so no 16-bit storage feature is needed), allocates one forward arena per batch
+//!   element from the blob's memory plan, and records the forward pass, a sampling step and the noise draw
+//!   as command buffers once. [`GpuModel::forward`] runs the network; [`GpuModel::start`] /
+//!   [`GpuModel::step`] / [`GpuModel::samples`] (or [`GpuModel::sample`]) run the sampler with no data
+//!   crossing to the host between steps: the step index, the timestep and the per-step scalars live in
+//!   device buffers.
+//!
+//! What is computed on the host and uploaded: the timestep embeddings (with `ddpm-core`'s own function, so
+//! they are bit-identical, for every training timestep at start-up) and the per-step scalars (ᾱ_t, posterior
+//! coefficients, σ_t), with the CPU sampler's exact f32 operations. What runs on the device with its own
+//! `exp`/`log`/`sqrt`/`sin`/`cos`: SiLU, softmax, group norm and the Box–Muller transform of the noise, so results
+//! differ from the CPU in the last bits; the tests bound the difference.
+//!
+//! Not supported (clear errors): dynamic thresholding in the sampler ([`Error::Unsupported`]).
+//!
+//! Every failure is an [`Error`], never a panic: no Vulkan loader or device ([`Error::NoDevice`]), a model
+//! that does not fit ([`Error::OutOfMemory`], checked against the heap sizes before allocating), a device
+//! limit ([`Error::TooLarge`]).
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
 
-use core::fmt;
+mod device;
+mod error;
+mod kernels;
+mod model;
+mod plan;
+mod sample;
 
-/// Errors of the GPU backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// The GPU backend is not implemented yet.
-    NotImplemented,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::NotImplemented => f.write_str("the Vulkan backend is not implemented yet"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-/// Checks that a model can run on the GPU backend.
-pub fn check_model(_model: &ddpm_core::Model<'_>) -> Result<(), Error> {
-    Err(Error::NotImplemented)
-}
+pub use device::Device;
+pub use error::Error;
+pub use model::GpuModel;

@@ -4,16 +4,24 @@
 //!   1e-5 of the largest value: the ε → x̂₀ division by √ᾱ_t ≈ 0.006 at t = 999 magnifies rounding ~150×, so
 //!   exact bit equality is not expected from a different summation order of the same f32 formula);
 //! - whole runs (the diffusers loop with the same model and the same noise) of 1000 DDPM steps, a respaced
-//!   50-step DDPM run and 20-step DDIM runs agree to max abs error 1e-3 in f32 (the bound).
+//!   50-step DDPM run and 20-step DDIM runs, in two ways:
+//!   * teacher-forced: every step starts from diffusers' own x_t (trajectory[i]) and must land on
+//!     trajectory[i+1] within 1e-4 (the fixture measures ~2e-6 between f32 and f64 references);
+//!   * free-running: the final samples agree to max abs error 1e-3 (the bound), for every replay whose
+//!     reference is itself reproducible to that bound: the fixture records how far the final sample moves when
+//!     the whole diffusers loop is rerun in float64. The deterministic DDIM replay of the random-weight fixture
+//!     model is chaotic (float64 rerun: 0.2 away; 1e-6 weight noise: 0.3), so no f32 implementation can meet
+//!     1e-3 there, and only its teacher-forced check applies.
 
 mod common;
 
 use std::path::Path;
 
 use common::{fixtures, host_cli_ok, read_npy};
-use ddpm_core::sampler::{Method, Steps};
+use ddpm_core::sampler::{Method, SampleSpec, Sampler, Steps};
 use ddpm_core::schedule::alphas_cumprod;
 use ddpm_core::TensorView;
+use host_cli::blobfile::{arena, AlignedBlob};
 use host_cli::convert::graph::Graph;
 use host_cli::convert::scheduler;
 use serde_json::Value;
@@ -100,20 +108,45 @@ fn replay(name: &str) {
         "-o",
         &p(&blob),
     ]);
+    let steps = case["steps"].as_u64().unwrap() as u32;
+    let eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
+    let sampler = case["sampler"].as_str().unwrap();
+
+    // Teacher-forced: one step at a time from diffusers' trajectory.
+    let (_, traj) = read_npy(&dir.join("trajectory.npy"));
+    let (noise_shape, noise) = read_npy(&dir.join("noise.npy"));
+    let aligned = AlignedBlob::read(&blob).unwrap();
+    let m = aligned.model().unwrap();
+    let method = if sampler == "ddim" { Method::Ddim { eta } } else { Method::Ddpm };
+    let batch = noise_shape[1] as u32;
+    let s = Sampler::new(&m, SampleSpec { method, steps, batch, seed: 0, class: None }).unwrap();
+    let per = s.sample_len() * batch as usize;
+    let mut arena = arena(s.arena_bytes());
+    let a: &mut [u8] = bytemuck::cast_slice_mut(&mut arena);
+    let mut worst_step = 0f32;
+    for i in 0..s.num_steps() {
+        let mut st = s.resume(a, &traj[i * per..(i + 1) * per], i).unwrap();
+        s.step(a, &mut st, Some(&noise[(i + 1) * per..(i + 2) * per])).unwrap();
+        let want = &traj[(i + 1) * per..(i + 2) * per];
+        let err = s.samples(a).iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        worst_step = worst_step.max(err);
+    }
+    eprintln!("{name}: teacher-forced max abs error per step {worst_step:.2e}");
+    assert!(worst_step <= 1e-4, "{name}: a step differs from diffusers by {worst_step:.3e}");
+
+    // Free-running through the CLI, as a user replays a PyTorch run.
     let out = tmp.path().join("out.npy");
-    let steps = case["steps"].to_string();
-    let eta = case["eta"].as_f64().unwrap_or(0.0).to_string();
     host_cli_ok(&[
         "sample",
         &p(&blob),
         "--noise",
         &p(&dir.join("noise.npy")),
         "--sampler",
-        case["sampler"].as_str().unwrap(),
+        sampler,
         "--steps",
-        &steps,
+        &steps.to_string(),
         "--eta",
-        &eta,
+        &eta.to_string(),
         "--npy",
         &p(&out),
         "-o",
@@ -123,8 +156,11 @@ fn replay(name: &str) {
     let (want_shape, want) = read_npy(&dir.join("expected.npy"));
     assert_eq!(shape, want_shape);
     let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{name}: max abs error {err:.2e} (max |expected| {:.3})", max_abs(&want));
-    assert!(err <= 1e-3, "{name}: max abs error {err:.3e} exceeds 1e-3");
+    let reproducible = case["sensitivity_float64"].as_f64().unwrap() < 1e-3;
+    eprintln!("{name}: free-running max abs error {err:.2e} (reference reproducible to 1e-3: {reproducible})");
+    if reproducible {
+        assert!(err <= 1e-3, "{name}: max abs error {err:.3e} exceeds 1e-3");
+    }
 }
 
 #[test]

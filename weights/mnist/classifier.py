@@ -76,7 +76,9 @@ def accuracy(model, x, y, bs=500):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--label-smoothing", type=float, default=0.0,
+                    help="0 keeps the softmax confident on real digits (0.05 gave only 89%% >= 0.9)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -104,7 +106,7 @@ def main():
         for i in range(0, len(xt), args.batch_size):
             idx = perm[i:i + args.batch_size]
             xb, yb = augment(xt[idx], gen), yt[idx]
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=0.05)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step(); sch.step()

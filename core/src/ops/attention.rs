@@ -31,7 +31,7 @@ pub fn attention_project(t: &mut [f32], xn: &[f32], c: usize, hw: usize) {
 /// Phase 2: scaled dot-product attention for every head; writes the head outputs into `t`.
 // scratch [t | q | k | v] -> t (hw,c)
 pub fn attention_core(scratch: &mut [f32], c: usize, hw: usize, heads: usize) {
-    if heads == 0 || c % heads != 0 {
+    if heads == 0 || !c.is_multiple_of(heads) {
         return;
     }
     let n = c * hw;

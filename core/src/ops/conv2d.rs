@@ -37,9 +37,77 @@ fn valid_range(n_out: usize, n_in: usize, k: usize, s: usize, p: usize) -> (usiz
     (lo, hi.max(lo))
 }
 
+/// Output channels computed together (they share every input load).
+const CO_BLOCK: usize = 4;
+/// Output columns computed together (their accumulators stay in registers).
+const X_BLOCK: usize = 32;
+/// Widest zero-padded input row the blocked kernel takes (a stack buffer; wider rows use the row kernel).
+const MAX_ROW: usize = 520;
+
 /// Zero-padded cross-correlation (PyTorch's `Conv2d`).
+///
+/// Every output element is `b[co]` plus the products over `c`, `ky`, `kx` in ascending order, whatever the
+/// kernel or thread count, so results are bit-identical across backends that keep this order.
 // w (co,ci,kh,kw) * x (ci,h,w) + b (co) -> out (co,ho,wo)
 pub fn conv2d<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
+    if g.w + g.pad[1] + g.pad[3] > MAX_ROW {
+        conv2d_rows(out, x, w, b, g);
+    } else {
+        conv2d_blocked(out, x, w, b, g);
+    }
+}
+
+/// Blocked kernel: for each block of [`CO_BLOCK`] output channels and each tile of [`X_BLOCK`] output
+/// columns, accumulate in a register tile, reading each zero-padded input row once per kernel row.
+fn conv2d_blocked<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
+    let Conv2dShape { ci, h, w: wi, kh, kw, stride: s, pad: [pt, pl, _, _], ho, wo, .. } = *g;
+    let plane = ho * wo;
+    let ksize = ci * kh * kw;
+    par::for_each_chunk(out, CO_BLOCK * plane, |blk, o| {
+        let nco = o.len() / plane;
+        let co0 = blk * CO_BLOCK;
+        // Padding columns stay zero; the middle is overwritten row by row.
+        let mut row = [0f32; MAX_ROW];
+        for oy in 0..ho {
+            for ox0 in (0..wo).step_by(X_BLOCK) {
+                let n = X_BLOCK.min(wo - ox0);
+                let mut acc = [[0f32; X_BLOCK]; CO_BLOCK];
+                for (k, a) in acc.iter_mut().enumerate().take(nco) {
+                    a[..n].fill(b[co0 + k]);
+                }
+                for c in 0..ci {
+                    for ky in 0..kh {
+                        let Some(iy) = (oy * s + ky).checked_sub(pt).filter(|&iy| iy < h) else { continue };
+                        row[pl..pl + wi].copy_from_slice(&x[(c * h + iy) * wi..][..wi]);
+                        for kx in 0..kw {
+                            let wk: [f32; CO_BLOCK] = core::array::from_fn(|k| {
+                                if k < nco {
+                                    w[(co0 + k) * ksize + (c * kh + ky) * kw + kx].to_f32()
+                                } else {
+                                    0.0
+                                }
+                            });
+                            let xs = &row[ox0 * s + kx..];
+                            for j in 0..n {
+                                let xv = xs[j * s];
+                                for k in 0..CO_BLOCK {
+                                    acc[k][j] += wk[k] * xv;
+                                }
+                            }
+                        }
+                    }
+                }
+                for (k, a) in acc.iter().enumerate().take(nco) {
+                    o[k * plane + oy * wo + ox0..][..n].copy_from_slice(&a[..n]);
+                }
+            }
+        }
+    });
+}
+
+/// Row kernel for rows too wide for [`conv2d_blocked`]'s stack buffer: one output channel at a time, one
+/// axpy over an output row per kernel element. Same summation order.
+fn conv2d_rows<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
     let Conv2dShape { ci, h, w: wi, kh, kw, stride: s, pad: [pt, pl, _, _], ho, wo, .. } = *g;
     let plane = ho * wo;
     let ksize = ci * kh * kw;
@@ -60,15 +128,8 @@ pub fn conv2d<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Con
                         let iy = oy * s + ky - pt;
                         let orow = &mut o[oy * wo + ox0..oy * wo + ox1];
                         let xrow = &xc[iy * wi..][..wi];
-                        if s == 1 {
-                            let xs = &xrow[ox0 + kx - pl..ox1 + kx - pl];
-                            for (ov, xv) in orow.iter_mut().zip(xs) {
-                                *ov += wv * xv;
-                            }
-                        } else {
-                            for (j, ov) in orow.iter_mut().enumerate() {
-                                *ov += wv * xrow[(ox0 + j) * s + kx - pl];
-                            }
+                        for (j, ov) in orow.iter_mut().enumerate() {
+                            *ov += wv * xrow[(ox0 + j) * s + kx - pl];
                         }
                     }
                 }
@@ -115,9 +176,13 @@ mod tests {
         let x: [f32; 50] = core::array::from_fn(|i| ((i * 7 % 11) as f32) - 5.0);
         let wt: [f32; 36] = core::array::from_fn(|i| ((i * 5 % 9) as f32) * 0.25 - 1.0);
         let b = [0.5f32, -0.25];
+        let want = reference(&x, &wt, &b, &g);
         let mut out = [0.0f32; 64];
-        conv2d(&mut out[..co * ho * wo], &x[..ci * h * w], &wt, &b, &g);
-        assert_eq!(out, reference(&x, &wt, &b, &g));
+        conv2d_blocked(&mut out[..co * ho * wo], &x[..ci * h * w], &wt, &b, &g);
+        assert_eq!(out, want, "blocked kernel");
+        let mut out = [0.0f32; 64];
+        conv2d_rows(&mut out[..co * ho * wo], &x[..ci * h * w], &wt, &b, &g);
+        assert_eq!(out, want, "row kernel");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::par;
 /// Normalises each group of `c / groups` channels to zero mean and unit variance, then applies the per-channel
 /// affine `gamma`, `beta` and, if `silu`, the SiLU activation. Two passes in f32 (mean, then centred variance).
 // x (c,hw) in place; gamma, beta (c)
+#[allow(clippy::too_many_arguments)] // PyTorch's GroupNorm parameters, plus the fused SiLU
 pub fn group_norm(
     x: &mut [f32],
     c: usize,
@@ -16,7 +17,7 @@ pub fn group_norm(
     eps: f32,
     silu: bool,
 ) {
-    if groups == 0 || c % groups != 0 || hw == 0 {
+    if groups == 0 || !c.is_multiple_of(groups) || hw == 0 {
         return;
     }
     let cg = c / groups;

@@ -33,9 +33,18 @@ pub struct ConvertArgs {
 const FOLDER_WEIGHTS: [&str; 4] =
     ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin"];
 
-/// Loads weights from a file or a diffusers folder; returns them, the config found beside them (if any), the
-/// scheduler config found beside them (if any), and notes for the user.
-fn load_input(a: &ConvertArgs) -> Result<(StateDict, Option<PathBuf>, Option<PathBuf>, Vec<String>)> {
+/// Weights loaded from a file or a diffusers folder, with what was found beside them.
+struct Loaded {
+    sd: StateDict,
+    /// `config.json` of a diffusers folder.
+    config: Option<PathBuf>,
+    /// `scheduler/scheduler_config.json` of a diffusers pipeline.
+    scheduler: Option<PathBuf>,
+    notes: Vec<String>,
+}
+
+/// Loads weights from a file or a diffusers folder.
+fn load_input(a: &ConvertArgs) -> Result<Loaded> {
     let mut notes = Vec::new();
     let p = &a.input;
     if p.is_dir() {
@@ -53,14 +62,14 @@ fn load_input(a: &ConvertArgs) -> Result<(StateDict, Option<PathBuf>, Option<Pat
         if let Some(s) = &sched {
             notes.push(format!("scheduler config: {}", s.display()));
         }
-        return Ok((sd, config, sched, notes));
+        return Ok(Loaded { sd, config, scheduler: sched, notes });
     }
     if !p.exists() {
         bail!("{}: no such file or folder", p.display());
     }
     let (sd, n) = load_file(p, a.key.as_deref())?;
     notes.extend(n);
-    Ok((sd, None, None, notes))
+    Ok(Loaded { sd, config: None, scheduler: None, notes })
 }
 
 fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
@@ -77,7 +86,7 @@ fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
 
 /// Runs the conversion; on error nothing is written. Returns notes for the user.
 pub fn convert(a: &ConvertArgs) -> Result<Vec<String>> {
-    let (mut sd, found_config, found_sched, mut notes) = load_input(a)?;
+    let Loaded { mut sd, config: found_config, scheduler: found_sched, mut notes } = load_input(a)?;
     normalize_names(&mut sd);
     let overrides = parse_overrides(&a.sets)?;
     let config_path = a.config.clone().or(found_config);

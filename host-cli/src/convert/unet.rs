@@ -159,7 +159,7 @@ impl Builder<'_> {
 
     fn group_norm_into(&mut self, prefix: &str, out: u32, x: u32, groups: usize, silu: bool) -> Result<()> {
         let c = self.g.shape(x).c;
-        if groups == 0 || c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) {
             bail!("{prefix}: {groups} groups do not divide {c} channels");
         }
         let gamma = self.weight(&format!("{prefix}.weight"), &[c])?;

@@ -1,0 +1,188 @@
+//! Lowering: the blob's program as a list of kernel dispatches with their push constants, computed once per
+//! model and batch size, without touching the device (so it is testable anywhere).
+
+use ddpm_core::program::Op;
+use ddpm_core::{DType, Model, RunError};
+
+use crate::kernels::{Kernel, PUSH_WORDS, WORKGROUP};
+
+/// One recorded dispatch: kernel, push constants, workgroup counts (z is the batch).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Dispatch {
+    pub(crate) kernel: Kernel,
+    pub(crate) push: [u32; PUSH_WORDS],
+    pub(crate) groups: [u32; 3],
+}
+
+/// A `TimestepEmbed` op's parameters and its columns in the embedding table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct EmbSlot {
+    pub(crate) column: usize,
+    pub(crate) dim: usize,
+    pub(crate) flip_sin_to_cos: bool,
+    pub(crate) freq_shift: f32,
+    pub(crate) max_period: f32,
+}
+
+/// The lowered program.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) dispatches: Vec<Dispatch>,
+    pub(crate) emb: Vec<EmbSlot>,
+    /// Floats of one row of the embedding table (all `TimestepEmbed` outputs side by side; at least 1).
+    pub(crate) emb_width: usize,
+    /// Floats of one sample's forward arena.
+    pub(crate) stride: u32,
+}
+
+impl Plan {
+    /// The embedding-table row for timestep `t`: each `TimestepEmbed` op's output, computed by `ddpm-core`'s
+    /// own function so that the GPU sees bit-identical embeddings.
+    pub(crate) fn embedding_row(&self, t: f32, row: &mut [f32]) {
+        for s in &self.emb {
+            let out = &mut row[s.column..s.column + s.dim];
+            ddpm_core::ops::timestep_embedding(out, t, s.flip_sin_to_cos, s.freq_shift, s.max_period);
+        }
+    }
+}
+
+fn groups(items: usize) -> u32 {
+    (items as u32).div_ceil(WORKGROUP)
+}
+
+impl Plan {
+    pub(crate) fn new(m: &Model<'_>, batch: u32) -> Result<Plan, RunError> {
+        let bad = RunError::Inconsistent;
+        let value = |i: u32| m.value(i).ok_or(bad);
+        // Offset of a value in floats within one sample's arena.
+        let off = |i: u32| -> Result<u32, RunError> { Ok((value(i)?.offset / 4) as u32) };
+        // Word offset of a tensor's data in the blob, and whether it is stored as f16.
+        let tensor = |i: u32| -> Result<(u32, u32), RunError> {
+            let t = m.tensor_info(i).ok_or(bad)?;
+            Ok(((t.data_off / 4) as u32, u32::from(t.dtype == DType::F16)))
+        };
+        let stride = m.arena_bytes().div_ceil(4) as u32;
+        let (mut dispatches, mut emb, mut emb_width) = (Vec::new(), Vec::new(), 0usize);
+        let mut push = |kernel: Kernel, items: usize, words: &[u32]| {
+            if items == 0 {
+                return;
+            }
+            let mut p = [0u32; PUSH_WORDS];
+            p[0] = stride;
+            p[1..=words.len()].copy_from_slice(words);
+            let x = if kernel == Kernel::GroupNorm { items as u32 } else { groups(items) };
+            dispatches.push(Dispatch { kernel, push: p, groups: [x, 1, batch] });
+        };
+        for op in m.ops() {
+            match op {
+                Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
+                    let dim = value(out)?.c;
+                    emb.push(EmbSlot { column: emb_width, dim, flip_sin_to_cos, freq_shift, max_period });
+                    // The table's width is patched in below, once all slots are known.
+                    push(Kernel::TimestepEmbed, dim, &[off(out)?, dim as u32, emb_width as u32, 0]);
+                    emb_width += dim;
+                }
+                Op::Linear { out, x, w, b } => {
+                    let (o, xi) = (value(out)?, value(x)?);
+                    let (wo, wf) = tensor(w)?;
+                    let words = [off(out)?, off(x)?, xi.c as u32, o.c as u32, 1, wo, wf, tensor(b)?.0];
+                    push(Kernel::Linear, o.c, &words);
+                }
+                Op::Silu { out, x } => push(Kernel::Silu, value(out)?.numel(), &[off(out)?, off(x)?, value(out)?.numel() as u32]),
+                Op::ClassEmbed { out, table } => {
+                    let c = value(out)?.c;
+                    let (to, tf) = tensor(table)?;
+                    push(Kernel::ClassEmbed, c, &[off(out)?, c as u32, to, tf]);
+                }
+                Op::Conv2d { out, x, w, b, stride: s, pad } => {
+                    let (o, xi) = (value(out)?, value(x)?);
+                    let info = m.tensor_info(w).ok_or(bad)?;
+                    let (wo, wf) = tensor(w)?;
+                    let words = [
+                        off(out)?,
+                        off(x)?,
+                        xi.c as u32,
+                        xi.h as u32,
+                        xi.w as u32,
+                        o.c as u32,
+                        info.dims[2] as u32,
+                        info.dims[3] as u32,
+                        s,
+                        pad[0],
+                        pad[1],
+                        o.h as u32,
+                        o.w as u32,
+                        wo,
+                        wf,
+                        tensor(b)?.0,
+                    ];
+                    push(Kernel::Conv2d, o.numel(), &words);
+                }
+                Op::GroupNorm { out, x, gamma, beta, groups: g, eps, silu } => {
+                    let o = value(out)?;
+                    let words = [
+                        off(out)?,
+                        off(x)?,
+                        o.c as u32,
+                        (o.h * o.w) as u32,
+                        g,
+                        tensor(gamma)?.0,
+                        tensor(beta)?.0,
+                        eps.to_bits(),
+                        u32::from(silu),
+                    ];
+                    push(Kernel::GroupNorm, g as usize, &words);
+                }
+                Op::AddChannel { x, v } | Op::ScaleShift { x, v } => {
+                    let xi = value(x)?;
+                    let k = if matches!(op, Op::AddChannel { .. }) { Kernel::AddChannel } else { Kernel::ScaleShift };
+                    push(k, xi.numel(), &[off(x)?, off(v)?, xi.c as u32, (xi.h * xi.w) as u32]);
+                }
+                Op::Add { out, a, b, scale } => {
+                    let n = value(out)?.numel();
+                    push(Kernel::Add, n, &[off(out)?, off(a)?, off(b)?, n as u32, scale.to_bits()]);
+                }
+                Op::Attention { out, x, xn, scratch, w, heads, scale } => {
+                    let o = value(out)?;
+                    let (c, hw) = (o.c as u32, (o.h * o.w) as u32);
+                    let n = c * hw;
+                    let s = off(scratch)?;
+                    push(Kernel::AttentionProject, o.numel(), &[s, off(xn)?, c, hw]);
+                    for part in 0..3u32 {
+                        let (wo, wf) = tensor(w[2 * part as usize])?;
+                        let b = tensor(w[2 * part as usize + 1])?.0;
+                        push(Kernel::Linear, o.numel(), &[s + (1 + part) * n, s, c, c, hw, wo, wf, b]);
+                    }
+                    let d = (o.c / heads.max(1) as usize) as f32;
+                    let core_scale = 1.0 / libm_sqrtf(d);
+                    push(Kernel::AttentionCore, (hw * heads) as usize, &[s, c, hw, heads, core_scale.to_bits()]);
+                    let (wo, wf) = tensor(w[6])?;
+                    let words = [off(out)?, off(x)?, s, c, hw, wo, wf, tensor(w[7])?.0, scale.to_bits()];
+                    push(Kernel::AttentionOutput, o.numel(), &words);
+                }
+                Op::Upsample2x { out, x } => {
+                    let xi = value(x)?;
+                    push(Kernel::Upsample2x, value(out)?.numel(), &[off(out)?, off(x)?, xi.c as u32, xi.h as u32, xi.w as u32]);
+                }
+                Op::Concat { out, a, b } => {
+                    let (na, nb) = (value(a)?.numel() as u32, value(b)?.numel() as u32);
+                    push(Kernel::Concat, (na + nb) as usize, &[off(out)?, off(a)?, na, off(b)?, nb]);
+                }
+                Op::Affine { out, x, mul, add } => {
+                    let n = value(out)?.numel();
+                    push(Kernel::Affine, n, &[off(out)?, off(x)?, n as u32, mul.to_bits(), add.to_bits()]);
+                }
+            }
+        }
+        let emb_width = emb_width.max(1);
+        for d in dispatches.iter_mut().filter(|d| d.kernel == Kernel::TimestepEmbed) {
+            d.push[4] = emb_width as u32;
+        }
+        Ok(Plan { dispatches, emb, emb_width, stride })
+    }
+}
+
+/// √x rounded as the CPU's `libm::sqrtf` (IEEE square root is correctly rounded, so `f32::sqrt` is the same).
+fn libm_sqrtf(x: f32) -> f32 {
+    x.sqrt()
+}

@@ -1,0 +1,100 @@
+//! The sampler on the device: the per-step scalar table (computed on the host exactly as `ddpm-core` computes
+//! them, uploaded once per run) and the layout of the run-state buffer that the shaders share.
+//!
+//! A step row holds, in floats:
+//!
+//! | index | DDPM (`DDPMScheduler.step`) | DDIM (`DDIMScheduler.step`) |
+//! |------:|------------------------------|-----------------------------|
+//! | 0 | t | t |
+//! | 1 | adds noise (t > 0) | adds noise (η > 0) |
+//! | 2, 3 | √ᾱ_t, √(1 − ᾱ_t) | √ᾱ_t, √(1 − ᾱ_t) |
+//! | 4 | x̂₀ coefficient √ᾱ_{t−1} β_t / (1 − ᾱ_t) | direction coefficient √(1 − ᾱ_{t−1} − σ_t²) |
+//! | 5 | x_t coefficient √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) | √ᾱ_{t−1} |
+//! | 6 | σ_t for the fixed variance types | σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}) |
+//! | 7, 8 | log β̃_t, log β_t (`learned_range`) | — |
+
+use ddpm_core::sampler::{Method, SampleError, Steps};
+use ddpm_core::Schedule;
+
+use crate::error::Error;
+
+/// Floats per step row.
+pub(crate) const ROW_FLOATS: usize = 16;
+/// One row of the step table.
+pub(crate) type StepRow = [f32; ROW_FLOATS];
+
+/// Words of the run-state buffer (`shaders/common.glsl`).
+pub(crate) const ST_STEP: usize = 0;
+pub(crate) const ST_CLASS: usize = 1;
+pub(crate) const ST_ROW: usize = 2;
+pub(crate) const ST_DRAW: usize = 3;
+pub(crate) const ST_SEED_LO: usize = 4;
+pub(crate) const ST_SEED_HI: usize = 5;
+pub(crate) const ST_METHOD: usize = 6;
+
+/// The rows of every step of a run, after the checks of `ddpm_core::sampler::Sampler::new`.
+pub(crate) fn step_table(
+    s: &Schedule,
+    alphas_cumprod: &[f32],
+    method: Method,
+    k: u32,
+    in_channels: usize,
+    out_channels: usize,
+) -> Result<Vec<StepRow>, Error> {
+    if let Method::Ddim { eta } = method {
+        if !(eta.is_finite() && eta >= 0.0) {
+            return Err(SampleError::BadEta.into());
+        }
+    }
+    if s.thresholding {
+        return Err(Error::Unsupported(
+            "dynamic thresholding (a quantile over each whole sample); sample on the CPU, or convert without it",
+        ));
+    }
+    let steps = Steps::new(*s, method, k).ok_or(SampleError::BadSteps)?;
+    let learned_type = matches!(s.variance_type, 4 | 5);
+    let learned = out_channels == 2 * in_channels && (learned_type || matches!(method, Method::Ddim { .. }));
+    if !(out_channels == in_channels && !learned_type) && !learned {
+        return Err(SampleError::OutputChannels.into());
+    }
+    let mut rows = Vec::with_capacity(steps.timesteps.len());
+    for i in 0..steps.timesteps.len() {
+        let sc = steps.scalars(alphas_cumprod, i).ok_or(SampleError::BadSteps)?;
+        let (alpha_prod_t, alpha_prod_t_prev) = (sc.alpha_prod_t, sc.alpha_prod_t_prev);
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
+        let mut r = [0f32; ROW_FLOATS];
+        r[0] = sc.t as f32;
+        r[1] = if steps.adds_noise(i) { 1.0 } else { 0.0 };
+        r[2] = alpha_prod_t.sqrt();
+        r[3] = beta_prod_t.sqrt();
+        // The same f32 operations in the same order as ddpm_core's `ddpm_step` / `ddim_step`; f32::sqrt is
+        // correctly rounded like libm::sqrtf, and ln/exp go through libm as there.
+        match method {
+            Method::Ddpm => {
+                let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
+                let current_beta_t = 1.0 - current_alpha_t;
+                r[4] = (alpha_prod_t_prev.sqrt() * current_beta_t) / beta_prod_t;
+                r[5] = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
+                let variance = ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
+                r[6] = match s.variance_type {
+                    1 => libm::expf(0.5 * libm::logf(variance)),
+                    2 => current_beta_t.sqrt(),
+                    3 => libm::expf(0.5 * libm::logf(current_beta_t)),
+                    _ => variance.sqrt(),
+                };
+                r[7] = libm::logf(variance);
+                r[8] = libm::logf(current_beta_t);
+            }
+            Method::Ddim { eta } => {
+                let variance = (beta_prod_t_prev / beta_prod_t) * (1.0 - alpha_prod_t / alpha_prod_t_prev);
+                let std_dev_t = eta * variance.sqrt();
+                r[4] = (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt();
+                r[5] = alpha_prod_t_prev.sqrt();
+                r[6] = std_dev_t;
+            }
+        }
+        rows.push(r);
+    }
+    Ok(rows)
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Score generated MNIST samples with the classifier from classifier.py.
+
+Input: samples [N,1,28,28] float32 in model space ([-1, 1]), either
+  --npy FILE                      e.g. written by `host-cli sample MODEL -n N --seed S --steps K
+                                  --sampler ddpm|ddim --npy OUT.npy`, or
+  --diffusers MODEL_DIR --steps S sampled here with diffusers from a pipeline folder
+                                  (MODEL_DIR/unet + MODEL_DIR/scheduler, or a bare unet folder);
+                                  S = 1000 (DDPM, every step) or ddimK (DDIM, K steps, eta 0).
+Figures, for the samples and for the yardstick (N real training digits, seeded):
+  (a) share classified with max softmax >= 0.9
+  (b) how many of the 10 digits appear as argmax (histogram printed)
+  (c) Frechet distance between the classifier's 128-d penultimate features and those of
+      the held-out real digits (all 999 of them).
+The goal for a good model: (a) >= 0.85, (b) 10, (c) <= 1.5x the yardstick's FD.
+
+  nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --seed 0
+  nice -n 19 python3 evaluate.py --npy out.npy
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from classifier import load_classifier  # noqa: E402
+from mnist_data import load_split, to_model_space  # noqa: E402
+
+CONF = 0.9
+
+
+@torch.no_grad()
+def classify(clf, x, bs=500):
+    probs, feats = [], []
+    for i in range(0, len(x), bs):
+        xb = torch.as_tensor(x[i:i + bs])
+        f = clf.features(xb)
+        probs.append(torch.softmax(clf.head(f), 1)); feats.append(f)
+    return torch.cat(probs).double().numpy(), torch.cat(feats).double().numpy()
+
+
+def _psd_sqrt(a):
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet(f1, f2):
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    r1 = _psd_sqrt(s1)
+    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_cross)
+
+
+def score(clf, x, ref_feats):
+    p, f = classify(clf, x)
+    hist = np.bincount(p.argmax(1), minlength=10)
+    return dict(n=len(x), confident_share=float((p.max(1) >= CONF).mean()),
+                digits_present=int((hist > 0).sum()), histogram=hist.tolist(),
+                fd=frechet(f, ref_feats))
+
+
+def load_pipeline_parts(model_dir):
+    from diffusers import DDPMScheduler, UNet2DModel
+    unet_dir = os.path.join(model_dir, "unet")
+    if not os.path.exists(os.path.join(unet_dir, "config.json")):
+        unet_dir = model_dir
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    sdir = os.path.join(model_dir, "scheduler")
+    if os.path.exists(os.path.join(sdir, "scheduler_config.json")):
+        sched = DDPMScheduler.from_pretrained(sdir)
+    else:
+        sys.path.insert(0, HERE)
+        from train import make_scheduler
+        sched = make_scheduler()
+    return unet, sched
+
+
+@torch.no_grad()
+def sample_diffusers(model_dir, n, steps, seed, batch):
+    from diffusers import DDIMScheduler
+    unet, sched = load_pipeline_parts(model_dir)
+    if steps.startswith("ddim"):
+        sched = DDIMScheduler.from_config(sched.config)
+        sched.set_timesteps(int(steps[4:]))
+        kw = dict(eta=0.0)
+    else:
+        k = int(steps)
+        sched.set_timesteps(k)
+        kw = {}
+    g = torch.Generator().manual_seed(seed)
+    c, h = unet.config.in_channels, unet.config.sample_size
+    out = []
+    for i in range(0, n, batch):
+        b = min(batch, n - i)
+        x = torch.randn((b, c, h, h), generator=g)
+        for t in sched.timesteps:
+            eps = unet(x, t).sample
+            x = sched.step(eps, t, x, generator=g, **kw).prev_sample
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def save_grid(x, path, cols=20):
+    from PIL import Image
+    n = min(len(x), cols * 10)
+    rows = (n + cols - 1) // cols
+    img = np.zeros((rows * 28, cols * 28), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        img[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28] = ((x[i, 0] + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def fmt(name, s, yard_fd=None):
+    extra = f"  ({s['fd'] / yard_fd:.2f}x yardstick)" if yard_fd else ""
+    return (f"{name:<10} N={s['n']:<5} confident(>= {CONF})={s['confident_share']:.3f}  "
+            f"digits={s['digits_present']}/10  FD={s['fd']:.3f}{extra}\n"
+            f"{'':<10} argmax histogram 0..9: {s['histogram']}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--npy", help="samples [N,1,28,28] float32 in [-1,1]")
+    src.add_argument("--diffusers", metavar="MODEL_DIR", help="sample with diffusers from this folder")
+    ap.add_argument("--steps", default="ddim50", help="1000 (DDPM) or ddimK (with --diffusers)")
+    ap.add_argument("-n", type=int, default=500, help="samples to draw (--diffusers)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save-npy", help="also write the diffusers samples here")
+    ap.add_argument("--grid", help="write a PNG grid of (up to 200) samples here")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--classifier", default=os.path.join(HERE, "classifier.pt"))
+    ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    t0 = time.time()
+    if args.npy:
+        x = np.load(args.npy).astype(np.float32)
+        source = f"npy {args.npy}"
+    else:
+        x = sample_diffusers(args.diffusers, args.n, args.steps, args.seed, args.batch)
+        source = f"diffusers {args.diffusers} steps={args.steps} seed={args.seed}"
+        if args.save_npy:
+            np.save(args.save_npy, x)
+    t_sample = time.time() - t0
+    if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+        sys.exit(f"expected [N,1,28,28], got {list(x.shape)}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        print(f"warning: {int(bad.sum())} non-finite values replaced by -1")
+        x = np.where(bad, -1.0, x).astype(np.float32)
+    if x.min() < -1.001 or x.max() > 1.001:
+        print(f"warning: values outside [-1,1] (min {x.min():.3f}, max {x.max():.3f}); clamped")
+    x = np.clip(x, -1, 1)
+
+    clf = load_classifier(args.classifier)
+    xt, _, xh, _ = load_split(args.cache)
+    _, ref = classify(clf, to_model_space(xh))
+    n = len(x)
+    rng = np.random.default_rng(args.seed)
+    yard_x = to_model_space(xt[rng.choice(len(xt), size=min(n, len(xt)), replace=False)])
+    gen = score(clf, x, ref)
+    yard = score(clf, yard_x, ref)
+    print(f"source: {source}  (sampling {t_sample:.0f}s)")
+    print(f"reference: {len(xh)} held-out real digits")
+    print(fmt("generated", gen, yard["fd"]))
+    print(fmt("yardstick", yard) + "   <- N real training digits vs held-out")
+    ok = gen["confident_share"] >= 0.85 and gen["digits_present"] == 10 and gen["fd"] <= 1.5 * yard["fd"]
+    print(f"goal (conf >= 0.85, 10 digits, FD <= 1.5x yardstick): {'MET' if ok else 'NOT MET'}")
+    if args.grid:
+        save_grid(x, args.grid)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(source=source, generated=gen, yardstick=yard, goal_met=ok,
+                           sampling_seconds=t_sample), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
