@@ -4,7 +4,7 @@ use core::ops::Range;
 
 use crate::blob::{Model, TensorView, ValueInfo, ALIGN};
 use crate::error::RunError;
-use crate::ops::{self, Conv2dShape};
+use crate::ops;
 use crate::program::Op;
 
 /// Calls `$body` with `$w` bound to the weight slice of `$view`, whatever its element type.
@@ -96,24 +96,15 @@ impl<'a> Exec<'_, 'a> {
                     *v += tv.get_f32(class * o.c + k);
                 }
             }
-            Op::Conv2d { out, x, w, b, stride, pad } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
+            Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
+                let (o, xi, si) = (self.value(out)?, self.value(x)?, self.value(scratch)?);
                 let info = self.m.tensor_info(w).ok_or(bad)?;
-                let g = Conv2dShape {
-                    ci: xi.c,
-                    h: xi.h,
-                    w: xi.w,
-                    co: o.c,
-                    kh: info.dims[2],
-                    kw: info.dims[3],
-                    stride: stride as usize,
-                    pad: pad.map(|p| p as usize),
-                    ho: o.h,
-                    wo: o.w,
-                };
+                let g = crate::program::conv_shape(&xi, &o, &info, stride, pad);
                 let (wv, bv) = (self.weights(w)?, self.vector(b)?);
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::conv2d(od, xd, w, bv, &g));
+                let (sd, xd) = split_pair(a, si.range(), xi.range()).ok_or(bad)?;
+                ops::conv2d_pad(sd, xd, &g);
+                let (od, sd) = split_pair(a, o.range(), si.range()).ok_or(bad)?;
+                with_weights!(wv, w => ops::conv2d(od, sd, w, bv, &g));
             }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
@@ -202,6 +193,19 @@ impl Model<'_> {
         class: Option<u32>,
         out: &mut [f32],
     ) -> Result<(), RunError> {
+        self.forward_observed(arena, x, t, class, out, &mut |_, _| {})
+    }
+
+    /// [`Model::forward`], calling `after(i, op)` after op `i` has run (for profiling and progress).
+    pub fn forward_observed(
+        &self,
+        arena: &mut [u8],
+        x: &[f32],
+        t: f32,
+        class: Option<u32>,
+        out: &mut [f32],
+        after: &mut dyn FnMut(usize, &Op),
+    ) -> Result<(), RunError> {
         let sample_in = self.in_channels() * self.height() * self.width();
         let sample_out = self.out_channels() * self.height() * self.width();
         if x.len() != sample_in {
@@ -226,6 +230,7 @@ impl Model<'_> {
         for i in 0..self.num_ops() {
             let op = self.op(i).ok_or(RunError::Inconsistent)?;
             exec.run(a, &op)?;
+            after(i, &op);
         }
         let output = exec.value(self.output_value())?;
         out.copy_from_slice(a.get(output.range()).ok_or(RunError::Inconsistent)?);

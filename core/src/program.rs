@@ -10,7 +10,7 @@
 //! | 2 | `Linear` | v out, v x, t w, t b | `out = w·x + b`, x `(i,1,1)`, w `[o, i]` |
 //! | 3 | `Silu` | v out, v x | `out = x·σ(x)` |
 //! | 4 | `ClassEmbed` | v out, t table | `out += table[class]` |
-//! | 5 | `Conv2d` | v out, v x, t w, t b, stride, pad top, left, bottom, right | zero-padded 2-D convolution |
+//! | 5 | `Conv2d` | v out, v x, t w, t b, stride, pad top, left, bottom, right, v scratch | zero-padded 2-D convolution; `scratch` holds the padded input ([`Conv2dShape::scratch_shape`]) |
 //! | 6 | `GroupNorm` | v out, v x, t gamma, t beta, groups, f32 eps, silu | group normalisation, then SiLU if `silu` = 1 |
 //! | 7 | `AddChannel` | v x, v v | `x[c] += v[c]` (time embedding, `default` shift) |
 //! | 8 | `ScaleShift` | v x, v v | `x[c] = x[c]·(1 + v[c]) + v[C + c]` (time embedding, `scale_shift`) |
@@ -26,6 +26,7 @@
 //! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
 
 use crate::blob::{DType, Model, TensorInfo, ValueInfo};
+use crate::ops::Conv2dShape;
 
 /// One operation of the network program. Field names follow the table in the module docs.
 #[allow(missing_docs)]
@@ -35,7 +36,7 @@ pub enum Op {
     Linear { out: u32, x: u32, w: u32, b: u32 },
     Silu { out: u32, x: u32 },
     ClassEmbed { out: u32, table: u32 },
-    Conv2d { out: u32, x: u32, w: u32, b: u32, stride: u32, pad: [u32; 4] },
+    Conv2d { out: u32, x: u32, w: u32, b: u32, stride: u32, pad: [u32; 4], scratch: u32 },
     GroupNorm { out: u32, x: u32, gamma: u32, beta: u32, groups: u32, eps: f32, silu: bool },
     AddChannel { x: u32, v: u32 },
     ScaleShift { x: u32, v: u32 },
@@ -47,6 +48,25 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op's name, as in the table above.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::TimestepEmbed { .. } => "TimestepEmbed",
+            Op::Linear { .. } => "Linear",
+            Op::Silu { .. } => "Silu",
+            Op::ClassEmbed { .. } => "ClassEmbed",
+            Op::Conv2d { .. } => "Conv2d",
+            Op::GroupNorm { .. } => "GroupNorm",
+            Op::AddChannel { .. } => "AddChannel",
+            Op::ScaleShift { .. } => "ScaleShift",
+            Op::Add { .. } => "Add",
+            Op::Attention { .. } => "Attention",
+            Op::Upsample2x { .. } => "Upsample2x",
+            Op::Concat { .. } => "Concat",
+            Op::Affine { .. } => "Affine",
+        }
+    }
+
     /// Encodes the op as its sixteen record words.
     pub fn encode(&self) -> [u32; 16] {
         let mut r = [0u32; 16];
@@ -61,7 +81,9 @@ impl Op {
             Op::Linear { out, x, w, b } => put(2, &[out, x, w, b]),
             Op::Silu { out, x } => put(3, &[out, x]),
             Op::ClassEmbed { out, table } => put(4, &[out, table]),
-            Op::Conv2d { out, x, w, b, stride, pad } => put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3]]),
+            Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
+                put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3], scratch])
+            }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 put(6, &[out, x, gamma, beta, groups, eps.to_bits(), silu.into()])
             }
@@ -96,7 +118,18 @@ impl Op {
             2 => (Op::Linear { out: r[1], x: r[2], w: r[3], b: r[4] }, 4),
             3 => (Op::Silu { out: r[1], x: r[2] }, 2),
             4 => (Op::ClassEmbed { out: r[1], table: r[2] }, 2),
-            5 => (Op::Conv2d { out: r[1], x: r[2], w: r[3], b: r[4], stride: r[5], pad: [r[6], r[7], r[8], r[9]] }, 9),
+            5 => (
+                Op::Conv2d {
+                    out: r[1],
+                    x: r[2],
+                    w: r[3],
+                    b: r[4],
+                    stride: r[5],
+                    pad: [r[6], r[7], r[8], r[9]],
+                    scratch: r[10],
+                },
+                10,
+            ),
             6 => (
                 Op::GroupNorm { out: r[1], x: r[2], gamma: r[3], beta: r[4], groups: r[5], eps: f(6), silu: flag(7)? },
                 7,
@@ -135,6 +168,22 @@ pub fn conv_out_len(input: usize, kernel: usize, stride: usize, pad_lo: usize, p
         return None;
     }
     Some((padded - kernel) / stride + 1)
+}
+
+/// The convolution geometry of a `Conv2d` op from its (validated) operands.
+pub fn conv_shape(x: &ValueInfo, out: &ValueInfo, w: &TensorInfo<'_>, stride: u32, pad: [u32; 4]) -> Conv2dShape {
+    Conv2dShape {
+        ci: x.c,
+        h: x.h,
+        w: x.w,
+        co: out.c,
+        kh: w.dims[2],
+        kw: w.dims[3],
+        stride: stride as usize,
+        pad: pad.map(|p| p as usize),
+        ho: out.h,
+        wo: out.w,
+    }
 }
 
 /// How two arena ranges relate.
@@ -193,8 +242,8 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
             let (o, ti) = (v(out)?, t(table)?);
             ok(is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c])
         }
-        Op::Conv2d { out, x, w, b, stride, pad } => {
-            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+        Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
+            let (o, xi, wi, si) = (v(out)?, v(x)?, t(w)?, v(scratch)?);
             let [co, ci, kh, kw] = shape(&wi);
             vec_f32(b, co)?;
             let [pt, pl, pb, pr] = pad.map(|p| p as usize);
@@ -208,7 +257,14 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && pb < kh
                 && pl < kw
                 && pr < kw
-                && disjoint(&o, &xi))
+                && disjoint(&o, &xi)
+                && disjoint(&si, &xi)
+                && disjoint(&si, &o)
+                && {
+                    let g = conv_shape(&xi, &o, &wi, stride, pad);
+                    let (c, h, w) = g.scratch_shape();
+                    c.checked_mul(h).and_then(|n| n.checked_mul(w)).is_some_and(|n| si.numel() >= n)
+                })
         }
         Op::GroupNorm { out, x, gamma, beta, groups, eps, .. } => {
             let (o, xi) = (v(out)?, v(x)?);

@@ -175,6 +175,21 @@ impl Steps {
     }
 }
 
+/// [`Sampler::arena_bytes`] computed from the blob's bytes in a `const` context, so firmware can size a static
+/// arena at compile time: `static mut ARENA: [u8; sampler_arena_bytes(BLOB, 1)]`. It reads the header fields
+/// without validating the blob (validation happens at run time in [`Model::new_checked`]); for bytes that are
+/// not a blob the result is meaningless (or a compile-time error when the header is too short).
+pub const fn sampler_arena_bytes(blob: &[u8], batch: usize) -> usize {
+    const fn word(b: &[u8], off: usize) -> usize {
+        (b[off] as u32 | (b[off + 1] as u32) << 8 | (b[off + 2] as u32) << 16 | (b[off + 3] as u32) << 24) as usize
+    }
+    let (cin, cout, h, w) = (word(blob, 40), word(blob, 44), word(blob, 48), word(blob, 52));
+    let forward = word(blob, 60);
+    let train_steps = word(blob, word(blob, 96));
+    let sample = cin * h * w;
+    forward + 4 * (train_steps + 2 * batch * sample + cout * h * w + sample)
+}
+
 /// A configured sampler for one model.
 #[derive(Debug, Clone, Copy)]
 pub struct Sampler<'m, 'a> {

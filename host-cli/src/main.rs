@@ -151,6 +151,9 @@ enum Cmd {
         /// Untimed warm-up passes.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Also print the time spent in each kind of op.
+        #[arg(long)]
+        per_op: bool,
     },
 }
 
@@ -294,6 +297,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(p) = &npy {
                 load::write_npy(p, &[batch as usize, c, h, w], &out)?;
             }
+            // The checksum firmware prints for the same run: FNV-1a 64 over the samples' f32 bits (LE).
+            eprintln!("checksum {:016x}", ddpm_core::fnv1a64(bytemuck::cast_slice(&out)));
             if c == 1 || c == 3 {
                 image::write_png(&output, &b.grid()?)?;
                 if let Some(dir) = &each {
@@ -333,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
         }
-        Cmd::Bench { model, iters, warmup } => {
+        Cmd::Bench { model, iters, warmup, per_op } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let mut arena = blobfile::arena(m.arena_bytes());
@@ -343,12 +348,28 @@ fn run(cli: Cli) -> Result<()> {
             let mut y = vec![0f32; m.out_channels() * m.height() * m.width()];
             let class = (m.num_classes() > 0).then_some(0);
             let mut times = Vec::new();
+            let mut per_kind: std::collections::BTreeMap<&str, f64> = Default::default();
             for i in 0..warmup + iters.max(1) {
                 let t0 = Instant::now();
-                m.forward(bytemuck::cast_slice_mut(&mut arena), &x, 500.0, class, &mut y)?;
-                if i >= warmup {
+                let mut last = t0;
+                let timed = i >= warmup;
+                let mut after = |_: usize, op: &ddpm_core::program::Op| {
+                    if per_op && timed {
+                        let now = Instant::now();
+                        *per_kind.entry(op.name()).or_default() += (now - last).as_secs_f64() * 1e3;
+                        last = now;
+                    }
+                };
+                m.forward_observed(bytemuck::cast_slice_mut(&mut arena), &x, 500.0, class, &mut y, &mut after)?;
+                if timed {
                     times.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
+            }
+            let timed_runs = iters.max(1) as f64;
+            let mut kinds: Vec<_> = per_kind.into_iter().collect();
+            kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (name, ms) in kinds {
+                println!("  {name:<14} {:9.3} ms per forward", ms / timed_runs);
             }
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];

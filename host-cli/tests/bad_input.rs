@@ -37,6 +37,17 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     p
 }
 
+/// A converted blob is an ordinary readable file, not a private temporary one.
+#[cfg(unix)]
+#[test]
+fn converted_blob_is_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("a.blob");
+    host_cli_ok(&["convert", fixtures().join("unet/a_ddpm").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
+}
+
 #[test]
 fn hostile_pickles_are_refused_without_running_anything() {
     let marker = Path::new("/tmp/pwned");

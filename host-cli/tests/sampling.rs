@@ -46,6 +46,17 @@ fn same_seed_same_bits_across_runs_and_thread_counts() {
 }
 
 #[test]
+fn const_arena_size_matches_the_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
+    let m = blob.model().unwrap();
+    for batch in [1, 3] {
+        let s = Sampler::new(&m, SampleSpec { method: Method::Ddpm, steps: 5, batch, seed: 0, class: None }).unwrap();
+        assert_eq!(ddpm_core::sampler::sampler_arena_bytes(blob.bytes(), batch as usize), s.arena_bytes());
+    }
+}
+
+#[test]
 fn stop_and_resume_gives_the_uninterrupted_result() {
     let tmp = tempfile::tempdir().unwrap();
     let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();

@@ -28,110 +28,93 @@ pub struct Conv2dShape {
     pub wo: usize,
 }
 
-/// Range of output indices `o` in `0..n_out` whose input index `o·s + k − p` lies in `0..n_in`.
-fn valid_range(n_out: usize, n_in: usize, k: usize, s: usize, p: usize) -> (usize, usize) {
-    // o·s + k ≥ p  ⇔  o ≥ ceil((p − k) / s)
-    let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
-    // o·s + k − p ≤ n_in − 1  ⇔  o ≤ (n_in − 1 + p − k) / s
-    let hi = if n_in + p > k { ((n_in - 1 + p - k) / s + 1).min(n_out) } else { 0 };
-    (lo, hi.max(lo))
-}
+/// Output channels computed together: each loaded input vector feeds this many accumulators.
+const CO_TILE: usize = 4;
+/// Output columns computed together: one vector of accumulators per output channel.
+const X_TILE: usize = 8;
 
-/// Output channels computed together (they share every input load).
-const CO_BLOCK: usize = 4;
-/// Output columns computed together (their accumulators stay in registers).
-const X_BLOCK: usize = 32;
-/// Widest zero-padded input row the blocked kernel takes (a stack buffer; wider rows use the row kernel).
-const MAX_ROW: usize = 520;
+impl Conv2dShape {
+    /// Length of a row of the zero-padded input copy: the padded width, widened so that the last (partial)
+    /// tile of [`X_TILE`] output columns reads inside the row.
+    pub const fn padded_row(&self) -> usize {
+        let tiles_end = (self.wo.div_ceil(X_TILE) * X_TILE - 1) * self.stride + self.kw;
+        let padded = self.w + self.pad[1] + self.pad[3];
+        if tiles_end > padded {
+            tiles_end
+        } else {
+            padded
+        }
+    }
 
-/// Zero-padded cross-correlation (PyTorch's `Conv2d`).
-///
-/// Every output element is `b[co]` plus the products over `c`, `ky`, `kx` in ascending order, whatever the
-/// kernel or thread count, so results are bit-identical across backends that keep this order.
-// w (co,ci,kh,kw) * x (ci,h,w) + b (co) -> out (co,ho,wo)
-pub fn conv2d<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
-    if g.w + g.pad[1] + g.pad[3] > MAX_ROW {
-        conv2d_rows(out, x, w, b, g);
-    } else {
-        conv2d_blocked(out, x, w, b, g);
+    /// Shape `(ci, h + pad top + pad bottom, padded_row)` of the scratch the convolution needs.
+    pub const fn scratch_shape(&self) -> (usize, usize, usize) {
+        (self.ci, self.h + self.pad[0] + self.pad[2], self.padded_row())
     }
 }
 
-/// Blocked kernel: for each block of [`CO_BLOCK`] output channels and each tile of [`X_BLOCK`] output
-/// columns, accumulate in a register tile, reading each zero-padded input row once per kernel row.
-fn conv2d_blocked<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
-    let Conv2dShape { ci, h, w: wi, kh, kw, stride: s, pad: [pt, pl, _, _], ho, wo, .. } = *g;
+/// Copies `x` into `xp` with the zero padding made explicit.
+// x (ci,h,w) -> xp (ci, h+pt+pb, padded_row)
+pub fn conv2d_pad(xp: &mut [f32], x: &[f32], g: &Conv2dShape) {
+    let (ci, hp, rs) = g.scratch_shape();
+    let [pt, pl, _, _] = g.pad;
+    let xp = &mut xp[..ci * hp * rs];
+    xp.fill(0.0);
+    if g.w == 0 {
+        return;
+    }
+    for (k, src) in x.chunks_exact(g.w).take(ci * g.h).enumerate() {
+        let (c, y) = (k / g.h, k % g.h);
+        xp[(c * hp + y + pt) * rs + pl..][..g.w].copy_from_slice(src);
+    }
+}
+
+/// Cross-correlation over an input padded by [`conv2d_pad`] (PyTorch's zero-padded `Conv2d`).
+///
+/// Every output element is `b[co]` plus the products over `c`, `ky`, `kx` in ascending order, whatever the
+/// tiling or the thread count, so results are bit-identical across runs, thread counts and backends that keep
+/// this order. (Padding contributes `w·0` terms, which change no value.)
+///
+/// The kernel keeps a [`CO_TILE`] × [`X_TILE`] tile of accumulators in registers for the whole reduction,
+/// so each input load feeds [`CO_TILE`] multiply-adds and no partial sum goes through memory.
+// w (co,ci,kh,kw) * xp (ci,hp,rs) + b (co) -> out (co,ho,wo)
+pub fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
+    let Conv2dShape { ci, kh, kw, stride: s, ho, wo, .. } = *g;
+    let (_, hp, rs) = g.scratch_shape();
     let plane = ho * wo;
     let ksize = ci * kh * kw;
-    par::for_each_chunk(out, CO_BLOCK * plane, |blk, o| {
+    par::for_each_chunk(out, CO_TILE * plane, |blk, o| {
         let nco = o.len() / plane;
-        let co0 = blk * CO_BLOCK;
-        // Padding columns stay zero; the middle is overwritten row by row.
-        let mut row = [0f32; MAX_ROW];
+        let co0 = blk * CO_TILE;
+        // Rows of the weights of this block's channels (the last one repeated to fill a partial block).
+        let wrow: [&[W]; CO_TILE] = core::array::from_fn(|k| &w[(co0 + k.min(nco - 1)) * ksize..][..ksize]);
+        let bias: [f32; CO_TILE] = core::array::from_fn(|k| b[co0 + k.min(nco - 1)]);
         for oy in 0..ho {
-            for ox0 in (0..wo).step_by(X_BLOCK) {
-                let n = X_BLOCK.min(wo - ox0);
-                let mut acc = [[0f32; X_BLOCK]; CO_BLOCK];
-                for (k, a) in acc.iter_mut().enumerate().take(nco) {
-                    a[..n].fill(b[co0 + k]);
-                }
+            for ox0 in (0..wo).step_by(X_TILE) {
+                let mut acc: [[f32; X_TILE]; CO_TILE] = core::array::from_fn(|k| [bias[k]; X_TILE]);
                 for c in 0..ci {
                     for ky in 0..kh {
-                        let Some(iy) = (oy * s + ky).checked_sub(pt).filter(|&iy| iy < h) else { continue };
-                        row[pl..pl + wi].copy_from_slice(&x[(c * h + iy) * wi..][..wi]);
+                        let row = &xp[(c * hp + oy * s + ky) * rs..][..rs];
                         for kx in 0..kw {
-                            let wk: [f32; CO_BLOCK] = core::array::from_fn(|k| {
-                                if k < nco {
-                                    w[(co0 + k) * ksize + (c * kh + ky) * kw + kx].to_f32()
-                                } else {
-                                    0.0
-                                }
-                            });
-                            let xs = &row[ox0 * s + kx..];
-                            for j in 0..n {
-                                let xv = xs[j * s];
-                                for k in 0..CO_BLOCK {
-                                    acc[k][j] += wk[k] * xv;
+                            let xs: [f32; X_TILE] = if s == 1 {
+                                let mut v = [0f32; X_TILE];
+                                v.copy_from_slice(&row[ox0 + kx..][..X_TILE]);
+                                v
+                            } else {
+                                core::array::from_fn(|j| row[(ox0 + j) * s + kx])
+                            };
+                            let wi = (c * kh + ky) * kw + kx;
+                            for k in 0..CO_TILE {
+                                let wk = wrow[k][wi].to_f32();
+                                for j in 0..X_TILE {
+                                    acc[k][j] += wk * xs[j];
                                 }
                             }
                         }
                     }
                 }
+                let n = X_TILE.min(wo - ox0);
                 for (k, a) in acc.iter().enumerate().take(nco) {
                     o[k * plane + oy * wo + ox0..][..n].copy_from_slice(&a[..n]);
-                }
-            }
-        }
-    });
-}
-
-/// Row kernel for rows too wide for [`conv2d_blocked`]'s stack buffer: one output channel at a time, one
-/// axpy over an output row per kernel element. Same summation order.
-fn conv2d_rows<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
-    let Conv2dShape { ci, h, w: wi, kh, kw, stride: s, pad: [pt, pl, _, _], ho, wo, .. } = *g;
-    let plane = ho * wo;
-    let ksize = ci * kh * kw;
-    par::for_each_chunk(out, plane, |co, o| {
-        o.fill(b[co]);
-        let wk = &w[co * ksize..][..ksize];
-        for c in 0..ci {
-            let xc = &x[c * h * wi..][..h * wi];
-            for ky in 0..kh {
-                let (oy0, oy1) = valid_range(ho, h, ky, s, pt);
-                for kx in 0..kw {
-                    let (ox0, ox1) = valid_range(wo, wi, kx, s, pl);
-                    if ox0 >= ox1 {
-                        continue;
-                    }
-                    let wv = wk[(c * kh + ky) * kw + kx].to_f32();
-                    for oy in oy0..oy1 {
-                        let iy = oy * s + ky - pt;
-                        let orow = &mut o[oy * wo + ox0..oy * wo + ox1];
-                        let xrow = &xc[iy * wi..][..wi];
-                        for (j, ov) in orow.iter_mut().enumerate() {
-                            *ov += wv * xrow[(ox0 + j) * s + kx - pl];
-                        }
-                    }
                 }
             }
         }
@@ -143,8 +126,8 @@ mod tests {
     use super::*;
 
     /// Naive reference: every output element from its definition.
-    fn reference(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dShape) -> [f32; 64] {
-        let mut out = [0.0f32; 64];
+    fn reference(x: &[f32], w: &[f32], b: &[f32], g: &Conv2dShape) -> [f32; 1024] {
+        let mut out = [0.0f32; 1024];
         for co in 0..g.co {
             for oy in 0..g.ho {
                 for ox in 0..g.wo {
@@ -169,20 +152,19 @@ mod tests {
     }
 
     fn check(stride: usize, pad: [usize; 4], h: usize, w: usize) {
-        let (ci, co, k) = (2, 2, 3);
+        let (ci, co, k) = (2, 5, 3); // 5 output channels: one full tile of 4 and a tail of 1
         let ho = (h + pad[0] + pad[2] - k) / stride + 1;
         let wo = (w + pad[1] + pad[3] - k) / stride + 1;
         let g = Conv2dShape { ci, h, w, co, kh: k, kw: k, stride, pad, ho, wo };
-        let x: [f32; 50] = core::array::from_fn(|i| ((i * 7 % 11) as f32) - 5.0);
-        let wt: [f32; 36] = core::array::from_fn(|i| ((i * 5 % 9) as f32) * 0.25 - 1.0);
-        let b = [0.5f32, -0.25];
-        let want = reference(&x, &wt, &b, &g);
-        let mut out = [0.0f32; 64];
-        conv2d_blocked(&mut out[..co * ho * wo], &x[..ci * h * w], &wt, &b, &g);
-        assert_eq!(out, want, "blocked kernel");
-        let mut out = [0.0f32; 64];
-        conv2d_rows(&mut out[..co * ho * wo], &x[..ci * h * w], &wt, &b, &g);
-        assert_eq!(out, want, "row kernel");
+        let x: [f32; 256] = core::array::from_fn(|i| ((i * 7 % 11) as f32) - 5.0);
+        let wt: [f32; 90] = core::array::from_fn(|i| ((i * 5 % 9) as f32) * 0.25 - 1.0);
+        let b = [0.5f32, -0.25, 1.0, 0.0, -2.0];
+        let (sc, sh, sw) = g.scratch_shape();
+        let mut xp = [f32::NAN; 2048];
+        conv2d_pad(&mut xp[..sc * sh * sw], &x[..ci * h * w], &g);
+        let mut out = [0.0f32; 1024];
+        conv2d(&mut out[..co * ho * wo], &xp[..sc * sh * sw], &wt, &b, &g);
+        assert_eq!(out, reference(&x, &wt, &b, &g));
     }
 
     #[test]
@@ -191,5 +173,10 @@ mod tests {
         check(1, [0, 0, 0, 0], 5, 4);
         check(2, [1, 1, 1, 1], 5, 4);
         check(2, [0, 0, 1, 1], 4, 4); // diffusers Downsample2D with padding=0
+                                      // Wider rows: full interior tiles of 8 columns plus partial and edge tiles.
+        check(1, [1, 1, 1, 1], 5, 11);
+        check(1, [0, 0, 0, 0], 3, 20);
+        check(2, [1, 1, 1, 1], 6, 13);
+        check(2, [0, 0, 1, 1], 6, 18);
     }
 }

@@ -243,7 +243,8 @@ impl UNetConfig {
             bail!("in_channels, out_channels and layers_per_block must be positive");
         }
         let step = 1usize << (levels - 1);
-        if self.height == 0 || self.width == 0 || !self.height.is_multiple_of(step) || !self.width.is_multiple_of(step) {
+        if self.height == 0 || self.width == 0 || !self.height.is_multiple_of(step) || !self.width.is_multiple_of(step)
+        {
             bail!(
                 "sample_size {}x{} must be a positive multiple of {step} ({levels} levels halve it {} times)",
                 self.height,

@@ -52,9 +52,9 @@ pub struct Graph {
 pub fn op_values(op: &Op) -> Vec<u32> {
     match *op {
         Op::TimestepEmbed { out, .. } | Op::ClassEmbed { out, .. } => vec![out],
+        Op::Conv2d { out, x, scratch, .. } => vec![out, x, scratch],
         Op::Linear { out, x, .. }
         | Op::Silu { out, x }
-        | Op::Conv2d { out, x, .. }
         | Op::GroupNorm { out, x, .. }
         | Op::Upsample2x { out, x }
         | Op::Affine { out, x, .. } => vec![out, x],

@@ -70,12 +70,10 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
             "beta_start" => s.beta_start = num(k, v)?,
             "beta_end" => s.beta_end = num(k, v)?,
             "beta_schedule" => s.beta_schedule = code(k, v, &Schedule::BETA_SCHEDULES[..4])?,
-            "trained_betas"
-                if !v.is_null() => {
-                    let list =
-                        v.as_array().ok_or_else(|| anyhow!("scheduler option 'trained_betas': expected a list"))?;
-                    trained = Some(list.iter().map(|x| num(k, x)).collect::<Result<_>>()?);
-                }
+            "trained_betas" if !v.is_null() => {
+                let list = v.as_array().ok_or_else(|| anyhow!("scheduler option 'trained_betas': expected a list"))?;
+                trained = Some(list.iter().map(|x| num(k, x)).collect::<Result<_>>()?);
+            }
             "variance_type" => s.variance_type = code(k, v, &Schedule::VARIANCE_TYPES)?,
             "clip_sample" => s.clip_sample = flag(k, v)?,
             "clip_sample_range" => s.clip_sample_range = num(k, v)?,

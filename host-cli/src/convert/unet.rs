@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
+use ddpm_core::ops::Conv2dShape;
 use ddpm_core::program::{conv_out_len, Op};
 
 use super::config::UNetConfig;
@@ -145,7 +146,21 @@ impl Builder<'_> {
             bail!("{prefix}: a {k}x{k} kernel does not fit a {}x{} input", s.h, s.w);
         };
         let o = self.g.value(out, ho, wo);
-        self.g.push(Op::Conv2d { out: o, x, w, b: bias, stride, pad });
+        let geometry = Conv2dShape {
+            ci: s.c,
+            h: s.h,
+            w: s.w,
+            co: out,
+            kh: k,
+            kw: k,
+            stride: stride as usize,
+            pad: [pt, pl, pb, pr],
+            ho,
+            wo,
+        };
+        let (sc, sh, sw) = geometry.scratch_shape();
+        let scratch = self.g.value(sc, sh, sw);
+        self.g.push(Op::Conv2d { out: o, x, w, b: bias, stride, pad, scratch });
         Ok(o)
     }
 
