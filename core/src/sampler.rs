@@ -38,6 +38,9 @@ pub struct SampleSpec {
     pub seed: u64,
     /// Class label for class-conditional models.
     pub class: Option<u32>,
+    /// Index of this batch's first image in the noise stream. A batch split into sub-batches (one per core,
+    /// say) draws exactly the noise of the whole batch when each part starts at its offset.
+    pub first_image: u32,
 }
 
 /// Why sampling cannot start or continue.
@@ -300,7 +303,7 @@ impl<'m, 'a> Sampler<'m, 'a> {
             Some(_) => return Err(SampleError::BadNoise),
             None => {
                 for (n, img) in xs.chunks_mut(self.sample_len).enumerate() {
-                    rng::fill_normal(img, self.spec.seed, n as u32, 0);
+                    rng::fill_normal(img, self.spec.seed, self.spec.first_image.wrapping_add(n as u32), 0);
                 }
             }
         }
@@ -350,7 +353,9 @@ impl<'m, 'a> Sampler<'m, 'a> {
             let out = if self.learned { &out[..] } else { &out[..len] };
             let mut draw = |dst: &mut [f32]| match noise {
                 Some(given) => dst.copy_from_slice(&given[n * len..(n + 1) * len]),
-                None => rng::fill_normal(dst, self.spec.seed, n as u32, i as u32 + 1),
+                None => {
+                    rng::fill_normal(dst, self.spec.seed, self.spec.first_image.wrapping_add(n as u32), i as u32 + 1)
+                }
             };
             self.steps.step_one(&sc, adds_noise, xi, x0i, out, sort, &mut draw)?;
         }

@@ -5,3 +5,4 @@ pub mod blobfile;
 pub mod convert;
 pub mod image;
 pub mod load;
+pub mod sample;

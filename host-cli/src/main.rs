@@ -3,7 +3,7 @@
 //! Every failure prints one line, `error: ...`, and exits with status 1 (2 for command-line usage errors).
 #![forbid(unsafe_code)]
 
-use host_cli::{blobfile, convert, image, load};
+use host_cli::{blobfile, convert, load, sample};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use ddpm_core::sampler::{Method, SampleError, SampleSpec, Sampler};
+use ddpm_core::sampler::Method;
 use ddpm_core::{Model, Precision, Schedule};
 
 use host_cli::blobfile::AlignedBlob;
@@ -39,7 +39,7 @@ enum SamplerArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum GifOf {
+enum GifOfArg {
     /// The noisy samples x_t.
     Xt,
     /// The predicted clean images x̂₀.
@@ -88,7 +88,7 @@ enum Cmd {
         gif: Option<PathBuf>,
         /// What the GIF shows.
         #[arg(long, value_enum, default_value = "x0")]
-        gif_of: GifOf,
+        gif_of: GifOfArg,
     },
     /// Convert a checkpoint (torch.save file, .safetensors, or diffusers folder) into a model blob.
     Convert {
@@ -208,110 +208,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of } => {
             let blob = AlignedBlob::read(&model)?;
-            let m = blob.model()?;
             let method = match sampler {
                 SamplerArg::Ddpm => Method::Ddpm,
                 SamplerArg::Ddim => Method::Ddim { eta },
             };
-            let steps = steps.unwrap_or(match sampler {
-                SamplerArg::Ddpm => m.schedule().num_train_timesteps,
-                SamplerArg::Ddim => 50,
-            });
-            let replay = noise.as_deref().map(load::read_npy).transpose()?;
-            let batch = match &replay {
-                Some((shape, _)) if shape.len() == 5 => u32::try_from(shape[1])?,
-                _ => num,
+            let gif_of = match gif_of {
+                GifOfArg::Xt => sample::GifOf::Xt,
+                GifOfArg::X0 => sample::GifOf::X0,
             };
-            let spec = SampleSpec { method, steps, batch, seed, class };
-            let s = Sampler::new(&m, spec).map_err(|e| match e {
-                SampleError::OutputChannels => anyhow::anyhow!(
-                    "the model predicts {} channels for {}-channel images (learned variance) but the blob's \
-                     variance_type is {}: convert again with --scheduler-set variance_type=learned_range (or \
-                     learned), or sample with --sampler ddim",
-                    m.out_channels(),
-                    m.in_channels(),
-                    Schedule::VARIANCE_TYPES.get(m.schedule().variance_type as usize).unwrap_or(&"?")
-                ),
-                SampleError::BadSteps => anyhow::anyhow!(
-                    "--steps {steps}: must be between 1 and the {} training steps, with every timestep inside \
-                     them (steps_offset {})",
-                    m.schedule().num_train_timesteps,
-                    m.schedule().steps_offset
-                ),
-                e => anyhow::anyhow!("{e}"),
-            })?;
-            let per = s.sample_len() * batch as usize;
-            let k = s.num_steps();
-            if let Some((shape, _)) = &replay {
-                let want = [m.in_channels(), m.height(), m.width()];
-                if shape.len() != 5 || shape[2..] != want || !(shape[0] == k || shape[0] == k + 1) {
-                    bail!(
-                        "noise file: shape {shape:?}, expected [K, N, {}, {}, {}] with K = {k} or {} ({k} steps)",
-                        want[0],
-                        want[1],
-                        want[2],
-                        k + 1
-                    );
-                }
-                if s.step_adds_noise(k - 1) && shape[0] == k {
-                    bail!("noise file: the last step adds noise, so K must be {} (x_T and one entry per step)", k + 1);
-                }
-            }
-            let noise_at = |i: usize| replay.as_ref().and_then(|(_, d)| d.get(i * per..(i + 1) * per));
-            let mut arena = blobfile::arena(s.arena_bytes());
-            let arena: &mut [u8] = bytemuck::cast_slice_mut(&mut arena);
-            let mut state = s.start(arena, noise_at(0)).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let (c, h, w) = (m.in_channels(), m.height(), m.width());
-            let mut anim = None;
-            if let Some(path) = &gif {
-                let grid = image::Batch { data: s.samples(arena), n: batch as usize, c, h, w }.grid()?;
-                let mut g = image::Gif::create(path, grid.width, grid.height)?;
-                g.frame(&grid, 8)?;
-                anim = Some(g);
-            }
-            let every = k.div_ceil(60).max(1);
-            let bar = indicatif::ProgressBar::new(k as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  t={msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            while state.done < k {
-                bar.set_message(s.timestep(state.done).unwrap_or(0).to_string());
-                let replayed = noise_at(state.done + 1);
-                s.step(arena, &mut state, replayed).map_err(|e| anyhow::anyhow!("{e}"))?;
-                bar.inc(1);
-                if let Some(g) = anim.as_mut() {
-                    if state.done % every == 0 || state.done == k {
-                        let data = match gif_of {
-                            GifOf::Xt => s.samples(arena),
-                            GifOf::X0 => s.pred_original(arena),
-                        };
-                        let grid = image::Batch { data, n: batch as usize, c, h, w }.grid()?;
-                        g.frame(&grid, if state.done == k { 200 } else { 8 })?;
-                    }
-                }
-            }
-            bar.finish();
-            let out = s.samples(arena).to_vec();
-            let b = image::Batch { data: &out, n: batch as usize, c, h, w };
-            if let Some(p) = &npy {
-                load::write_npy(p, &[batch as usize, c, h, w], &out)?;
-            }
-            // The checksum firmware prints for the same run: FNV-1a 64 over the samples' f32 bits (LE).
-            eprintln!("checksum {:016x}", ddpm_core::fnv1a64(bytemuck::cast_slice(&out)));
-            if c == 1 || c == 3 {
-                image::write_png(&output, &b.grid()?)?;
-                if let Some(dir) = &each {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                    for i in 0..batch as usize {
-                        image::write_png(&dir.join(format!("{i:04}.png")), &b.image(i)?)?;
-                    }
-                }
-                eprintln!("wrote {} ({batch} images, {k} steps, seed {seed})", output.display());
-            } else if npy.is_none() {
-                bail!("the model makes {c}-channel images, which PNG cannot show: use --npy");
-            }
-            Ok(())
+            let args = sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of };
+            sample::run(&blob.model()?, &args)
         }
         Cmd::Inspect { model } => inspect(&AlignedBlob::read(&model)?.model()?),
         Cmd::Forward { model, input, timestep, class, output } => {

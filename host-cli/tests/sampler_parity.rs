@@ -119,7 +119,7 @@ fn replay(name: &str) {
     let m = aligned.model().unwrap();
     let method = if sampler == "ddim" { Method::Ddim { eta } } else { Method::Ddpm };
     let batch = noise_shape[1] as u32;
-    let s = Sampler::new(&m, SampleSpec { method, steps, batch, seed: 0, class: None }).unwrap();
+    let s = Sampler::new(&m, SampleSpec { method, steps, batch, seed: 0, class: None, first_image: 0 }).unwrap();
     let per = s.sample_len() * batch as usize;
     let mut arena = arena(s.arena_bytes());
     let a: &mut [u8] = bytemuck::cast_slice_mut(&mut arena);

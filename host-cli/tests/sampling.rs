@@ -51,7 +51,11 @@ fn const_arena_size_matches_the_sampler() {
     let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
     let m = blob.model().unwrap();
     for batch in [1, 3] {
-        let s = Sampler::new(&m, SampleSpec { method: Method::Ddpm, steps: 5, batch, seed: 0, class: None }).unwrap();
+        let s = Sampler::new(
+            &m,
+            SampleSpec { method: Method::Ddpm, steps: 5, batch, seed: 0, class: None, first_image: 0 },
+        )
+        .unwrap();
         assert_eq!(ddpm_core::sampler::sampler_arena_bytes(blob.bytes(), batch as usize), s.arena_bytes());
     }
 }
@@ -62,7 +66,7 @@ fn stop_and_resume_gives_the_uninterrupted_result() {
     let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
     let m = blob.model().unwrap();
     for method in [Method::Ddpm, Method::Ddim { eta: 0.3 }] {
-        let spec = SampleSpec { method, steps: 10, batch: 2, seed: 3, class: None };
+        let spec = SampleSpec { method, steps: 10, batch: 2, seed: 3, class: None, first_image: 0 };
         let s = Sampler::new(&m, spec).unwrap();
         let mut a1 = arena(s.arena_bytes());
         let a1: &mut [u8] = bytemuck::cast_slice_mut(&mut a1);

@@ -149,18 +149,9 @@ mod tests {
     #[test]
     fn float_kinds_decode() {
         assert_eq!(FloatKind::F32.decode_all(&1.5f32.to_le_bytes()), vec![1.5]);
-        assert_eq!(
-            FloatKind::F64.decode_all(&(-2.25f64).to_le_bytes()),
-            vec![-2.25]
-        );
-        assert_eq!(
-            FloatKind::F16.decode_all(&half::f16::from_f32(0.5).to_bits().to_le_bytes()),
-            vec![0.5]
-        );
-        assert_eq!(
-            FloatKind::BF16.decode_all(&half::bf16::from_f32(3.0).to_bits().to_le_bytes()),
-            vec![3.0]
-        );
+        assert_eq!(FloatKind::F64.decode_all(&(-2.25f64).to_le_bytes()), vec![-2.25]);
+        assert_eq!(FloatKind::F16.decode_all(&half::f16::from_f32(0.5).to_bits().to_le_bytes()), vec![0.5]);
+        assert_eq!(FloatKind::BF16.decode_all(&half::bf16::from_f32(3.0).to_bits().to_le_bytes()), vec![3.0]);
         assert!(FloatKind::F32.decode_all(&[1, 2, 3]).is_empty());
     }
 }

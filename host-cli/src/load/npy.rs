@@ -26,20 +26,13 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     let major = bytes[6];
     let (header_len, header_start): (usize, usize) = match major {
         1 => {
-            let b = bytes
-                .get(8..10)
-                .ok_or_else(|| anyhow!("truncated .npy header"))?;
+            let b = bytes.get(8..10).ok_or_else(|| anyhow!("truncated .npy header"))?;
             (usize::from(u16::from_le_bytes([b[0], b[1]])), 10)
         }
         2 | 3 => {
-            let b = bytes
-                .get(8..12)
-                .ok_or_else(|| anyhow!("truncated .npy header"))?;
+            let b = bytes.get(8..12).ok_or_else(|| anyhow!("truncated .npy header"))?;
             let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            (
-                usize::try_from(n).map_err(|_| anyhow!("header too large"))?,
-                12,
-            )
+            (usize::try_from(n).map_err(|_| anyhow!("header too large"))?, 12)
         }
         v => bail!("unsupported .npy format version {v}.{}", bytes[7]),
     };
@@ -47,8 +40,7 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| anyhow!("truncated .npy header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..header_end])
-        .map_err(|_| anyhow!("non-text .npy header"))?;
+    let header = std::str::from_utf8(&bytes[header_start..header_end]).map_err(|_| anyhow!("non-text .npy header"))?;
     let h = parse_header(header)?;
     if h.fortran_order {
         bail!("Fortran-order .npy arrays are not supported (save a C-contiguous array)");
@@ -58,9 +50,7 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         "<f8" => FloatKind::F64,
         "<f2" => FloatKind::F16,
         d if d.starts_with('>') => bail!("big-endian .npy data ({d}) is not supported"),
-        d => bail!(
-            "unsupported .npy dtype {d:?} (expected little-endian float32, float64 or float16)"
-        ),
+        d => bail!("unsupported .npy dtype {d:?} (expected little-endian float32, float64 or float16)"),
     };
     let numel = h
         .shape
@@ -69,12 +59,7 @@ pub(crate) fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .ok_or_else(|| anyhow!("shape {:?} overflows", h.shape))?;
     let data = &bytes[header_end..];
     if numel.checked_mul(kind.size()) != Some(data.len()) {
-        bail!(
-            "shape {:?} of {} needs {numel} elements but the file holds {} data bytes",
-            h.shape,
-            h.descr,
-            data.len()
-        );
+        bail!("shape {:?} of {} needs {numel} elements but the file holds {} data bytes", h.shape, h.descr, data.len());
     }
     Ok((h.shape, kind.decode_all(data)))
 }
@@ -126,21 +111,14 @@ impl<'a> Cursor<'a> {
         if self.eat(c) {
             Ok(())
         } else {
-            bail!(
-                "malformed .npy header: expected '{}' at byte {}",
-                c as char,
-                self.i
-            )
+            bail!("malformed .npy header: expected '{}' at byte {}", c as char, self.i)
         }
     }
 
     fn string(&mut self) -> Result<String> {
         let q = match self.peek() {
             Some(q @ (b'\'' | b'"')) => q,
-            _ => bail!(
-                "malformed .npy header: expected a string at byte {}",
-                self.i
-            ),
+            _ => bail!("malformed .npy header: expected a string at byte {}", self.i),
         };
         self.i += 1;
         let start = self.i;
@@ -158,9 +136,7 @@ impl<'a> Cursor<'a> {
     fn word(&mut self) -> &'a [u8] {
         self.ws();
         let start = self.i;
-        while self.i < self.s.len()
-            && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_')
-        {
+        while self.i < self.s.len() && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_') {
             self.i += 1;
         }
         &self.s[start..self.i]
@@ -182,9 +158,7 @@ impl<'a> Cursor<'a> {
                         .ok()
                         .filter(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
                         .and_then(|d| d.parse::<usize>().ok())
-                        .ok_or_else(|| {
-                            anyhow!("malformed .npy header: bad dimension at byte {}", self.i)
-                        })?;
+                        .ok_or_else(|| anyhow!("malformed .npy header: bad dimension at byte {}", self.i))?;
                     dims.push(d);
                     if !self.eat(b',') {
                         self.expect(b')')?;
@@ -204,10 +178,7 @@ impl<'a> Cursor<'a> {
 
 /// Parses `{'descr': ..., 'fortran_order': ..., 'shape': (...), }`.
 fn parse_header(s: &str) -> Result<Header> {
-    let mut c = Cursor {
-        s: s.as_bytes(),
-        i: 0,
-    };
+    let mut c = Cursor { s: s.as_bytes(), i: 0 };
     c.expect(b'{')?;
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     loop {
@@ -229,11 +200,7 @@ fn parse_header(s: &str) -> Result<Header> {
         }
     }
     match (descr, fortran, shape) {
-        (Some(descr), Some(fortran_order), Some(shape)) => Ok(Header {
-            descr,
-            fortran_order,
-            shape,
-        }),
+        (Some(descr), Some(fortran_order), Some(shape)) => Ok(Header { descr, fortran_order, shape }),
         _ => bail!("malformed .npy header: missing descr, fortran_order or shape"),
     }
 }
@@ -242,29 +209,18 @@ fn parse_header(s: &str) -> Result<Header> {
 pub(crate) fn encode_npy(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if numel != Some(data.len()) {
-        bail!(
-            "shape {shape:?} does not match {} data elements",
-            data.len()
-        );
+        bail!("shape {shape:?} does not match {} data elements", data.len());
     }
     let dims = match shape {
         [d] => format!("({d},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
     // magic(6) + version(2) + length(2) + header + '\n' must be a multiple of 64.
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let header_len = u16::try_from(header.len())
-        .map_err(|_| anyhow!("too many dimensions for an .npy v1.0 header"))?;
+    let header_len = u16::try_from(header.len()).map_err(|_| anyhow!("too many dimensions for an .npy v1.0 header"))?;
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + data.len() * 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
@@ -279,11 +235,8 @@ pub(crate) fn encode_npy(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
 /// Writes an `.npy` file; see [`super::write_npy`].
 pub(crate) fn write_npy_file(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     let bytes = encode_npy(shape, data)?;
-    let mut f =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.flush())
-        .with_context(|| format!("cannot write {}", path.display()))
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&bytes).and_then(|_| f.flush()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -298,17 +251,11 @@ mod tests {
     fn round_trip_files() {
         let tmp = tempfile::tempdir().unwrap();
         let cases: Vec<(Vec<usize>, Vec<f32>)> = vec![
-            (
-                vec![2, 3],
-                vec![0.0, 1.5, -2.0, f32::MAX, f32::MIN_POSITIVE, -0.0],
-            ),
+            (vec![2, 3], vec![0.0, 1.5, -2.0, f32::MAX, f32::MIN_POSITIVE, -0.0]),
             (vec![4], vec![1.0, 2.0, 3.0, 4.0]),
             (vec![], vec![42.0]),
             (vec![0, 7], vec![]),
-            (
-                vec![1, 1, 1, 1, 1, 1, 1, 2],
-                vec![f32::INFINITY, f32::NEG_INFINITY],
-            ),
+            (vec![1, 1, 1, 1, 1, 1, 1, 2], vec![f32::INFINITY, f32::NEG_INFINITY]),
         ];
         for (i, (shape, data)) in cases.into_iter().enumerate() {
             let p = tmp.path().join(format!("a{i}.npy"));
@@ -337,41 +284,15 @@ mod tests {
     fn header_formats() {
         let b = encode_npy(&[2, 3], &[0.0; 6]).unwrap();
         assert!(b[10..].starts_with(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
-        let h = parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }   \n")
-            .unwrap();
+        let h = parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }   \n").unwrap();
+        assert_eq!(h, Header { descr: "<f4".into(), fortran_order: false, shape: vec![2, 3] });
+        let h = parse_header("{\"shape\": (5L,), \"fortran_order\": True, \"descr\": \"<f8\"}").unwrap();
+        assert_eq!(h, Header { descr: "<f8".into(), fortran_order: true, shape: vec![5] });
         assert_eq!(
-            h,
-            Header {
-                descr: "<f4".into(),
-                fortran_order: false,
-                shape: vec![2, 3]
-            }
-        );
-        let h = parse_header("{\"shape\": (5L,), \"fortran_order\": True, \"descr\": \"<f8\"}")
-            .unwrap();
-        assert_eq!(
-            h,
-            Header {
-                descr: "<f8".into(),
-                fortran_order: true,
-                shape: vec![5]
-            }
-        );
-        assert_eq!(
-            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}")
-                .unwrap()
-                .shape,
+            parse_header("{'descr': '<f4', 'fortran_order': False, 'shape': ()}").unwrap().shape,
             Vec::<usize>::new()
         );
-        for bad in [
-            "",
-            "{",
-            "{'descr': '<f4'",
-            "{'shape': (1,2",
-            "{'shape': (-1,)}",
-            "{'descr': 3}",
-            "{'x': True}",
-        ] {
+        for bad in ["", "{", "{'descr': '<f4'", "{'shape': (1,2", "{'shape': (-1,)}", "{'descr': 3}", "{'x': True}"] {
             assert!(parse_header(bad).is_err(), "{bad}");
         }
     }
@@ -417,9 +338,6 @@ mod tests {
         // The writer's output is byte-identical to numpy's (recorded by make.py from a
         // struct-built reference that follows numpy's header layout).
         let want = std::fs::read(dir().join("f32_2x3.npy")).unwrap();
-        assert_eq!(
-            encode_npy(&[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.5]).unwrap(),
-            want
-        );
+        assert_eq!(encode_npy(&[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.5]).unwrap(), want);
     }
 }

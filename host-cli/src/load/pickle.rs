@@ -146,9 +146,7 @@ impl Global {
             ("torch.storage", "UntypedStorage") | ("torch", "UntypedStorage") => {
                 Global::StorageType(StorageDtype::Untyped)
             }
-            ("torch", storage) if storage.ends_with("Storage") => {
-                Global::StorageType(storage_dtype(storage)?)
-            }
+            ("torch", storage) if storage.ends_with("Storage") => Global::StorageType(storage_dtype(storage)?),
             ("torch", dtype) => Global::TorchDtype(torch_dtype(dtype)?),
             ("builtins" | "__builtin__", "set" | "frozenset") => Global::Set,
             ("numpy", "dtype") => Global::NumpyDtype,
@@ -174,8 +172,9 @@ fn storage_dtype(name: &str) -> Option<StorageDtype> {
         "BoolStorage" => StorageDtype::Bool,
         "ComplexFloatStorage" => StorageDtype::Complex64,
         "ComplexDoubleStorage" => StorageDtype::Complex128,
-        "QUInt8Storage" | "QInt8Storage" | "QInt32Storage" | "QUInt4x2Storage"
-        | "QUInt2x4Storage" => StorageDtype::Quantized,
+        "QUInt8Storage" | "QInt8Storage" | "QInt32Storage" | "QUInt4x2Storage" | "QUInt2x4Storage" => {
+            StorageDtype::Quantized
+        }
         _ => return None,
     })
 }
@@ -196,11 +195,10 @@ fn torch_dtype(name: &str) -> Option<StorageDtype> {
         "complex64" | "cfloat" => StorageDtype::Complex64,
         "complex128" | "cdouble" => StorageDtype::Complex128,
         "quint8" | "qint8" | "qint32" | "quint4x2" | "quint2x4" => StorageDtype::Quantized,
-        "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz" | "float8_e5m2fnuz"
-        | "float8_e8m0fnu" | "float4_e2m1fn_x2" | "uint16" | "uint32" | "uint64" | "complex32"
-        | "chalf" | "bits1x8" | "bits2x4" | "bits4x2" | "bits8" | "bits16" | "int1" | "int2"
-        | "int3" | "int4" | "int5" | "int6" | "int7" | "uint1" | "uint2" | "uint3" | "uint4"
-        | "uint5" | "uint6" | "uint7" => StorageDtype::Other,
+        "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu"
+        | "float4_e2m1fn_x2" | "uint16" | "uint32" | "uint64" | "complex32" | "chalf" | "bits1x8" | "bits2x4"
+        | "bits4x2" | "bits8" | "bits16" | "int1" | "int2" | "int3" | "int4" | "int5" | "int6" | "int7" | "uint1"
+        | "uint2" | "uint3" | "uint4" | "uint5" | "uint6" | "uint7" => StorageDtype::Other,
         _ => return None,
     })
 }
@@ -356,10 +354,7 @@ impl Pickle {
 
     /// Looks up a string key in a dict.
     pub fn dict_get(&self, d: &Dict, key: &str) -> Option<Value> {
-        d.index
-            .get(&DictKey::Str(key.to_owned()))
-            .and_then(|&i| d.entries.get(i))
-            .map(|e| e.1)
+        d.index.get(&DictKey::Str(key.to_owned())).and_then(|&i| d.entries.get(i)).map(|e| e.1)
     }
 
     /// Short description of a value's type, for messages (`int`, `dict`, `tensor`, ...).
@@ -497,16 +492,10 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
         marks: Vec::new(),
         memo: HashMap::new(),
         objects: Vec::new(),
-        budget: data
-            .len()
-            .saturating_mul(WORK_PER_BYTE)
-            .saturating_add(WORK_BASE),
+        budget: data.len().saturating_mul(WORK_PER_BYTE).saturating_add(WORK_BASE),
     };
     let root = m.run()?;
-    Ok(Pickle {
-        objects: m.objects,
-        root,
-    })
+    Ok(Pickle { objects: m.objects, root })
 }
 
 impl<'a> Machine<'a> {
@@ -553,9 +542,7 @@ impl<'a> Machine<'a> {
         let remaining = self.data.len() - self.pos;
         match usize::try_from(n) {
             Ok(n) if n <= remaining => self.take(n),
-            _ => Err(self.err(format!(
-                "declared length {n} exceeds the {remaining} remaining bytes"
-            ))),
+            _ => Err(self.err(format!("declared length {n} exceeds the {remaining} remaining bytes"))),
         }
     }
 
@@ -619,10 +606,7 @@ impl<'a> Machine<'a> {
         if self.stack.len() <= floor {
             return Err(self.err("stack underflow"));
         }
-        self.stack
-            .last()
-            .copied()
-            .ok_or_else(|| self.err("stack underflow"))
+        self.stack.last().copied().ok_or_else(|| self.err("stack underflow"))
     }
 
     /// Pops everything above the most recent MARK, and the mark.
@@ -671,9 +655,7 @@ impl<'a> Machine<'a> {
                 self.budget = left;
                 Ok(())
             }
-            None => {
-                Err(self.err("object graph expands too much (shared objects copied too often)"))
-            }
+            None => Err(self.err("object graph expands too much (shared objects copied too often)")),
         }
     }
 
@@ -695,10 +677,7 @@ impl<'a> Machine<'a> {
             return Err(self.err(format!("{what}: expected a tuple")));
         };
         self.charge(n)?;
-        Ok(self
-            .items_ref(v, any_seq)
-            .map(<[Value]>::to_vec)
-            .unwrap_or_default())
+        Ok(self.items_ref(v, any_seq).map(<[Value]>::to_vec).unwrap_or_default())
     }
 
     /// Items of a tuple or list value.
@@ -731,10 +710,7 @@ impl<'a> Machine<'a> {
         if !items.chunks_exact(2).remainder().is_empty() {
             return Err(self.err("odd number of items for SETITEMS"));
         }
-        let keys: Vec<DictKey> = items
-            .chunks_exact(2)
-            .map(|kv| self.dict_key(kv[0]))
-            .collect();
+        let keys: Vec<DictKey> = items.chunks_exact(2).map(|kv| self.dict_key(kv[0])).collect();
         let copied: usize = keys
             .iter()
             .map(|k| match k {
@@ -746,9 +722,7 @@ impl<'a> Machine<'a> {
         self.charge(copied)?;
         let op_pos = self.op_pos;
         let Some(Object::Dict(dict)) = self.obj_mut(d) else {
-            return Err(anyhow!(
-                "malformed pickle: SETITEM on a non-dict (opcode at offset {op_pos})"
-            ));
+            return Err(anyhow!("malformed pickle: SETITEM on a non-dict (opcode at offset {op_pos})"));
         };
         for (key, kv) in keys.into_iter().zip(items.chunks_exact(2)) {
             match dict.index.get(&key) {
@@ -769,9 +743,7 @@ impl<'a> Machine<'a> {
                 list.extend(items);
                 Ok(())
             }
-            _ => Err(anyhow!(
-                "malformed pickle: APPEND/ADDITEMS on a non-list (opcode at offset {op_pos})"
-            )),
+            _ => Err(anyhow!("malformed pickle: APPEND/ADDITEMS on a non-list (opcode at offset {op_pos})")),
         }
     }
 
@@ -821,10 +793,7 @@ impl<'a> Machine<'a> {
                     _ => args.len() == 4,
                 };
                 if !n_ok {
-                    return Err(self.err(format!(
-                        "tensor rebuild called with {} arguments",
-                        args.len()
-                    )));
+                    return Err(self.err(format!("tensor rebuild called with {} arguments", args.len())));
                 }
                 let (storage, storage_dtype) = match args[0] {
                     Value::Ref(id) => match self.objects.get(id) {
@@ -849,13 +818,7 @@ impl<'a> Machine<'a> {
                 if size.len() != stride.len() {
                     return Err(self.err("tensor size and stride have different ranks"));
                 }
-                self.alloc(Object::Tensor(TensorRef {
-                    storage,
-                    dtype,
-                    offset,
-                    size,
-                    stride,
-                }))
+                self.alloc(Object::Tensor(TensorRef { storage, dtype, offset, size, stride }))
             }
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 let n_ok = match g {
@@ -872,12 +835,8 @@ impl<'a> Machine<'a> {
                     [s, enc] => (*s, *enc),
                     _ => return Err(self.err("bad _codecs.encode arguments")),
                 };
-                let s = self
-                    .str_of(s)
-                    .ok_or_else(|| self.err("_codecs.encode of a non-str"))?;
-                let enc = self
-                    .str_of(enc)
-                    .ok_or_else(|| self.err("_codecs.encode with a non-str encoding"))?;
+                let s = self.str_of(s).ok_or_else(|| self.err("_codecs.encode of a non-str"))?;
+                let enc = self.str_of(enc).ok_or_else(|| self.err("_codecs.encode with a non-str encoding"))?;
                 let bytes = match enc.to_ascii_lowercase().as_str() {
                     "latin1" | "latin-1" | "iso-8859-1" => s
                         .chars()
@@ -899,9 +858,7 @@ impl<'a> Machine<'a> {
                 _ => Err(self.err("bad torch.Size arguments")),
             },
             Global::TorchDevice => self.alloc(Object::Opaque("torch.device")),
-            Global::StorageType(_) => {
-                Err(self.err("storage types cannot be instantiated in a checkpoint"))
-            }
+            Global::StorageType(_) => Err(self.err("storage types cannot be instantiated in a checkpoint")),
             Global::Set => match args {
                 [] => self.alloc(Object::Set(Vec::new())),
                 [items] => {
@@ -924,14 +881,9 @@ impl<'a> Machine<'a> {
 
     /// `BINPERSID`: `('storage', storage_type, key, location, numel)`.
     fn persistent_load(&mut self, pid: Value) -> Result<Value> {
-        let items = self
-            .seq_of(pid)
-            .ok_or_else(|| self.err("persistent id is not a tuple"))?;
+        let items = self.seq_of(pid).ok_or_else(|| self.err("persistent id is not a tuple"))?;
         let [tag, ty, key, location, numel] = items else {
-            return Err(self.err(format!(
-                "persistent id has {} fields, expected 5",
-                items.len()
-            )));
+            return Err(self.err(format!("persistent id has {} fields, expected 5", items.len())));
         };
         if self.str_of(*tag) != Some("storage") {
             return Err(self.err("persistent id is not a storage"));
@@ -943,20 +895,12 @@ impl<'a> Machine<'a> {
             },
             _ => return Err(self.err("persistent id storage type is not a storage class")),
         };
-        let key = self
-            .str_of(*key)
-            .ok_or_else(|| self.err("storage key is not a str"))?
-            .to_owned();
+        let key = self.str_of(*key).ok_or_else(|| self.err("storage key is not a str"))?.to_owned();
         // Locations are normally strings ("cpu", "cuda:0"); accept anything and just record it.
         let location = self.str_of(*location).unwrap_or("?").to_owned();
         let numel = self.uint_of(*numel, "storage size")?;
         self.charge(key.len() + location.len())?;
-        self.alloc(Object::Storage(StorageRef {
-            dtype,
-            key,
-            location,
-            numel,
-        }))
+        self.alloc(Object::Storage(StorageRef { dtype, key, location, numel }))
     }
 
     fn memo_put(&mut self, idx: u32) -> Result<()> {
@@ -967,10 +911,7 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, idx: u32) -> Result<()> {
-        let v = *self
-            .memo
-            .get(&idx)
-            .ok_or_else(|| self.err(format!("memo key {idx} not found")))?;
+        let v = *self.memo.get(&idx).ok_or_else(|| self.err(format!("memo key {idx} not found")))?;
         self.push(v)
     }
 
@@ -1005,12 +946,7 @@ impl<'a> Machine<'a> {
         }
         match t.parse::<i64>() {
             Ok(i) => Ok(Value::Int(i)),
-            Err(_)
-                if !t.is_empty()
-                    && t.trim_start_matches('-')
-                        .bytes()
-                        .all(|c| c.is_ascii_digit()) =>
-            {
+            Err(_) if !t.is_empty() && t.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit()) => {
                 self.alloc(Object::BigInt)
             }
             Err(_) => Err(self.err("bad integer literal")),
@@ -1022,9 +958,7 @@ impl<'a> Machine<'a> {
         loop {
             self.op_pos = self.pos;
             let Some(&op) = self.data.get(self.pos) else {
-                return Err(anyhow!(
-                    "malformed pickle: data ended without a STOP opcode"
-                ));
+                return Err(anyhow!("malformed pickle: data ended without a STOP opcode"));
             };
             self.pos += 1;
             match op {
@@ -1099,10 +1033,7 @@ impl<'a> Machine<'a> {
                 }
                 b'F' => {
                     let line = self.line_str()?;
-                    let f = line
-                        .trim()
-                        .parse::<f64>()
-                        .map_err(|_| self.err("bad float literal"))?;
+                    let f = line.trim().parse::<f64>().map_err(|_| self.err("bad float literal"))?;
                     self.push(Value::Float(f))?;
                 }
                 b'X' | 0x8c | 0x8d => {
@@ -1195,8 +1126,7 @@ impl<'a> Machine<'a> {
                     self.memo_put(i)?;
                 }
                 0x94 => {
-                    let i =
-                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
+                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
                     self.memo_put(i)?;
                 }
                 b'p' => {
@@ -1225,8 +1155,7 @@ impl<'a> Machine<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(module), Some(name)) = (self.str_of(module), self.str_of(name))
-                    else {
+                    let (Some(module), Some(name)) = (self.str_of(module), self.str_of(name)) else {
                         return Err(self.err("STACK_GLOBAL arguments are not strings"));
                     };
                     let (module, name) = (module.to_owned(), name.to_owned());
@@ -1237,8 +1166,7 @@ impl<'a> Machine<'a> {
                     // INST: module/name lines, args from the mark.
                     let module = self.line_str()?;
                     let name = self.line_str()?;
-                    let g =
-                        Global::resolve(module, name).ok_or_else(|| disallowed(module, name))?;
+                    let g = Global::resolve(module, name).ok_or_else(|| disallowed(module, name))?;
                     let args = self.pop_mark()?;
                     let callable = self.alloc(Object::Global(g))?;
                     let v = self.call(callable, &args)?;
@@ -1299,10 +1227,9 @@ impl<'a> Machine<'a> {
                 }
                 _ => {
                     return Err(match opcode_name(op) {
-                        Some(name) => anyhow!(
-                            "unsupported pickle opcode 0x{op:02x} ({name}) at offset {}",
-                            self.op_pos
-                        ),
+                        Some(name) => {
+                            anyhow!("unsupported pickle opcode 0x{op:02x} ({name}) at offset {}", self.op_pos)
+                        }
                         None => {
                             anyhow!("unknown pickle opcode 0x{op:02x} at offset {}", self.op_pos)
                         }
@@ -1342,8 +1269,7 @@ pub(crate) mod tests {
         }
         pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
             self.0.push(b'c');
-            self.0
-                .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+            self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
             self
         }
         /// Pushes a tuple of ints.
@@ -1366,13 +1292,7 @@ pub(crate) mod tests {
         ) -> &mut Self {
             self.global("torch._utils", "_rebuild_tensor_v2");
             self.op(b"(");
-            self.op(b"(")
-                .str("storage")
-                .global("torch", ty)
-                .str(key)
-                .str("cpu")
-                .int(numel)
-                .op(b"tQ");
+            self.op(b"(").str("storage").global("torch", ty).str(key).str("cpu").int(numel).op(b"tQ");
             self.int(offset).ints(size).ints(stride).op(&[0x89]);
             self.global("collections", "OrderedDict").op(b")R");
             self.op(b"tR")
@@ -1412,9 +1332,7 @@ pub(crate) mod tests {
         assert_eq!(p.dict_get(d, "i"), Some(h));
         assert!(matches!(p.obj(h), Some(Object::List(v)) if v.len() == 2));
         assert_eq!(p.str(p.dict_get(d, "j").unwrap()), Some("hi"));
-        assert!(
-            matches!(p.obj(p.dict_get(d, "k").unwrap()), Some(Object::Bytes(b)) if b == b"abc")
-        );
+        assert!(matches!(p.obj(p.dict_get(d, "k").unwrap()), Some(Object::Bytes(b)) if b == b"abc"));
     }
 
     #[test]
@@ -1441,22 +1359,14 @@ pub(crate) mod tests {
     fn ordered_dict_with_build_and_tensor() {
         let mut w = W::default();
         w.proto().global("collections", "OrderedDict").op(b")R");
-        w.str("w")
-            .tensor("FloatStorage", "0", 6, 1, &[2, 2], &[1, 2])
-            .op(b"s");
+        w.str("w").tensor("FloatStorage", "0", 6, 1, &[2, 2], &[1, 2]).op(b"s");
         // BUILD with a `_metadata` state, as OrderedDict state dicts carry.
         w.op(b"}").str("_metadata").op(b"}sb.");
         let p = parse(&w.0).unwrap();
         let d = p.dict(p.root).unwrap();
         let (t, s) = p.tensor(p.dict_get(d, "w").unwrap()).unwrap();
-        assert_eq!(
-            (t.offset, &t.size[..], &t.stride[..]),
-            (1, &[2u64, 2][..], &[1u64, 2][..])
-        );
-        assert_eq!(
-            (s.dtype, s.key.as_str(), s.location.as_str(), s.numel),
-            (StorageDtype::F32, "0", "cpu", 6)
-        );
+        assert_eq!((t.offset, &t.size[..], &t.stride[..]), (1, &[2u64, 2][..], &[1u64, 2][..]));
+        assert_eq!((s.dtype, s.key.as_str(), s.location.as_str(), s.numel), (StorageDtype::F32, "0", "cpu", 6));
     }
 
     #[test]
@@ -1464,21 +1374,12 @@ pub(crate) mod tests {
         let mut w = W::default();
         w.proto().op(b"(");
         w.global("torch._utils", "_rebuild_parameter");
-        w.tensor("HalfStorage", "k", 1, 0, &[], &[])
-            .op(&[0x88])
-            .global("collections", "OrderedDict")
-            .op(b")R");
+        w.tensor("HalfStorage", "k", 1, 0, &[], &[]).op(&[0x88]).global("collections", "OrderedDict").op(b")R");
         w.op(&[0x87]).op(b"R");
-        w.global("_codecs", "encode")
-            .str("\u{e9}\u{1}")
-            .str("latin1")
-            .op(&[0x86])
-            .op(b"R");
+        w.global("_codecs", "encode").str("\u{e9}\u{1}").str("latin1").op(&[0x86]).op(b"R");
         w.op(b"l.");
         let p = parse(&w.0).unwrap();
-        let Some(Object::List(items)) = p.obj(p.root) else {
-            panic!()
-        };
+        let Some(Object::List(items)) = p.obj(p.root) else { panic!() };
         assert!(p.tensor(items[0]).is_some());
         assert!(matches!(p.obj(items[1]), Some(Object::Bytes(b)) if b == &[0xe9, 1]));
     }
@@ -1489,44 +1390,22 @@ pub(crate) mod tests {
 
     #[test]
     fn disallowed_globals_are_named() {
-        let e = hostile(
-            W::default()
-                .proto()
-                .global("os", "system")
-                .str("touch /tmp/x")
-                .op(&[0x85])
-                .op(b"R."),
-        );
+        let e = hostile(W::default().proto().global("os", "system").str("touch /tmp/x").op(&[0x85]).op(b"R."));
         assert!(e.contains("disallowed global 'os.system'"), "{e}");
         let e = hostile(W::default().proto().global("posix", "system").op(b"."));
         assert!(e.contains("'posix.system'"), "{e}");
         let e = hostile(W::default().proto().global("builtins", "eval").op(b"."));
         assert!(e.contains("'builtins.eval'"), "{e}");
         // STACK_GLOBAL (protocol 4).
-        let e = hostile(
-            W::default()
-                .op(&[0x80, 4])
-                .str("subprocess")
-                .str("Popen")
-                .op(&[0x93, b'.']),
-        );
+        let e = hostile(W::default().op(&[0x80, 4]).str("subprocess").str("Popen").op(&[0x93, b'.']));
         assert!(e.contains("'subprocess.Popen'"), "{e}");
         // INST (protocol 0) also goes through the allow-list.
         let e = hostile(W::default().op(b"(").str("ls").op(b"ios\nsystem\n."));
         assert!(e.contains("'os.system'"), "{e}");
         let e = hostile(
-            W::default()
-                .proto()
-                .global(
-                    "pytorch_lightning.callbacks.model_checkpoint",
-                    "ModelCheckpoint",
-                )
-                .op(b"."),
+            W::default().proto().global("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint").op(b"."),
         );
-        assert!(
-            e.contains("'pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint'"),
-            "{e}"
-        );
+        assert!(e.contains("'pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint'"), "{e}");
         // Lookalikes of allowed names are rejected.
         let e = hostile(W::default().proto().global("torch", "load").op(b"."));
         assert!(e.contains("'torch.load'"), "{e}");
@@ -1540,89 +1419,48 @@ pub(crate) mod tests {
         let mut w = W::default();
         w.proto().op(b"}(").str("np");
         w.global("numpy._core.multiarray", "scalar");
-        w.global("numpy", "dtype")
-            .str("f8")
-            .op(&[0x89, 0x88, 0x87])
-            .op(b"R");
-        w.op(b"(")
-            .int(3)
-            .str("<")
-            .op(b"NNN")
-            .int(-1)
-            .int(-1)
-            .int(0)
-            .op(b"tb");
-        w.global("_codecs", "encode")
-            .str("\0\0\0\0\0\0\u{f8}?")
-            .str("latin1");
+        w.global("numpy", "dtype").str("f8").op(&[0x89, 0x88, 0x87]).op(b"R");
+        w.op(b"(").int(3).str("<").op(b"NNN").int(-1).int(-1).int(0).op(b"tb");
+        w.global("_codecs", "encode").str("\0\0\0\0\0\0\u{f8}?").str("latin1");
         w.op(&[0x86]).op(b"R").op(&[0x86]).op(b"R");
         w.str("set").global("__builtin__", "set");
         w.op(b"(K\x01K\x02l").op(&[0x85]).op(b"R");
         w.str("dt").global("torch", "float16");
-        w.str("dev")
-            .global("torch", "device")
-            .str("cuda")
-            .int(0)
-            .op(&[0x86])
-            .op(b"R");
+        w.str("dev").global("torch", "device").str("cuda").int(0).op(&[0x86]).op(b"R");
         w.op(b"u.");
         let p = parse(&w.0).unwrap();
         let d = p.dict(p.root).unwrap();
         assert_eq!(p.type_name(p.dict_get(d, "np").unwrap()), "numpy scalar");
-        assert!(
-            matches!(p.obj(p.dict_get(d, "set").unwrap()), Some(Object::Set(v)) if v.len() == 2)
-        );
-        assert!(matches!(
-            p.obj(p.dict_get(d, "dt").unwrap()),
-            Some(Object::Dtype(StorageDtype::F16))
-        ));
+        assert!(matches!(p.obj(p.dict_get(d, "set").unwrap()), Some(Object::Set(v)) if v.len() == 2));
+        assert!(matches!(p.obj(p.dict_get(d, "dt").unwrap()), Some(Object::Dtype(StorageDtype::F16))));
         assert_eq!(p.type_name(p.dict_get(d, "dev").unwrap()), "torch.device");
     }
 
     #[test]
     fn rebuild_tensor_v3_takes_dtype_argument() {
         let mut w = W::default();
-        w.proto()
-            .global("torch._utils", "_rebuild_tensor_v3")
-            .op(b"(");
-        w.op(b"(")
-            .str("storage")
-            .global("torch.storage", "UntypedStorage");
+        w.proto().global("torch._utils", "_rebuild_tensor_v3").op(b"(");
+        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
         w.str("0").str("cpu").int(12).op(b"tQ");
         w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
         w.global("collections", "OrderedDict").op(b")R");
         w.global("torch", "float8_e5m2").op(b"tR.");
         let p = parse(&w.0).unwrap();
         let (t, s) = p.tensor(p.root).unwrap();
-        assert_eq!(
-            (t.dtype, s.dtype, s.numel),
-            (StorageDtype::Other, StorageDtype::Untyped, 12)
-        );
+        assert_eq!((t.dtype, s.dtype, s.numel), (StorageDtype::Other, StorageDtype::Untyped, 12));
         // A dtype argument that is not a dtype is refused.
-        let bad = String::from_utf8_lossy(&w.0)
-            .replace("float8_e5m2", "Size")
-            .into_bytes();
+        let bad = String::from_utf8_lossy(&w.0).replace("float8_e5m2", "Size").into_bytes();
         assert!(parse(&bad).is_err());
     }
 
     #[test]
     fn misuse_of_allowed_globals_errors() {
         // Calling something that is not callable.
-        assert!(parse(
-            W::default()
-                .proto()
-                .global("torch", "FloatStorage")
-                .op(b")R.")
-                .0
-                .as_slice()
-        )
-        .is_err());
+        assert!(parse(W::default().proto().global("torch", "FloatStorage").op(b")R.").0.as_slice()).is_err());
         assert!(parse(W::default().proto().int(3).op(b")R.").0.as_slice()).is_err());
         // Tensor with mismatched size/stride ranks.
         let mut w = W::default();
-        w.proto()
-            .tensor("FloatStorage", "0", 4, 0, &[2, 2], &[1])
-            .op(b".");
+        w.proto().tensor("FloatStorage", "0", 4, 0, &[2, 2], &[1]).op(b".");
         assert!(parse(&w.0).is_err());
         // BUILD on a non-dict.
         assert!(parse(W::default().proto().op(b"]}b.").0.as_slice()).is_err());
@@ -1721,10 +1559,7 @@ pub(crate) mod tests {
     /// Iteration count for the fuzz-style tests: `default`, or `$LOAD_FUZZ_ITERS` when set
     /// (e.g. `LOAD_FUZZ_ITERS=1000000 cargo test -p host-cli --release load::` for a long run).
     pub(crate) fn fuzz_iters(default: usize) -> usize {
-        std::env::var("LOAD_FUZZ_ITERS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
+        std::env::var("LOAD_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
     }
 
     /// Minimal xorshift PRNG for reproducible fuzzing.
@@ -1740,11 +1575,8 @@ pub(crate) mod tests {
 
     fn sample_pickle() -> Vec<u8> {
         let mut w = W::default();
-        w.proto()
-            .global("collections", "OrderedDict")
-            .op(b")Rq\x00(");
-        w.str("a")
-            .tensor("FloatStorage", "0", 6, 1, &[2, 2], &[1, 2]);
+        w.proto().global("collections", "OrderedDict").op(b")Rq\x00(");
+        w.str("a").tensor("FloatStorage", "0", 6, 1, &[2, 2], &[1, 2]);
         w.str("b").tensor("HalfStorage", "1", 3, 0, &[3], &[1]);
         w.str("c").op(b"h\x00");
         w.op(b"u}").str("_metadata").op(b"}sb.");

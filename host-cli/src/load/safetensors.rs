@@ -19,8 +19,7 @@ pub(crate) fn load_safetensors_bytes(bytes: &[u8]) -> Result<StateDict> {
     if bytes.is_empty() {
         bail!("empty file: not a safetensors file");
     }
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| anyhow!("not a valid safetensors file: {e:?}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e:?}"))?;
     let mut out = StateDict::default();
     for (name, view) in st.iter() {
         let kind = match view.dtype() {
@@ -37,18 +36,9 @@ pub(crate) fn load_safetensors_bytes(bytes: &[u8]) -> Result<StateDict> {
             .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} overflows"))?;
         let data = view.data();
         if numel.checked_mul(kind.size()) != Some(data.len()) {
-            bail!(
-                "tensor '{name}': {} data bytes for shape {shape:?}",
-                data.len()
-            );
+            bail!("tensor '{name}': {} data bytes for shape {shape:?}", data.len());
         }
-        out.tensors.insert(
-            name.to_owned(),
-            Tensor {
-                shape,
-                data: kind.decode_all(data),
-            },
-        );
+        out.tensors.insert(name.to_owned(), Tensor { shape, data: kind.decode_all(data) });
     }
     Ok(out)
 }
@@ -81,18 +71,10 @@ mod tests {
 
     #[test]
     fn converts_floats_and_skips_ints() {
-        let f16: Vec<u8> = [1.0f32, -0.5]
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
-            .collect();
-        let bf16: Vec<u8> = [2.0f32]
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
-            .collect();
-        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let f16: Vec<u8> =
+            [1.0f32, -0.5].iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let bf16: Vec<u8> = [2.0f32].iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         let b = build(&[
             ("a", "F32", &[2, 2], f32s),
             ("h", "F16", &[2], f16),
@@ -102,21 +84,9 @@ mod tests {
             ("z", "F32", &[0, 3], vec![]),
         ]);
         let sd = load_safetensors_bytes(&b).unwrap();
-        assert_eq!(
-            sd.get("a").unwrap(),
-            &Tensor {
-                shape: vec![2, 2],
-                data: vec![1., 2., 3., 4.]
-            }
-        );
+        assert_eq!(sd.get("a").unwrap(), &Tensor { shape: vec![2, 2], data: vec![1., 2., 3., 4.] });
         assert_eq!(sd.get("h").unwrap().data, vec![1.0, -0.5]);
-        assert_eq!(
-            sd.get("b").unwrap(),
-            &Tensor {
-                shape: vec![],
-                data: vec![2.0]
-            }
-        );
+        assert_eq!(sd.get("b").unwrap(), &Tensor { shape: vec![], data: vec![2.0] });
         assert_eq!(sd.get("d").unwrap().data, vec![0.25]);
         assert_eq!(sd.get("z").unwrap().shape, vec![0, 3]);
         assert!(sd.get("i").is_none());
@@ -142,34 +112,10 @@ mod tests {
     fn fixture_file() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/load/mixed.safetensors");
         let sd = super::super::load_safetensors(&path).unwrap();
-        assert_eq!(
-            sd.get("f32").unwrap(),
-            &Tensor {
-                shape: vec![2, 3],
-                data: vec![0., 1., 2., 3., 4., 5.]
-            }
-        );
-        assert_eq!(
-            sd.get("f16").unwrap(),
-            &Tensor {
-                shape: vec![3],
-                data: vec![0.5, -1.0, 65504.0]
-            }
-        );
-        assert_eq!(
-            sd.get("bf16").unwrap(),
-            &Tensor {
-                shape: vec![2],
-                data: vec![1.0, -3.0]
-            }
-        );
-        assert_eq!(
-            sd.get("f64").unwrap(),
-            &Tensor {
-                shape: vec![],
-                data: vec![0.125]
-            }
-        );
+        assert_eq!(sd.get("f32").unwrap(), &Tensor { shape: vec![2, 3], data: vec![0., 1., 2., 3., 4., 5.] });
+        assert_eq!(sd.get("f16").unwrap(), &Tensor { shape: vec![3], data: vec![0.5, -1.0, 65504.0] });
+        assert_eq!(sd.get("bf16").unwrap(), &Tensor { shape: vec![2], data: vec![1.0, -3.0] });
+        assert_eq!(sd.get("f64").unwrap(), &Tensor { shape: vec![], data: vec![0.125] });
         assert!(sd.get("i64").is_none());
         assert_eq!(sd.len(), 4);
     }

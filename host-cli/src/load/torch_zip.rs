@@ -17,15 +17,7 @@ use std::io::{Read, Seek};
 use std::path::Path;
 
 /// Keys tried, in order, when no key is given and the top level is not itself a state dict.
-const CANDIDATE_KEYS: &[&str] = &[
-    "ema",
-    "ema_model",
-    "state_dict",
-    "model",
-    "model_state_dict",
-    "module",
-    "net",
-];
+const CANDIDATE_KEYS: &[&str] = &["ema", "ema_model", "state_dict", "model", "model_state_dict", "module", "net"];
 
 /// Largest `data.pkl` accepted (real ones are a few MiB even for huge models).
 const MAX_PICKLE_BYTES: u64 = 512 << 20;
@@ -41,17 +33,12 @@ const NOT_ZIP: &str = "not a torch.save zip archive (legacy pre-1.6 format or no
 
 /// Loads a checkpoint file; see [`super::load_torch`].
 pub(crate) fn load_torch_file(path: &Path, key: Option<&str>) -> Result<(StateDict, String)> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    load_torch_reader(std::io::BufReader::new(file), key)
-        .with_context(|| format!("loading {}", path.display()))
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    load_torch_reader(std::io::BufReader::new(file), key).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Loads a checkpoint from any seekable reader (used by the file loader and by tests).
-pub(crate) fn load_torch_reader<R: Read + Seek>(
-    mut reader: R,
-    key: Option<&str>,
-) -> Result<(StateDict, String)> {
+pub(crate) fn load_torch_reader<R: Read + Seek>(mut reader: R, key: Option<&str>) -> Result<(StateDict, String)> {
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut reader, &mut magic)?;
     if n == 0 {
@@ -72,7 +59,9 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(
         let order = String::from_utf8_lossy(&order);
         match order.trim() {
             "little" => {}
-            "big" => bail!("checkpoint was saved on a big-endian machine; only little-endian checkpoints are supported"),
+            "big" => {
+                bail!("checkpoint was saved on a big-endian machine; only little-endian checkpoints are supported")
+            }
             other => bail!("checkpoint has an unknown byteorder {other:?}"),
         }
     }
@@ -85,10 +74,7 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(
     let (dict, how) = select_state_dict(&p, key)?;
     let tensors = collect_tensors(&p, dict)?;
     if tensors.is_empty() {
-        bail!(
-            "the {how} contains no float tensors ({})",
-            describe_keys(&p, dict, None)
-        );
+        bail!("the {how} contains no float tensors ({})", describe_keys(&p, dict, None));
     }
     let state = materialize(&mut zip, &prefix, tensors, archive_len)?;
     Ok((state, how))
@@ -132,11 +118,7 @@ fn find_prefix<R: Read + Seek>(zip: &zip::ZipArchive<R>) -> Result<String> {
 }
 
 /// Reads a whole archive entry if it exists, refusing entries larger than `limit`.
-fn read_small<R: Read + Seek>(
-    zip: &mut zip::ZipArchive<R>,
-    name: &str,
-    limit: u64,
-) -> Result<Option<Vec<u8>>> {
+fn read_small<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str, limit: u64) -> Result<Option<Vec<u8>>> {
     let entry = match zip.by_name(name) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
@@ -163,10 +145,7 @@ fn is_tensor(p: &Pickle, v: Value) -> bool {
 
 /// Whether a value is a plain scalar (tolerated next to tensors in a state dict).
 fn is_scalar(p: &Pickle, v: Value) -> bool {
-    matches!(
-        v,
-        Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_)
-    ) || p.str(v).is_some()
+    matches!(v, Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_)) || p.str(v).is_some()
 }
 
 /// A non-empty dict whose values are all tensors.
@@ -177,9 +156,7 @@ fn all_tensors(p: &Pickle, d: &pickle::Dict) -> bool {
 /// A dict with at least one tensor whose other values are plain scalars.
 fn mostly_tensors(p: &Pickle, d: &pickle::Dict) -> bool {
     d.entries().iter().any(|&(_, v)| is_tensor(p, v))
-        && d.entries()
-            .iter()
-            .all(|&(_, v)| is_tensor(p, v) || is_scalar(p, v))
+        && d.entries().iter().all(|&(_, v)| is_tensor(p, v) || is_scalar(p, v))
 }
 
 /// Quotes a key for messages.
@@ -217,13 +194,8 @@ fn describe_keys(p: &Pickle, d: &pickle::Dict, skip: Option<&str>) -> String {
 /// Other top-level keys, for the "what was used" sentence.
 fn other_keys(p: &Pickle, d: &pickle::Dict, used: &str) -> String {
     const MAX: usize = 12;
-    let keys: Vec<String> = d
-        .entries()
-        .iter()
-        .filter_map(|&(k, _)| p.str(k))
-        .filter(|&k| k != used)
-        .map(quote)
-        .collect();
+    let keys: Vec<String> =
+        d.entries().iter().filter_map(|&(k, _)| p.str(k)).filter(|&k| k != used).map(quote).collect();
     if keys.is_empty() {
         return String::new();
     }
@@ -238,10 +210,7 @@ fn other_keys(p: &Pickle, d: &pickle::Dict, used: &str) -> String {
 /// Picks the dict holding the state dict; returns it and a description.
 fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle::Dict, String)> {
     let Some(root) = p.dict(p.root) else {
-        bail!(
-            "checkpoint's top-level object is a {}, not a dict of tensors",
-            p.type_name(p.root)
-        );
+        bail!("checkpoint's top-level object is a {}, not a dict of tensors", p.type_name(p.root));
     };
     if let Some(key) = key {
         return select_by_key(p, root, key);
@@ -252,14 +221,7 @@ fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle
     for &cand in CANDIDATE_KEYS {
         if let Some(d) = p.dict_get(root, cand).and_then(|v| p.dict(v)) {
             if mostly_tensors(p, d) {
-                return Ok((
-                    d,
-                    format!(
-                        "state dict under top-level key {}{}",
-                        quote(cand),
-                        other_keys(p, root, cand)
-                    ),
-                ));
+                return Ok((d, format!("state dict under top-level key {}{}", quote(cand), other_keys(p, root, cand))));
             }
         }
     }
@@ -271,23 +233,13 @@ fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle
             if let Some(d) = p.dict_get(od, inner).and_then(|v| p.dict(v)) {
                 if mostly_tensors(p, d) {
                     let path = format!("{outer}.{inner}");
-                    return Ok((
-                        d,
-                        format!(
-                            "state dict under key {}{}",
-                            quote(&path),
-                            other_keys(p, root, outer)
-                        ),
-                    ));
+                    return Ok((d, format!("state dict under key {}{}", quote(&path), other_keys(p, root, outer))));
                 }
             }
         }
     }
     if mostly_tensors(p, root) {
-        return Ok((
-            root,
-            "top-level state dict (non-tensor entries skipped)".to_owned(),
-        ));
+        return Ok((root, "top-level state dict (non-tensor entries skipped)".to_owned()));
     }
     bail!(
         "no state dict found in the checkpoint (tried the top level and keys {}); top-level {}; pass the key to use explicitly",
@@ -299,25 +251,16 @@ fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle
 /// Resolves an explicit key: a path of dict keys separated by dots. Keys may themselves
 /// contain dots (`"ema.0.999"` finds `ckpt["ema"]["0.999"]`): at each level the longest
 /// run of dot-separated parts that is a key there wins.
-fn select_by_key<'p>(
-    p: &'p Pickle,
-    root: &'p pickle::Dict,
-    key: &str,
-) -> Result<(&'p pickle::Dict, String)> {
+fn select_by_key<'p>(p: &'p Pickle, root: &'p pickle::Dict, key: &str) -> Result<(&'p pickle::Dict, String)> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = root;
     let mut walked = String::new();
     let mut i = 0;
     let found = loop {
-        let hit = (i + 1..=parts.len())
-            .rev()
-            .find_map(|j| p.dict_get(cur, &parts[i..j].join(".")).map(|v| (j, v)));
+        let hit = (i + 1..=parts.len()).rev().find_map(|j| p.dict_get(cur, &parts[i..j].join(".")).map(|v| (j, v)));
         let Some((j, v)) = hit else {
-            let place = if walked.is_empty() {
-                "at the top level".to_owned()
-            } else {
-                format!("under {}", quote(&walked))
-            };
+            let place =
+                if walked.is_empty() { "at the top level".to_owned() } else { format!("under {}", quote(&walked)) };
             bail!(
                 "key {} not found {place} of the checkpoint; {}",
                 quote(&parts[i..].join(".")),
@@ -332,21 +275,11 @@ fn select_by_key<'p>(
         if i == parts.len() {
             break v;
         }
-        cur = p
-            .dict(v)
-            .ok_or_else(|| anyhow!("{} is a {}, not a dict", quote(&walked), p.type_name(v)))?;
+        cur = p.dict(v).ok_or_else(|| anyhow!("{} is a {}, not a dict", quote(&walked), p.type_name(v)))?;
     };
-    let d = p.dict(found).ok_or_else(|| {
-        anyhow!(
-            "{} is a {}, not a dict of tensors",
-            quote(key),
-            p.type_name(found)
-        )
-    })?;
-    Ok((
-        d,
-        format!("state dict under key {} (as requested)", quote(key)),
-    ))
+    let d =
+        p.dict(found).ok_or_else(|| anyhow!("{} is a {}, not a dict of tensors", quote(key), p.type_name(found)))?;
+    Ok((d, format!("state dict under key {} (as requested)", quote(key))))
 }
 
 /// A float tensor to materialise.
@@ -377,22 +310,10 @@ fn collect_tensors<'p>(p: &'p Pickle, d: &'p pickle::Dict) -> Result<Groups<'p>>
         } else if s.dtype == t.dtype {
             s.numel
         } else {
-            bail!(
-                "tensor {}: dtype {:?} does not match its storage type {:?}",
-                quote(name),
-                t.dtype,
-                s.dtype
-            );
+            bail!("tensor {}: dtype {:?} does not match its storage type {:?}", quote(name), t.dtype, s.dtype);
         };
-        let pending = Pending {
-            name: name.to_owned(),
-            tensor: t,
-            storage_numel,
-        };
-        groups
-            .entry((s.key.as_str(), kind))
-            .or_default()
-            .push(pending);
+        let pending = Pending { name: name.to_owned(), tensor: t, storage_numel };
+        groups.entry((s.key.as_str(), kind)).or_default().push(pending);
     }
     Ok(groups)
 }
@@ -406,9 +327,7 @@ fn materialize<R: Read + Seek>(
 ) -> Result<StateDict> {
     // One tensor object may be listed under many names (tied weights do this legitimately);
     // bound the total output so aliasing cannot turn a small file into a huge allocation.
-    let limit = archive_len
-        .saturating_mul(MAX_EXPANSION)
-        .max(MIN_OUTPUT_LIMIT);
+    let limit = archive_len.saturating_mul(MAX_EXPANSION).max(MIN_OUTPUT_LIMIT);
     let total = groups
         .values()
         .flatten()
@@ -422,8 +341,7 @@ fn materialize<R: Read + Seek>(
     for ((key, kind), tensors) in groups {
         // Validate every view against its declared storage size before reading anything.
         for t in &tensors {
-            check_view(t.tensor, t.storage_numel)
-                .with_context(|| format!("tensor {}", quote(&t.name)))?;
+            check_view(t.tensor, t.storage_numel).with_context(|| format!("tensor {}", quote(&t.name)))?;
         }
         let needed = tensors.iter().any(|t| numel(t.tensor) != Some(0));
         let bytes = if needed {
@@ -433,8 +351,7 @@ fn materialize<R: Read + Seek>(
             Vec::new()
         };
         for t in tensors {
-            let tensor = gather(&bytes, kind, t.tensor)
-                .with_context(|| format!("tensor {}", quote(&t.name)))?;
+            let tensor = gather(&bytes, kind, t.tensor).with_context(|| format!("tensor {}", quote(&t.name)))?;
             out.tensors.insert(t.name, tensor);
         }
     }
@@ -455,33 +372,20 @@ fn read_storage<R: Read + Seek>(
     let want = numel
         .checked_mul(kind.size() as u64)
         .ok_or_else(|| anyhow!("storage {} declares an impossible size", quote(key)))?;
-    let entry = zip
-        .by_name(&name)
-        .map_err(|e| anyhow!("storage {} is missing from the archive: {e}", quote(&name)))?;
+    let entry = zip.by_name(&name).map_err(|e| anyhow!("storage {} is missing from the archive: {e}", quote(&name)))?;
     if entry.size() < want {
-        bail!(
-            "storage {} holds {} bytes but the checkpoint declares {want}",
-            quote(&name),
-            entry.size()
-        );
+        bail!("storage {} holds {} bytes but the checkpoint declares {want}", quote(&name), entry.size());
     }
     // Read the whole entry so the zip reader verifies its CRC at the end. Memory grows with
     // the bytes actually present; only the archive's own length is reserved up front.
     let mut buf = Vec::new();
     buf.reserve_exact(usize::try_from(entry.size().min(archive_len)).unwrap_or(0));
     let mut entry = entry;
-    entry.read_to_end(&mut buf).with_context(|| {
-        format!(
-            "cannot read storage {} (truncated or corrupt archive)",
-            quote(&name)
-        )
-    })?;
+    entry
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read storage {} (truncated or corrupt archive)", quote(&name)))?;
     if (buf.len() as u64) < want {
-        bail!(
-            "storage {} is truncated ({} of {want} bytes)",
-            quote(&name),
-            buf.len()
-        );
+        bail!("storage {} is truncated ({} of {want} bytes)", quote(&name), buf.len());
     }
     buf.truncate(want as usize);
     Ok(buf)
@@ -499,10 +403,7 @@ fn check_view(t: &TensorRef, storage_numel: u64) -> Result<()> {
         return Ok(());
     }
     if n > storage_numel {
-        bail!(
-            "shape {:?} has {n} elements but its storage only {storage_numel}",
-            t.size
-        );
+        bail!("shape {:?} has {n} elements but its storage only {storage_numel}", t.size);
     }
     // Largest element index touched: offset + sum((size_i - 1) * stride_i).
     let mut last = t.offset;
@@ -534,14 +435,9 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
         .map_err(|_| anyhow!("tensor too large for this machine"))?;
-    let n = numel(t)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| anyhow!("shape overflows"))?;
+    let n = numel(t).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| anyhow!("shape overflows"))?;
     if n == 0 {
-        return Ok(Tensor {
-            shape,
-            data: Vec::new(),
-        });
+        return Ok(Tensor { shape, data: Vec::new() });
     }
     let es = kind.size();
     let storage_numel = (bytes.len() / es) as u64;
@@ -549,14 +445,8 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
     let dec = kind.decoder();
     // After check_view every index is < storage_numel, so it fits in usize and in `bytes`.
     let elem = |i: u64| -> Result<f32> {
-        let start = usize::try_from(i)
-            .ok()
-            .and_then(|i| i.checked_mul(es))
-            .ok_or_else(|| anyhow!("index overflow"))?;
-        bytes
-            .get(start..start + es)
-            .map(dec)
-            .ok_or_else(|| anyhow!("index {i} outside storage"))
+        let start = usize::try_from(i).ok().and_then(|i| i.checked_mul(es)).ok_or_else(|| anyhow!("index overflow"))?;
+        bytes.get(start..start + es).map(dec).ok_or_else(|| anyhow!("index {i} outside storage"))
     };
 
     // Fast path: row-major contiguous (dimensions of size 1 may have any stride).
@@ -571,13 +461,8 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
     }
     if contiguous {
         let start = usize::try_from(t.offset).map_err(|_| anyhow!("offset overflow"))? * es;
-        let slice = bytes
-            .get(start..start + n * es)
-            .ok_or_else(|| anyhow!("view outside storage"))?;
-        return Ok(Tensor {
-            shape,
-            data: kind.decode_all(slice),
-        });
+        let slice = bytes.get(start..start + n * es).ok_or_else(|| anyhow!("view outside storage"))?;
+        return Ok(Tensor { shape, data: kind.decode_all(slice) });
     }
 
     // General strided gather with an odometer over the index (no recursion).
@@ -615,8 +500,7 @@ mod tests {
     /// Builds an in-memory zip from `(name, bytes)` entries.
     fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         for (name, data) in entries {
             w.start_file(*name, opts).unwrap();
             w.write_all(data).unwrap();
@@ -637,11 +521,9 @@ mod tests {
     fn sample_checkpoint() -> Vec<u8> {
         let mut w = W::default();
         w.proto().op(b"}(");
-        w.str("w")
-            .tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3]);
+        w.str("w").tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3]);
         w.str("s").tensor("FloatStorage", "0", 6, 5, &[], &[]);
-        w.str("e")
-            .tensor("FloatStorage", "1", 0, 0, &[0, 4], &[4, 1]);
+        w.str("e").tensor("FloatStorage", "1", 0, 0, &[0, 4], &[4, 1]);
         w.str("n").tensor("LongStorage", "2", 1, 0, &[], &[]);
         w.op(b"u.");
         let s0 = f32_bytes(&[0., 1., 2., 3., 4., 5.]);
@@ -671,27 +553,9 @@ mod tests {
         assert_eq!(how, "top-level state dict");
         assert_eq!(sd.len(), 3, "int tensor skipped");
         // Storage [[0,1,2],[3,4,5]] viewed with stride (1,3) is its transpose.
-        assert_eq!(
-            sd.get("w").unwrap(),
-            &Tensor {
-                shape: vec![3, 2],
-                data: vec![0., 3., 1., 4., 2., 5.]
-            }
-        );
-        assert_eq!(
-            sd.get("s").unwrap(),
-            &Tensor {
-                shape: vec![],
-                data: vec![5.]
-            }
-        );
-        assert_eq!(
-            sd.get("e").unwrap(),
-            &Tensor {
-                shape: vec![0, 4],
-                data: vec![]
-            }
-        );
+        assert_eq!(sd.get("w").unwrap(), &Tensor { shape: vec![3, 2], data: vec![0., 3., 1., 4., 2., 5.] });
+        assert_eq!(sd.get("s").unwrap(), &Tensor { shape: vec![], data: vec![5.] });
+        assert_eq!(sd.get("e").unwrap(), &Tensor { shape: vec![0, 4], data: vec![] });
     }
 
     #[test]
@@ -705,17 +569,10 @@ mod tests {
             stride: stride.to_vec(),
         };
         // Contiguous with offset.
-        assert_eq!(
-            gather(&bytes, FloatKind::F32, &t(2, &[2, 2], &[2, 1]))
-                .unwrap()
-                .data,
-            vec![2., 3., 4., 5.]
-        );
+        assert_eq!(gather(&bytes, FloatKind::F32, &t(2, &[2, 2], &[2, 1])).unwrap().data, vec![2., 3., 4., 5.]);
         // Slice of columns: x.view(4,6)[:, 1:3].
         assert_eq!(
-            gather(&bytes, FloatKind::F32, &t(1, &[4, 2], &[6, 1]))
-                .unwrap()
-                .data,
+            gather(&bytes, FloatKind::F32, &t(1, &[4, 2], &[6, 1])).unwrap().data,
             vec![1., 2., 7., 8., 13., 14., 19., 20.]
         );
         // 3-D permutation.
@@ -723,12 +580,7 @@ mod tests {
         assert_eq!(&g.data[..6], &[0., 4., 8., 12., 16., 20.]);
         assert_eq!(g.data[23], 23.);
         // Size-1 dims with odd strides are still contiguous.
-        assert_eq!(
-            gather(&bytes, FloatKind::F32, &t(3, &[1, 2], &[99, 1]))
-                .unwrap()
-                .data,
-            vec![3., 4.]
-        );
+        assert_eq!(gather(&bytes, FloatKind::F32, &t(3, &[1, 2], &[99, 1])).unwrap().data, vec![3., 4.]);
         // Out of bounds, overflow, and more elements than the storage are errors.
         assert!(gather(&bytes, FloatKind::F32, &t(20, &[2, 3], &[3, 1])).is_err());
         assert!(gather(&bytes, FloatKind::F32, &t(0, &[u64::MAX, 2], &[1, 1])).is_err());
@@ -741,38 +593,17 @@ mod tests {
     fn key_selection_and_messages() {
         let mut w = W::default();
         w.proto().op(b"}(");
-        w.str("model")
-            .op(b"}")
-            .str("a")
-            .tensor("FloatStorage", "0", 2, 0, &[2], &[1])
-            .op(b"s");
-        w.str("ema")
-            .op(b"}")
-            .str("a")
-            .tensor("FloatStorage", "0", 2, 1, &[1], &[1])
-            .op(b"s");
+        w.str("model").op(b"}").str("a").tensor("FloatStorage", "0", 2, 0, &[2], &[1]).op(b"s");
+        w.str("ema").op(b"}").str("a").tensor("FloatStorage", "0", 2, 1, &[1], &[1]).op(b"s");
         w.str("step").int(3);
-        w.str("nested")
-            .op(b"}")
-            .str("inner")
-            .op(b"}")
-            .str("b")
-            .tensor("FloatStorage", "0", 2, 0, &[], &[])
-            .op(b"ss");
-        w.str("weird.key")
-            .op(b"}")
-            .str("c")
-            .tensor("FloatStorage", "0", 2, 0, &[], &[])
-            .op(b"s");
+        w.str("nested").op(b"}").str("inner").op(b"}").str("b").tensor("FloatStorage", "0", 2, 0, &[], &[]).op(b"ss");
+        w.str("weird.key").op(b"}").str("c").tensor("FloatStorage", "0", 2, 0, &[], &[]).op(b"s");
         w.op(b"u.");
         let z = zip_of(&[("x/data.pkl", &w.0), ("x/data/0", &f32_bytes(&[1., 2.]))]);
 
         let (sd, how) = load_bytes(&z, None).unwrap();
         assert_eq!(sd.get("a").unwrap().data, vec![2.]);
-        assert!(
-            how.starts_with("state dict under top-level key 'ema' (other keys: 'model', 'step'"),
-            "{how}"
-        );
+        assert!(how.starts_with("state dict under top-level key 'ema' (other keys: 'model', 'step'"), "{how}");
 
         let (sd, how) = load_bytes(&z, Some("model")).unwrap();
         assert_eq!(sd.get("a").unwrap().data, vec![1., 2.]);
@@ -784,29 +615,16 @@ mod tests {
 
         // Keys containing dots, nested: {'ema': {'0.999': {...}}}.
         let mut w2 = W::default();
-        w2.proto()
-            .op(b"}")
-            .str("ema")
-            .op(b"}")
-            .str("0.999")
-            .op(b"}");
-        w2.str("d")
-            .tensor("FloatStorage", "0", 2, 1, &[], &[])
-            .op(b"sss.");
+        w2.proto().op(b"}").str("ema").op(b"}").str("0.999").op(b"}");
+        w2.str("d").tensor("FloatStorage", "0", 2, 1, &[], &[]).op(b"sss.");
         let z2 = zip_of(&[("x/data.pkl", &w2.0), ("x/data/0", &f32_bytes(&[1., 2.]))]);
         let (sd, _) = load_bytes(&z2, Some("ema.0.999")).unwrap();
         assert_eq!(sd.get("d").unwrap().data, vec![2.]);
         let e = format!("{:#}", load_bytes(&z2, Some("ema.0.99")).unwrap_err());
-        assert!(
-            e.contains("'0.99' not found under 'ema'") && e.contains("'0.999'"),
-            "{e}"
-        );
+        assert!(e.contains("'0.99' not found under 'ema'") && e.contains("'0.999'"), "{e}");
 
         let e = format!("{:#}", load_bytes(&z, Some("nope")).unwrap_err());
-        assert!(
-            e.contains("'nope' not found") && e.contains("'model'") && e.contains("'step' (int)"),
-            "{e}"
-        );
+        assert!(e.contains("'nope' not found") && e.contains("'model'") && e.contains("'step' (int)"), "{e}");
         let e = format!("{:#}", load_bytes(&z, Some("nested.x")).unwrap_err());
         assert!(e.contains("under 'nested'") && e.contains("'inner'"), "{e}");
         let e = format!("{:#}", load_bytes(&z, Some("step")).unwrap_err());
@@ -818,13 +636,7 @@ mod tests {
     #[test]
     fn no_state_dict_error_lists_keys() {
         let mut w = W::default();
-        w.proto()
-            .op(b"}(")
-            .str("optimizer")
-            .op(b"}")
-            .str("epoch")
-            .int(1)
-            .op(b"u.");
+        w.proto().op(b"}(").str("optimizer").op(b"}").str("epoch").int(1).op(b"u.");
         let z = zip_of(&[("x/data.pkl", &w.0)]);
         let e = format!("{:#}", load_bytes(&z, None).unwrap_err());
         assert!(
@@ -842,25 +654,9 @@ mod tests {
     #[test]
     fn nested_candidate_one_level_down() {
         let mut w = W::default();
-        w.proto()
-            .op(b"}(")
-            .str("model")
-            .op(b"}")
-            .str("state_dict")
-            .op(b"}");
-        w.str("k")
-            .tensor("HalfStorage", "0", 1, 0, &[1], &[1])
-            .op(b"ss")
-            .str("epoch")
-            .int(1)
-            .op(b"u.");
-        let z = zip_of(&[
-            ("x/data.pkl", &w.0),
-            (
-                "x/data/0",
-                &half::f16::from_f32(-1.5).to_bits().to_le_bytes(),
-            ),
-        ]);
+        w.proto().op(b"}(").str("model").op(b"}").str("state_dict").op(b"}");
+        w.str("k").tensor("HalfStorage", "0", 1, 0, &[1], &[1]).op(b"ss").str("epoch").int(1).op(b"u.");
+        let z = zip_of(&[("x/data.pkl", &w.0), ("x/data/0", &half::f16::from_f32(-1.5).to_bits().to_le_bytes())]);
         let (sd, how) = load_bytes(&z, None).unwrap();
         assert_eq!(sd.get("k").unwrap().data, vec![-1.5]);
         assert!(how.contains("'model.state_dict'"), "{how}");
@@ -869,14 +665,8 @@ mod tests {
     #[test]
     fn archive_level_errors() {
         let e = format!("{:#}", load_bytes(b"", None).unwrap_err());
-        assert!(
-            e.contains("empty file") && e.contains("not a torch.save zip archive"),
-            "{e}"
-        );
-        let e = format!(
-            "{:#}",
-            load_bytes(b"\x80\x02\x8a\x0alegacy", None).unwrap_err()
-        );
+        assert!(e.contains("empty file") && e.contains("not a torch.save zip archive"), "{e}");
+        let e = format!("{:#}", load_bytes(b"\x80\x02\x8a\x0alegacy", None).unwrap_err());
         assert!(e.contains("not a torch.save zip archive"), "{e}");
         let e = format!("{:#}", load_bytes(b"hello world", None).unwrap_err());
         assert!(e.contains("not a torch.save zip archive"), "{e}");
@@ -884,19 +674,11 @@ mod tests {
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("no data.pkl"));
         let z = zip_of(&[("a/data.pkl", b"\x80\x02}."), ("a/byteorder", b"big")]);
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("big-endian"));
-        let z = zip_of(&[
-            ("a/data.pkl", b"\x80\x02}."),
-            ("a/code/__torch__.py", b""),
-            ("a/constants.pkl", b""),
-        ]);
+        let z = zip_of(&[("a/data.pkl", b"\x80\x02}."), ("a/code/__torch__.py", b""), ("a/constants.pkl", b"")]);
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("TorchScript"));
         // Storage shorter than declared.
         let mut w = W::default();
-        w.proto()
-            .op(b"}")
-            .str("w")
-            .tensor("FloatStorage", "0", 4, 0, &[4], &[1])
-            .op(b"s.");
+        w.proto().op(b"}").str("w").tensor("FloatStorage", "0", 4, 0, &[4], &[1]).op(b"s.");
         let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[1., 2.]))]);
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("declares"));
         // Missing storage.
@@ -904,11 +686,7 @@ mod tests {
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("missing"));
         // View beyond the declared storage size.
         let mut w = W::default();
-        w.proto()
-            .op(b"}")
-            .str("w")
-            .tensor("FloatStorage", "0", 2, 1, &[2], &[1])
-            .op(b"s.");
+        w.proto().op(b"}").str("w").tensor("FloatStorage", "0", 2, 1, &[2], &[1]).op(b"s.");
         let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[1., 2.]))]);
         assert!(format!("{:#}", load_bytes(&z, None).unwrap_err()).contains("'w'"));
     }
@@ -920,28 +698,18 @@ mod tests {
         let mut w = W::default();
         w.proto().op(b"}").str("w");
         w.global("torch._utils", "_rebuild_tensor_v3").op(b"(");
-        w.op(b"(")
-            .str("storage")
-            .global("torch.storage", "UntypedStorage");
+        w.op(b"(").str("storage").global("torch.storage", "UntypedStorage");
         w.str("0").str("cuda:1").int(12).op(b"tQ");
         w.int(1).ints(&[2]).ints(&[1]).op(&[0x89]);
         w.global("collections", "OrderedDict").op(b")R");
         w.global("torch", "float32").op(b"tRs.");
-        let z = zip_of(&[
-            ("a/data.pkl", &w.0),
-            ("a/data/0", &f32_bytes(&[1., 2., 3.])),
-        ]);
+        let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
         let (sd, _) = load_bytes(&z, None).unwrap();
         assert_eq!(sd.get("w").unwrap().data, vec![2., 3.]);
         // One element too far: 12 bytes hold only 3 floats.
         let bad = String::from_utf8_lossy(&w.0).into_owned();
-        let bad = bad
-            .replace("J\x01\x00\x00\x00", "J\x02\x00\x00\x00")
-            .into_bytes();
-        let z = zip_of(&[
-            ("a/data.pkl", &bad),
-            ("a/data/0", &f32_bytes(&[1., 2., 3.])),
-        ]);
+        let bad = bad.replace("J\x01\x00\x00\x00", "J\x02\x00\x00\x00").into_bytes();
+        let z = zip_of(&[("a/data.pkl", &bad), ("a/data/0", &f32_bytes(&[1., 2., 3.]))]);
         assert!(load_bytes(&z, None).is_err());
     }
 
@@ -959,16 +727,12 @@ mod tests {
             f.read_to_end(&mut b).unwrap();
             entries.push((f.name().to_owned(), b));
         }
-        let pkl_idx = entries
-            .iter()
-            .position(|(n, _)| n.ends_with("/data.pkl"))
-            .unwrap();
+        let pkl_idx = entries.iter().position(|(n, _)| n.ends_with("/data.pkl")).unwrap();
         let pkl = entries[pkl_idx].1.clone();
         let run = |pkl: Vec<u8>| {
             let mut e = entries.clone();
             e[pkl_idx].1 = pkl;
-            let refs: Vec<(&str, &[u8])> =
-                e.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+            let refs: Vec<(&str, &[u8])> = e.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
             load_bytes(&zip_of(&refs), None).is_ok()
         };
         assert!(run(pkl.clone()));
@@ -981,11 +745,7 @@ mod tests {
             for _ in 0..1 + rng.next() % 3 {
                 let i = (rng.next() % b.len() as u64) as usize;
                 // Small values are the interesting ones for sizes, strides and offsets.
-                b[i] = if rng.next() & 1 == 0 {
-                    rng.next() as u8
-                } else {
-                    (rng.next() % 16) as u8
-                };
+                b[i] = if rng.next() & 1 == 0 { rng.next() as u8 } else { (rng.next() % 16) as u8 };
             }
             let _ = run(b);
         }
@@ -999,9 +759,7 @@ mod tests {
         w.tensor("FloatStorage", "0", 4096, 0, &[4096], &[1]);
         w.op(b"r").op(&1_000_000u32.to_le_bytes());
         for i in 1..100_000 {
-            w.str(&format!("k{i}"))
-                .op(b"j")
-                .op(&1_000_000u32.to_le_bytes());
+            w.str(&format!("k{i}")).op(b"j").op(&1_000_000u32.to_le_bytes());
         }
         w.op(b"u.");
         let z = zip_of(&[("a/data.pkl", &w.0), ("a/data/0", &f32_bytes(&[0.0; 4096]))]);
@@ -1012,11 +770,7 @@ mod tests {
     #[test]
     fn hostile_pickle_in_zip() {
         let mut w = W::default();
-        w.proto()
-            .global("os", "system")
-            .str("echo pwned")
-            .op(&[0x85])
-            .op(b"R.");
+        w.proto().global("os", "system").str("echo pwned").op(&[0x85]).op(b"R.");
         let z = zip_of(&[("a/data.pkl", &w.0), ("a/byteorder", b"little")]);
         let e = format!("{:#}", load_bytes(&z, None).unwrap_err());
         assert!(e.contains("disallowed global 'os.system'"), "{e}");
@@ -1046,73 +800,25 @@ mod tests {
         let (sd, how) = super::super::load_torch(&data_dir().join("state_dict.pt"), None).unwrap();
         assert_eq!(how, "top-level state dict");
         let ramp = |n: usize, off: f32| (0..n).map(|i| i as f32 + off).collect::<Vec<_>>();
-        assert_eq!(
-            sd.get("lin.weight").unwrap(),
-            &Tensor {
-                shape: vec![3, 4],
-                data: ramp(12, 0.)
-            }
-        );
-        assert_eq!(
-            sd.get("lin.bias").unwrap(),
-            &Tensor {
-                shape: vec![3],
-                data: vec![0.5, -1.0, 2.0]
-            }
-        );
+        assert_eq!(sd.get("lin.weight").unwrap(), &Tensor { shape: vec![3, 4], data: ramp(12, 0.) });
+        assert_eq!(sd.get("lin.bias").unwrap(), &Tensor { shape: vec![3], data: vec![0.5, -1.0, 2.0] });
         let half = sd.get("half").unwrap();
         assert_eq!(half.shape, vec![2, 3]);
         assert_eq!(half.data, vec![0.0, 0.5, -1.0, 1.5, 2.0, -2.5]);
         let bf = sd.get("bf16").unwrap();
         assert_eq!(bf.data, vec![1.0, -2.0, 0.25, 3.0]);
         let dbl = sd.get("double").unwrap();
-        assert_eq!(
-            (dbl.shape.as_slice(), dbl.data.as_slice()),
-            (&[2usize][..], &[0.1f64 as f32, 1e10f64 as f32][..])
-        );
+        assert_eq!((dbl.shape.as_slice(), dbl.data.as_slice()), (&[2usize][..], &[0.1f64 as f32, 1e10f64 as f32][..]));
         // Transposed 3x4 ramp.
         let t = sd.get("transposed").unwrap();
         assert_eq!(t.shape, vec![4, 3]);
-        assert_eq!(
-            t.data,
-            vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
-        );
+        assert_eq!(t.data, vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]);
         // Row 1..3 slice of a 4x3 ramp shares the storage at offset 3.
-        assert_eq!(
-            sd.get("offset").unwrap(),
-            &Tensor {
-                shape: vec![2, 3],
-                data: ramp(6, 3.)
-            }
-        );
-        assert_eq!(
-            sd.get("scalar").unwrap(),
-            &Tensor {
-                shape: vec![],
-                data: vec![7.25]
-            }
-        );
-        assert_eq!(
-            sd.get("empty").unwrap(),
-            &Tensor {
-                shape: vec![0, 5],
-                data: vec![]
-            }
-        );
-        assert_eq!(
-            sd.get("cuda").unwrap(),
-            &Tensor {
-                shape: vec![2],
-                data: vec![42.0, -42.0]
-            }
-        );
-        assert_eq!(
-            sd.get("param").unwrap(),
-            &Tensor {
-                shape: vec![2],
-                data: vec![1.0, 2.0]
-            }
-        );
+        assert_eq!(sd.get("offset").unwrap(), &Tensor { shape: vec![2, 3], data: ramp(6, 3.) });
+        assert_eq!(sd.get("scalar").unwrap(), &Tensor { shape: vec![], data: vec![7.25] });
+        assert_eq!(sd.get("empty").unwrap(), &Tensor { shape: vec![0, 5], data: vec![] });
+        assert_eq!(sd.get("cuda").unwrap(), &Tensor { shape: vec![2], data: vec![42.0, -42.0] });
+        assert_eq!(sd.get("param").unwrap(), &Tensor { shape: vec![2], data: vec![1.0, 2.0] });
         assert!(sd.get("bn.num_batches_tracked").is_none());
         assert!(sd.get("mask").is_none());
     }
@@ -1121,10 +827,7 @@ mod tests {
     fn fixture_ema_checkpoint() {
         let path = data_dir().join("checkpoint_ema.pt");
         let (sd, how) = super::super::load_torch(&path, None).unwrap();
-        assert!(
-            how.starts_with("state dict under top-level key 'ema' (other keys: "),
-            "{how}"
-        );
+        assert!(how.starts_with("state dict under top-level key 'ema' (other keys: "), "{how}");
         assert!(how.contains("'model'") && how.contains("'step'"), "{how}");
         assert_eq!(sd.get("w").unwrap().data, vec![2.0, 2.0]);
         let (sd, _) = super::super::load_torch(&path, Some("model")).unwrap();
@@ -1141,8 +844,7 @@ mod tests {
     #[test]
     fn fixture_hostile() {
         let marker = Path::new("/tmp/ddpm_load_test_pwned");
-        let e =
-            super::super::load_torch(&data_dir().join("hostile_os_system.pt"), None).unwrap_err();
+        let e = super::super::load_torch(&data_dir().join("hostile_os_system.pt"), None).unwrap_err();
         let e = format!("{e:#}");
         assert!(e.contains("disallowed global 'os.system'"), "{e}");
         assert!(!marker.exists(), "the hostile payload ran!");
@@ -1150,12 +852,8 @@ mod tests {
 
     #[test]
     fn fixture_not_zip() {
-        let e =
-            super::super::load_torch(&data_dir().join("legacy_raw_pickle.pt"), None).unwrap_err();
-        assert!(
-            format!("{e:#}").contains("not a torch.save zip archive"),
-            "{e:#}"
-        );
+        let e = super::super::load_torch(&data_dir().join("legacy_raw_pickle.pt"), None).unwrap_err();
+        assert!(format!("{e:#}").contains("not a torch.save zip archive"), "{e:#}");
     }
 
     #[test]
