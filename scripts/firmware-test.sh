@@ -59,7 +59,10 @@ fail() { # case message
 }
 
 for model in $MODELS; do
-    name=$(basename "$model")
+    name=$(basename "${model%/}")
+    name=${name%.*}
+    # A pipeline's generic folder name (weights/mnist/model) says less than its parent's.
+    case $name in model | unet) name=$(basename "$(dirname "${model%/}")") ;; esac
     for precision in f32 f16; do
         blob=$PWD/$BLOBS/${name}_$precision.blob
         echo "== $name $precision: convert"

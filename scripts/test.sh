@@ -21,3 +21,6 @@ if cargo clippy --version >/dev/null 2>&1; then
     echo "== clippy"
     cargo clippy --workspace --all-targets -- -D warnings
 fi
+
+echo "== firmware: sample on an emulated Cortex-M4F (QEMU mps2-an386), bit-identical to the host"
+bash scripts/firmware-test.sh

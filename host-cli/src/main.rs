@@ -119,6 +119,24 @@ enum Cmd {
         #[arg(long = "scheduler-set", value_name = "KEY=VALUE")]
         scheduler_sets: Vec<String>,
     },
+    /// Write the noise `sample --seed S` draws, as float32 .npy [K+1, N, C, H, W] ([0] = x_T, [i] = the noise of
+    /// step i), to replay our run in PyTorch (or back through `sample --noise`).
+    Noise {
+        /// The model blob (for the sample shape and the schedule).
+        model: PathBuf,
+        /// Number of images.
+        #[arg(short = 'n', long = "num", default_value_t = 16)]
+        num: u32,
+        /// Seed of the noise stream.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Inference steps K (default: the training steps).
+        #[arg(long)]
+        steps: Option<u32>,
+        /// Where to write the array.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Print a blob's family, config, precision, sizes, memory plan, FLOPs and schedule.
     Inspect {
         /// The model blob.
@@ -218,6 +236,21 @@ fn run(cli: Cli) -> Result<()> {
             };
             let args = sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of };
             sample::run(&blob.model()?, &args)
+        }
+        Cmd::Noise { model, num, seed, steps, output } => {
+            let blob = AlignedBlob::read(&model)?;
+            let m = blob.model()?;
+            let k = steps.unwrap_or(m.schedule().num_train_timesteps);
+            let steps = ddpm_core::schedule::Timesteps::new(&m.schedule(), k)
+                .with_context(|| format!("--steps {k}: invalid for this schedule"))?
+                .len();
+            let len = m.in_channels() * m.height() * m.width();
+            let mut data = vec![0f32; (steps + 1) * num as usize * len];
+            for (i, chunk) in data.chunks_mut(len).enumerate() {
+                let (draw, image) = (i / num.max(1) as usize, i % num.max(1) as usize);
+                ddpm_core::rng::fill_normal(chunk, seed, image as u32, draw as u32);
+            }
+            load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)
         }
         Cmd::Inspect { model } => inspect(&AlignedBlob::read(&model)?.model()?),
         Cmd::Forward { model, input, timestep, class, output } => {

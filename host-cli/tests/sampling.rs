@@ -45,6 +45,19 @@ fn same_seed_same_bits_across_runs_and_thread_counts() {
     assert_ne!(one, run("2", "8", "e"), "another seed must give other images");
 }
 
+/// `host-cli noise` writes exactly what a seeded run draws: replaying it gives the seeded run's bits.
+#[test]
+fn dumped_noise_replays_the_seeded_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = convert_d(tmp.path());
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let b = blob.to_str().unwrap();
+    host_cli_ok(&["noise", b, "-n", "3", "--seed", "11", "--steps", "6", "-o", &p("noise.npy")]);
+    host_cli_ok(&["sample", b, "-n", "3", "--seed", "11", "--steps", "6", "--npy", &p("seeded.npy"), "-o", &p("a.png")]);
+    host_cli_ok(&["sample", b, "--noise", &p("noise.npy"), "--steps", "6", "--npy", &p("replayed.npy"), "-o", &p("b.png")]);
+    assert_eq!(std::fs::read(p("seeded.npy")).unwrap(), std::fs::read(p("replayed.npy")).unwrap());
+}
+
 #[test]
 fn const_arena_size_matches_the_sampler() {
     let tmp = tempfile::tempdir().unwrap();

@@ -68,6 +68,10 @@ pub fn conv2d_pad(xp: &mut [f32], x: &[f32], g: &Conv2dShape) {
     }
 }
 
+/// Converted weights kept on the stack per block of output channels: [`CO_TILE`] × (a chunk of input
+/// channels × kernel size). 1 KiB, small enough for a microcontroller's stack.
+const W_CHUNK: usize = 256;
+
 /// Cross-correlation over an input padded by [`conv2d_pad`] (PyTorch's zero-padded `Conv2d`).
 ///
 /// Every output element is `b[co]` plus the products over `c`, `ky`, `kx` in ascending order, whatever the
@@ -81,40 +85,70 @@ pub fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Co
     let Conv2dShape { ci, kh, kw, stride: s, ho, wo, .. } = *g;
     let (_, hp, rs) = g.scratch_shape();
     let plane = ho * wo;
-    let ksize = ci * kh * kw;
+    let per_c = kh * kw;
+    let ksize = ci * per_c;
+    // Input channels whose converted weights fit the stack buffer at once (kernels above 8×8 take one at a
+    // time and convert in place, see below). f32 weights need no conversion: one pass over all channels.
+    let chunk = if W::CONVERTS { (W_CHUNK / (CO_TILE * per_c)).clamp(1, ci.max(1)) } else { ci.max(1) };
     par::for_each_chunk(out, CO_TILE * plane, |blk, o| {
         let nco = o.len() / plane;
         let co0 = blk * CO_TILE;
-        // Rows of the weights of this block's channels (the last one repeated to fill a partial block).
+        // The block's channels (the last one repeated to fill a partial block).
         let wrow: [&[W]; CO_TILE] = core::array::from_fn(|k| &w[(co0 + k.min(nco - 1)) * ksize..][..ksize]);
         let bias: [f32; CO_TILE] = core::array::from_fn(|k| b[co0 + k.min(nco - 1)]);
-        for oy in 0..ho {
-            for ox0 in (0..wo).step_by(X_TILE) {
-                let mut acc: [[f32; X_TILE]; CO_TILE] = core::array::from_fn(|k| [bias[k]; X_TILE]);
-                for c in 0..ci {
-                    for ky in 0..kh {
-                        let row = &xp[(c * hp + oy * s + ky) * rs..][..rs];
-                        for kx in 0..kw {
-                            let xs: [f32; X_TILE] = if s == 1 {
-                                let mut v = [0f32; X_TILE];
-                                v.copy_from_slice(&row[ox0 + kx..][..X_TILE]);
-                                v
-                            } else {
-                                core::array::from_fn(|j| row[(ox0 + j) * s + kx])
-                            };
-                            let wi = (c * kh + ky) * kw + kx;
-                            for k in 0..CO_TILE {
-                                let wk = wrow[k][wi].to_f32();
-                                for j in 0..X_TILE {
-                                    acc[k][j] += wk * xs[j];
+        let mut wbuf = [0f32; W_CHUNK];
+        for c0 in (0..ci).step_by(chunk) {
+            let c1 = (c0 + chunk).min(ci);
+            let fits = W::CONVERTS && CO_TILE * (c1 - c0) * per_c <= W_CHUNK;
+            if fits {
+                // wbuf[(c − c0)·per_c·CO_TILE + i·CO_TILE + k] = w[co0 + k][c][i], converted once.
+                for c in c0..c1 {
+                    for i in 0..per_c {
+                        for k in 0..CO_TILE {
+                            wbuf[((c - c0) * per_c + i) * CO_TILE + k] = wrow[k][c * per_c + i].to_f32();
+                        }
+                    }
+                }
+            }
+            for oy in 0..ho {
+                for ox0 in (0..wo).step_by(X_TILE) {
+                    let n = X_TILE.min(wo - ox0);
+                    // Partial sums so far: the bias before the first chunk, then what the last chunk stored.
+                    let mut acc: [[f32; X_TILE]; CO_TILE] = core::array::from_fn(|k| [bias[k]; X_TILE]);
+                    if c0 > 0 {
+                        for (k, a) in acc.iter_mut().enumerate().take(nco) {
+                            a[..n].copy_from_slice(&o[k * plane + oy * wo + ox0..][..n]);
+                        }
+                    }
+                    for c in c0..c1 {
+                        for ky in 0..kh {
+                            let row = &xp[(c * hp + oy * s + ky) * rs..][..rs];
+                            for kx in 0..kw {
+                                let xs: [f32; X_TILE] = if s == 1 {
+                                    let mut v = [0f32; X_TILE];
+                                    v.copy_from_slice(&row[ox0 + kx..][..X_TILE]);
+                                    v
+                                } else {
+                                    core::array::from_fn(|j| row[(ox0 + j) * s + kx])
+                                };
+                                let i = ky * kw + kx;
+                                let wk: [f32; CO_TILE] = if fits {
+                                    let at = ((c - c0) * per_c + i) * CO_TILE;
+                                    core::array::from_fn(|k| wbuf[at + k])
+                                } else {
+                                    core::array::from_fn(|k| wrow[k][c * per_c + i].to_f32())
+                                };
+                                for k in 0..CO_TILE {
+                                    for j in 0..X_TILE {
+                                        acc[k][j] += wk[k] * xs[j];
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                let n = X_TILE.min(wo - ox0);
-                for (k, a) in acc.iter().enumerate().take(nco) {
-                    o[k * plane + oy * wo + ox0..][..n].copy_from_slice(&a[..n]);
+                    for (k, a) in acc.iter().enumerate().take(nco) {
+                        o[k * plane + oy * wo + ox0..][..n].copy_from_slice(&a[..n]);
+                    }
                 }
             }
         }
@@ -162,9 +196,15 @@ mod tests {
         let (sc, sh, sw) = g.scratch_shape();
         let mut xp = [f32::NAN; 2048];
         conv2d_pad(&mut xp[..sc * sh * sw], &x[..ci * h * w], &g);
+        let want = reference(&x, &wt, &b, &g);
         let mut out = [0.0f32; 1024];
         conv2d(&mut out[..co * ho * wo], &xp[..sc * sh * sw], &wt, &b, &g);
-        assert_eq!(out, reference(&x, &wt, &b, &g));
+        assert_eq!(out, want, "f32 weights");
+        // The same weights stored as f16 (they are exact in f16): the same bits.
+        let wh: [half::f16; 90] = core::array::from_fn(|i| half::f16::from_f32(wt[i]));
+        let mut out = [0.0f32; 1024];
+        conv2d(&mut out[..co * ho * wo], &xp[..sc * sh * sw], &wh, &b, &g);
+        assert_eq!(out, want, "f16 weights");
     }
 
     #[test]
@@ -178,5 +218,45 @@ mod tests {
         check(1, [0, 0, 0, 0], 3, 20);
         check(2, [1, 1, 1, 1], 6, 13);
         check(2, [0, 0, 1, 1], 6, 18);
+    }
+
+    /// Enough input channels that the weights take several stack chunks, and a 1×1 kernel.
+    #[test]
+    fn chunked_weights_keep_the_summation_order() {
+        for (ci, k, pad) in [(20usize, 3usize, 1usize), (70, 1, 0)] {
+            let (co, h, w) = (6usize, 4usize, 9usize);
+            let g = Conv2dShape { ci, h, w, co, kh: k, kw: k, stride: 1, pad: [pad; 4], ho: h, wo: w };
+            let x: [f32; 2520] = core::array::from_fn(|i| ((i * 13 % 17) as f32) * 0.125 - 1.0);
+            let wt: [f32; 1080] = core::array::from_fn(|i| ((i * 7 % 11) as f32) * 0.25 - 1.25);
+            let b = [0.5f32, -0.25, 1.0, 0.0, -2.0, 0.75];
+            let (sc, sh, sw) = g.scratch_shape();
+            let mut xp = [f32::NAN; 8192];
+            conv2d_pad(&mut xp[..sc * sh * sw], &x[..ci * h * w], &g);
+            let mut out = [0f32; 216];
+            conv2d(&mut out, &xp[..sc * sh * sw], &wt[..co * ci * k * k], &b, &g);
+            // Naive reference with the same order: bias, then c, ky, kx ascending.
+            for co_ in 0..co {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let mut acc = b[co_];
+                        for c in 0..ci {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) =
+                                        ((oy + ky) as isize - pad as isize, (ox + kx) as isize - pad as isize);
+                                    let xv = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        x[(c * h + iy as usize) * w + ix as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    acc += wt[((co_ * ci + c) * k + ky) * k + kx] * xv;
+                                }
+                            }
+                        }
+                        assert_eq!(out[(co_ * h + oy) * w + ox], acc, "ci {ci} k {k} at {co_},{oy},{ox}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -22,11 +22,15 @@ pub use timestep::timestep_embedding;
 
 /// A stored weight element, widened to `f32` for arithmetic.
 pub trait Weight: Copy + Send + Sync + 'static {
+    /// Whether [`Weight::to_f32`] does work (kernels then convert once into a buffer instead of per use).
+    const CONVERTS: bool;
     /// The value as `f32`.
     fn to_f32(self) -> f32;
 }
 
 impl Weight for f32 {
+    const CONVERTS: bool = false;
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -34,6 +38,8 @@ impl Weight for f32 {
 }
 
 impl Weight for half::f16 {
+    const CONVERTS: bool = true;
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)

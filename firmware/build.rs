@@ -1,0 +1,74 @@
+//! Chooses the model blob and the sampling run at build time.
+//!
+//! Environment (all optional):
+//! - `DDPM_BLOB`: path of the blob to embed (default `target/blobs/a_ddpm_f16.blob`, relative to this crate,
+//!   which `scripts/firmware-test.sh` makes with `host-cli convert`; this script never runs host-cli).
+//! - `DDPM_SEED` (default 7), `DDPM_STEPS` (default 10), `DDPM_SAMPLER` (`ddim` or `ddpm`, default `ddim`),
+//!   `DDPM_ETA` (DDIM's η, default 0), `DDPM_CLASS` (class label for class-conditional models, default none).
+//! - `DDPM_PROFILE=1`: also time one forward pass op by op (the `ddpm_profile` cfg).
+//!
+//! They become constants in `$OUT_DIR/config.rs`; the blob's absolute path goes to `include_bytes!` through
+//! the `DDPM_BLOB_PATH` compile-time variable.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+fn var(name: &str) -> Option<String> {
+    println!("cargo:rerun-if-env-changed={name}");
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match var(name) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+    }
+}
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+
+    // memory.x must be on the linker's search path for cortex-m-rt's link.x.
+    std::fs::copy(dir.join("memory.x"), out.join("memory.x")).expect("cannot copy memory.x");
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rerun-if-changed=memory.x");
+
+    let blob = var("DDPM_BLOB").map_or_else(|| dir.join("target/blobs/a_ddpm_f16.blob"), |p| dir.join(p));
+    if !blob.is_file() {
+        panic!(
+            "model blob {} not found: set DDPM_BLOB=path/to/model.blob, or make the default one with\n  \
+             cargo build -p host-cli && target/debug/host-cli convert tests/fixtures/unet/a_ddpm --precision f16 \
+             -o firmware/target/blobs/a_ddpm_f16.blob\n(from the repository root), or run scripts/firmware-test.sh",
+            blob.display()
+        );
+    }
+    let blob = blob.canonicalize().expect("cannot resolve the blob path");
+    println!("cargo:rerun-if-changed={}", blob.display());
+    println!("cargo:rustc-env=DDPM_BLOB_PATH={}", blob.display());
+
+    let seed: u64 = parse("DDPM_SEED", 7);
+    let steps: u32 = parse("DDPM_STEPS", 10);
+    let eta: f32 = parse("DDPM_ETA", 0.0);
+    let class: Option<u32> = var("DDPM_CLASS").map(|v| v.parse().expect("DDPM_CLASS must be an integer"));
+    let method = match var("DDPM_SAMPLER").as_deref().unwrap_or("ddim") {
+        "ddim" => format!("Method::Ddim {{ eta: {eta:?}_f32 }}"),
+        "ddpm" => "Method::Ddpm".to_string(),
+        other => panic!("DDPM_SAMPLER={other:?}: expected ddim or ddpm"),
+    };
+    // DDPM_PROFILE=1 adds a per-op profile of one forward pass (uses `Model::forward_observed`).
+    println!("cargo:rustc-check-cfg=cfg(ddpm_profile)");
+    if var("DDPM_PROFILE").is_some_and(|v| v != "0") {
+        println!("cargo:rustc-cfg=ddpm_profile");
+    }
+    let name = blob.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+
+    let mut cfg = String::new();
+    writeln!(cfg, "/// File name of the embedded blob.\npub const BLOB_NAME: &str = {name:?};").unwrap();
+    writeln!(cfg, "/// Seed of the noise stream.\npub const SEED: u64 = {seed};").unwrap();
+    writeln!(cfg, "/// Inference steps.\npub const STEPS: u32 = {steps};").unwrap();
+    writeln!(cfg, "/// Sampling algorithm.\npub const METHOD: Method = {method};").unwrap();
+    writeln!(cfg, "/// Class label.\npub const CLASS: Option<u32> = {class:?};").unwrap();
+    std::fs::write(out.join("config.rs"), cfg).expect("cannot write config.rs");
+}
