@@ -33,6 +33,18 @@ impl AlignedBlob {
     }
 }
 
+/// The model `sample` and `inspect` use when none is named: the MNIST DDPM shipped in `weights/mnist/`
+/// (f32), compiled into the binary so that it works from any directory.
+pub const DEFAULT_MODEL: &[u8] = include_bytes!("../../weights/mnist/mnist-f32.blob");
+
+/// Reads `path`, or the built-in default model when `path` is `None`.
+pub fn read_or_default(path: Option<&Path>) -> Result<AlignedBlob> {
+    match path {
+        Some(p) => AlignedBlob::read(p),
+        None => Ok(AlignedBlob::from_bytes(DEFAULT_MODEL)),
+    }
+}
+
 /// Validates blob bytes exactly as a target would.
 pub fn check(blob: &[u8]) -> Result<()> {
     AlignedBlob::from_bytes(blob).model().map(|_| ())

@@ -50,8 +50,8 @@ enum GifOfArg {
 enum Cmd {
     /// Generate images: DDPM ancestral sampling or DDIM, with a progress bar on stderr.
     Sample {
-        /// The model blob.
-        model: PathBuf,
+        /// The model blob (default: the built-in MNIST model, see weights/mnist/README.md).
+        model: Option<PathBuf>,
         /// Number of images.
         #[arg(short = 'n', long = "num", default_value_t = 16)]
         num: u32,
@@ -139,8 +139,8 @@ enum Cmd {
     },
     /// Print a blob's family, config, precision, sizes, memory plan, FLOPs and schedule.
     Inspect {
-        /// The model blob.
-        model: PathBuf,
+        /// The model blob (default: the built-in MNIST model).
+        model: Option<PathBuf>,
     },
     /// Run the network once on a batch: OUT = model(X, T, class), raw output as float32 .npy.
     Forward {
@@ -225,7 +225,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of } => {
-            let blob = AlignedBlob::read(&model)?;
+            let blob = blobfile::read_or_default(model.as_deref())?;
             let method = match sampler {
                 SamplerArg::Ddpm => Method::Ddpm,
                 SamplerArg::Ddim => Method::Ddim { eta },
@@ -252,7 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)
         }
-        Cmd::Inspect { model } => inspect(&AlignedBlob::read(&model)?.model()?),
+        Cmd::Inspect { model } => inspect(&blobfile::read_or_default(model.as_deref())?.model()?),
         Cmd::Forward { model, input, timestep, class, output } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;

@@ -53,8 +53,32 @@ fn dumped_noise_replays_the_seeded_run() {
     let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
     let b = blob.to_str().unwrap();
     host_cli_ok(&["noise", b, "-n", "3", "--seed", "11", "--steps", "6", "-o", &p("noise.npy")]);
-    host_cli_ok(&["sample", b, "-n", "3", "--seed", "11", "--steps", "6", "--npy", &p("seeded.npy"), "-o", &p("a.png")]);
-    host_cli_ok(&["sample", b, "--noise", &p("noise.npy"), "--steps", "6", "--npy", &p("replayed.npy"), "-o", &p("b.png")]);
+    host_cli_ok(&[
+        "sample",
+        b,
+        "-n",
+        "3",
+        "--seed",
+        "11",
+        "--steps",
+        "6",
+        "--npy",
+        &p("seeded.npy"),
+        "-o",
+        &p("a.png"),
+    ]);
+    host_cli_ok(&[
+        "sample",
+        b,
+        "--noise",
+        &p("noise.npy"),
+        "--steps",
+        "6",
+        "--npy",
+        &p("replayed.npy"),
+        "-o",
+        &p("b.png"),
+    ]);
     assert_eq!(std::fs::read(p("seeded.npy")).unwrap(), std::fs::read(p("replayed.npy")).unwrap());
 }
 
