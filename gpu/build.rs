@@ -10,10 +10,8 @@ fn main() {
     let glslang = std::env::var("GLSLANG_VALIDATOR").unwrap_or_else(|_| "glslangValidator".into());
     println!("cargo:rerun-if-env-changed=GLSLANG_VALIDATOR");
     println!("cargo:rerun-if-changed=shaders");
-    let mut names: Vec<_> = std::fs::read_dir("shaders")
-        .expect("gpu/shaders exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir("shaders").expect("gpu/shaders exists").filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     for path in names {
         println!("cargo:rerun-if-changed={}", path.display());

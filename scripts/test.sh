@@ -3,13 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The bare-metal target proves ddpm-core is no_std and heap-free (issue 2, point 9).
+# The bare-metal target proves ddpm-core is no_std and heap-free; the firmware runs on it under QEMU.
 if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
     rustup target add thumbv7em-none-eabihf
 fi
+# The Vulkan backend builds its shaders with glslangValidator and runs its tests on Mesa's lavapipe.
+bash scripts/install-vulkan.sh
 
-echo "== unit, integration and parity tests (workspace)"
-cargo test --workspace --all-targets
+echo "== unit, integration and parity tests (workspace; GPU tests on lavapipe must run, not skip)"
+DDPM_REQUIRE_GPU=1 cargo test --workspace --all-targets
+
+echo "== host-cli --backend gpu"
+DDPM_REQUIRE_GPU=1 cargo test -p host-cli --features gpu --test gpu_cli
 
 echo "== ddpm-core without std, for a Cortex-M4F (thumbv7em-none-eabihf)"
 cargo build -p ddpm-core --target thumbv7em-none-eabihf --release
@@ -20,6 +25,7 @@ cargo test -p ddpm-core --features std --lib
 if cargo clippy --version >/dev/null 2>&1; then
     echo "== clippy"
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy -p host-cli --all-targets --features gpu -- -D warnings
 fi
 
 echo "== firmware: sample on an emulated Cortex-M4F (QEMU mps2-an386), bit-identical to the host"

@@ -35,7 +35,7 @@ void main() {
     float x = xt[xi];
     float m = a[mo + e];
     float x0 = predict_x0(x, m, sa, sb);
-    float z = noisy ? normal_at(uvec2(st[ST_SEED_LO], st[ST_SEED_HI]), n, i + 1u, e) : 0.0;
+    float z = noisy ? normal_at(uvec2(st[ST_SEED_LO], st[ST_SEED_HI]), st[ST_FIRST_IMAGE] + n, i + 1u, e) : 0.0;
     float next;
     if (st[ST_METHOD] == 0u) {
         // 1. x̂₀, clipped; 2. posterior mean (Ho et al. eq. 7); 3. + σ_t z.

@@ -8,10 +8,9 @@ use vulkano::device::physical::{PhysicalDevice, PhysicalDeviceType};
 use vulkano::device::{DeviceCreateInfo, Queue, QueueCreateInfo, QueueFlags};
 use vulkano::instance::{Instance, InstanceCreateFlags, InstanceCreateInfo, InstanceExtensions};
 use vulkano::memory::allocator::StandardMemoryAllocator;
-use vulkano::memory::MemoryHeapFlags;
 use vulkano::VulkanLibrary;
 
-use crate::error::{vk, Error};
+use crate::error::{chain, vk, Error};
 
 /// A Vulkan device ready to run models: the logical device, one compute queue and the allocators.
 pub struct Device {
@@ -29,11 +28,12 @@ impl std::fmt::Debug for Device {
     }
 }
 
-const NO_LOADER: &str = "cannot load the Vulkan loader (libvulkan.so.1). Install a Vulkan driver: on Debian/Ubuntu \
-                         `scripts/install-vulkan.sh` (mesa-vulkan-drivers libvulkan1: lavapipe runs on the CPU)";
+const NO_LOADER: &str = "cannot load the Vulkan loader (libvulkan.so.1)";
+const HINT: &str = "On Debian/Ubuntu run `scripts/install-vulkan.sh` (mesa-vulkan-drivers libvulkan1; Mesa's lavapipe \
+                    runs Vulkan on the CPU)";
 
 fn instance() -> Result<Arc<Instance>, Error> {
-    let library = VulkanLibrary::new().map_err(|e| Error::NoDevice(format!("{NO_LOADER} ({e})")))?;
+    let library = VulkanLibrary::new().map_err(|e| Error::NoDevice(format!("{NO_LOADER} ({}). {HINT}", chain(&e))))?;
     // Devices behind a portability layer (MoltenVK) are listed only when asked for.
     let portability = library.supported_extensions().khr_portability_enumeration;
     let info = InstanceCreateInfo {
@@ -41,7 +41,12 @@ fn instance() -> Result<Arc<Instance>, Error> {
         enabled_extensions: InstanceExtensions { khr_portability_enumeration: portability, ..Default::default() },
         ..Default::default()
     };
-    Instance::new(library, info).map_err(|e| Error::NoDevice(format!("cannot create a Vulkan instance: {e}")))
+    Instance::new(library, info).map_err(|e| {
+        Error::NoDevice(format!(
+            "cannot create a Vulkan instance ({}); is a Vulkan driver installed? {HINT}",
+            chain(&e)
+        ))
+    })
 }
 
 /// The physical devices with a compute queue, in enumeration order.
@@ -60,17 +65,6 @@ fn describe(p: &PhysicalDevice) -> String {
     format!("{} ({:?}, Vulkan {})", props.device_name, props.device_type, props.api_version)
 }
 
-/// Bytes of the largest memory heap with (`device_local`) or without that flag requirement.
-pub(crate) fn largest_heap(p: &PhysicalDevice, device_local: bool) -> u64 {
-    p.memory_properties()
-        .memory_heaps
-        .iter()
-        .filter(|h| !device_local || h.flags.intersects(MemoryHeapFlags::DEVICE_LOCAL))
-        .map(|h| h.size)
-        .max()
-        .unwrap_or(0)
-}
-
 impl Device {
     /// Lists the devices that can run models, as `"index: name (type, Vulkan version)"`.
     pub fn list() -> Result<Vec<String>, Error> {
@@ -84,11 +78,7 @@ impl Device {
         let instance = instance()?;
         let devices = compute_devices(&instance)?;
         if devices.is_empty() {
-            return Err(Error::NoDevice(
-                "the Vulkan loader found no device with a compute queue. Install a driver: on Debian/Ubuntu \
-                 `scripts/install-vulkan.sh` (mesa-vulkan-drivers: lavapipe runs on the CPU)"
-                    .into(),
-            ));
+            return Err(Error::NoDevice(format!("the Vulkan loader found no device with a compute queue. {HINT}")));
         }
         let chosen = match selector {
             Some(s) => {

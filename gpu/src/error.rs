@@ -99,7 +99,20 @@ impl From<SampleError> for Error {
     }
 }
 
+/// An error and its sources, as one line (vulkano's `Validated` says only "a non-validation error occurred"
+/// and keeps the driver's error as its source).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Maps a vulkano error to [`Error::Vulkan`] with the name of the failing call.
-pub(crate) fn vk<E: fmt::Display>(call: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error::Vulkan(format!("{call}: {e}"))
+pub(crate) fn vk<E: std::error::Error>(call: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::Vulkan(format!("{call}: {}", chain(&e)))
 }

@@ -26,6 +26,20 @@
 //!
 //! Not supported (clear errors): dynamic thresholding in the sampler ([`Error::Unsupported`]).
 //!
+//! # Use
+//!
+//! ```no_run
+//! use ddpm_core::sampler::{Method, SampleSpec};
+//! use ddpm_gpu::{Device, GpuModel};
+//!
+//! fn run(model: &ddpm_core::Model<'_>) -> Result<Vec<f32>, ddpm_gpu::Error> {
+//!     let device = Device::new(None)?; // or Some("1"), Some("nvidia"): see Device::list()
+//!     let mut gpu = GpuModel::new(&device, model, 4)?; // batch of 4
+//!     let spec = SampleSpec { method: Method::Ddim { eta: 0.0 }, steps: 50, batch: 4, seed: 42, class: None, first_image: 0 };
+//!     gpu.sample(spec, None, &mut |done, total| eprint!("\rstep {done}/{total}"))
+//! }
+//! ```
+//!
 //! Every failure is an [`Error`], never a panic: no Vulkan loader or device ([`Error::NoDevice`]), a model
 //! that does not fit ([`Error::OutOfMemory`], checked against the heap sizes before allocating), a device
 //! limit ([`Error::TooLarge`]).

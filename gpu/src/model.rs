@@ -20,7 +20,9 @@ use crate::device::Device;
 use crate::error::{vk, Error};
 use crate::kernels::{Kernel, Kernels, PUSH_WORDS, WORKGROUP};
 use crate::plan::{Dispatch, Plan};
-use crate::sample::{self, StepRow, ST_CLASS, ST_DRAW, ST_METHOD, ST_ROW, ST_SEED_HI, ST_SEED_LO, ST_STEP};
+use crate::sample::{
+    self, StepRow, ST_CLASS, ST_DRAW, ST_FIRST_IMAGE, ST_METHOD, ST_ROW, ST_SEED_HI, ST_SEED_LO, ST_STEP,
+};
 
 type Builder = AutoCommandBufferBuilder<PrimaryAutoCommandBuffer>;
 type Recorded = Arc<PrimaryAutoCommandBuffer>;
@@ -107,7 +109,12 @@ fn copy_regions(
         return Ok(());
     }
     let regions = (0..u64::from(n))
-        .map(|k| BufferCopy { src_offset: src_at(k) * 4, dst_offset: dst_at(k) * 4, size: len as u64 * 4, ..Default::default() })
+        .map(|k| BufferCopy {
+            src_offset: src_at(k) * 4,
+            dst_offset: dst_at(k) * 4,
+            size: len as u64 * 4,
+            ..Default::default()
+        })
         .collect::<Vec<_>>();
     b.copy_buffer(CopyBufferInfo { regions: regions.into(), ..CopyBufferInfo::buffers(src.clone(), dst.clone()) })
         .map_err(vk("vkCmdCopyBuffer"))?;
@@ -122,7 +129,9 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn dispatch(&self, b: &mut Builder, d: &Dispatch) -> Result<(), Error> {
         b.bind_pipeline_compute(self.kernels.pipeline(d.kernel))
-            .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, self.kernels.layout.clone(), 0, self.set.clone()))
+            .and_then(|b| {
+                b.bind_descriptor_sets(PipelineBindPoint::Compute, self.kernels.layout.clone(), 0, self.set.clone())
+            })
             .and_then(|b| b.push_constants(self.kernels.layout.clone(), 0, d.push))
             .map_err(vk("recording a dispatch"))?;
         // SAFETY: vulkano cannot check what a shader indexes, so a dispatch is unsafe. Ours stay in bounds:
@@ -132,7 +141,8 @@ impl Recorder<'_> {
         // (`program::validate`). The arena buffer holds `batch · stride` floats and workgroup z < batch; the
         // weight buffer holds the whole blob; x_t and x̂₀ hold `batch · C·H·W` floats; the step table and the
         // embedding table hold a row for every step and timestep the state buffer can name (the host writes
-        // them before each submission). Every shader returns early for invocations past its element count.
+        // them before each submission). Every shader returns early for invocations past its element count, and
+        // the convolution clamps its output channel for the weights it reads and writes only real channels.
         unsafe { b.dispatch(d.groups) }.map_err(vk("vkCmdDispatch"))?;
         Ok(())
     }
@@ -153,6 +163,21 @@ fn heap_for(p: &vulkano::device::physical::PhysicalDevice, flag: MemoryPropertyF
         .map(|t| (t.heap_index, m.memory_heaps[t.heap_index as usize].size))
         .max_by_key(|&(_, size)| size)
         .unwrap_or((u32::MAX, 0))
+}
+
+/// Checks the bytes needed in device-local and host-visible memory against the largest heap of each kind
+/// (`(heap index, bytes)`); where one heap serves both (integrated GPUs, lavapipe), against their sum.
+fn check_fit(device_bytes: u64, host_bytes: u64, dev: (u32, u64), host: (u32, u64)) -> Result<(), Error> {
+    if dev.0 == host.0 && device_bytes + host_bytes > dev.1 {
+        return Err(Error::OutOfMemory { heap: "device", need: device_bytes + host_bytes, available: dev.1 });
+    }
+    if device_bytes > dev.1 {
+        return Err(Error::OutOfMemory { heap: "device-local", need: device_bytes, available: dev.1 });
+    }
+    if host_bytes > host.1 {
+        return Err(Error::OutOfMemory { heap: "host-visible", need: host_bytes, available: host.1 });
+    }
+    Ok(())
 }
 
 impl GpuModel {
@@ -180,17 +205,9 @@ impl GpuModel {
                 as u64
             + 4 * weight_words as u64;
         let physical = device.device.physical_device();
-        let (dev_heap, dev_avail) = heap_for(physical, MemoryPropertyFlags::DEVICE_LOCAL);
-        let (host_heap, host_avail) = heap_for(physical, MemoryPropertyFlags::HOST_VISIBLE);
-        if dev_heap == host_heap && device_bytes + host_bytes > dev_avail {
-            return Err(Error::OutOfMemory { heap: "device", need: device_bytes + host_bytes, available: dev_avail });
-        }
-        if device_bytes > dev_avail {
-            return Err(Error::OutOfMemory { heap: "device-local", need: device_bytes, available: dev_avail });
-        }
-        if host_bytes > host_avail {
-            return Err(Error::OutOfMemory { heap: "host-visible", need: host_bytes, available: host_avail });
-        }
+        let dev = heap_for(physical, MemoryPropertyFlags::DEVICE_LOCAL);
+        let host = heap_for(physical, MemoryPropertyFlags::HOST_VISIBLE);
+        check_fit(device_bytes, host_bytes, dev, host)?;
         let props = physical.properties();
         let range = u64::from(props.max_storage_buffer_range);
         for (what, bytes) in [
@@ -203,13 +220,15 @@ impl GpuModel {
             }
         }
         let max_groups = props.max_compute_work_group_count;
-        let widest = plan.dispatches.iter().map(|d| d.groups[0]).chain([(in_len as u32).div_ceil(WORKGROUP)]).max();
-        if widest.unwrap_or(0) > max_groups[0] {
-            return Err(Error::TooLarge {
-                what: "a dispatch's workgroup count",
-                need: u64::from(widest.unwrap_or(0)),
-                limit: u64::from(max_groups[0]),
-            });
+        let sampler_groups = [(in_len as u32).div_ceil(WORKGROUP), 1, batch];
+        for g in plan.dispatches.iter().map(|d| d.groups).chain([sampler_groups]) {
+            if let Some(axis) = (0..2).find(|&i| g[i] > max_groups[i]) {
+                return Err(Error::TooLarge {
+                    what: "a dispatch's workgroup count",
+                    need: u64::from(g[axis]),
+                    limit: u64::from(max_groups[axis]),
+                });
+            }
         }
         if batch > max_groups[2] {
             return Err(Error::TooLarge { what: "the batch", need: u64::from(batch), limit: u64::from(max_groups[2]) });
@@ -304,13 +323,12 @@ impl GpuModel {
             u32::from(s.clip_sample),
             s.clip_sample_range.to_bits(),
         ];
-        let groups = [(in_len as u32).div_ceil(WORKGROUP), 1, batch];
-        rec.small(&mut b, Kernel::SamplerStep, &step_words, groups)?;
+        rec.small(&mut b, Kernel::SamplerStep, &step_words, sampler_groups)?;
         rec.small(&mut b, Kernel::SamplerState, &[1], [1, 1, 1])?;
         let step = build(b)?;
 
         let mut b = new_builder()?;
-        rec.small(&mut b, Kernel::Noise, &[in_len as u32], groups)?;
+        rec.small(&mut b, Kernel::Noise, &[in_len as u32], sampler_groups)?;
         let noise = build(b)?;
 
         let mut b = new_builder()?;
@@ -407,11 +425,13 @@ impl GpuModel {
         Ok(out[..n * self.out_len].to_vec())
     }
 
-    /// Draws `batch × C × H × W` elements of the noise stream on the device: image `n` of draw `draw` for
-    /// `seed`, the same stream as `ddpm_core::rng::fill_normal(.., seed, n, draw)`. Ends a run in progress.
-    pub fn noise(&mut self, seed: u64, draw: u32) -> Result<Vec<f32>, Error> {
+    /// Draws `batch × C × H × W` elements of the noise stream on the device: for each `n < batch`, image
+    /// `first_image + n` of draw `draw` for `seed`, the same numbers (up to the last bits of the device's
+    /// `log`/`sin`/`cos`) as `ddpm_core::rng::fill_normal(.., seed, first_image + n, draw)`. Ends a run in progress.
+    pub fn noise(&mut self, seed: u64, first_image: u32, draw: u32) -> Result<Vec<f32>, Error> {
         self.run = None;
         self.write_state(|st| {
+            st[ST_FIRST_IMAGE] = first_image;
             st[ST_SEED_LO] = seed as u32;
             st[ST_SEED_HI] = (seed >> 32) as u32;
             st[ST_DRAW] = draw;
@@ -460,6 +480,7 @@ impl GpuModel {
             st[ST_SEED_LO] = spec.seed as u32;
             st[ST_SEED_HI] = (spec.seed >> 32) as u32;
             st[ST_METHOD] = u32::from(matches!(spec.method, Method::Ddim { .. }));
+            st[ST_FIRST_IMAGE] = spec.first_image;
         })?;
         match x_t {
             Some(given) => {
@@ -523,4 +544,28 @@ fn submit(queue: &Arc<Queue>, cb: &Recorded) -> Result<(), Error> {
         .map_err(vk("vkQueueSubmit"))?
         .wait(None)
         .map_err(vk("vkWaitForFences"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_checked_per_heap_and_shared_heaps_add_up() {
+        let gib = 1u64 << 30;
+        // Discrete GPU: 8 GiB device-local heap 0, 16 GiB host heap 1.
+        assert!(check_fit(7 * gib, 15 * gib, (0, 8 * gib), (1, 16 * gib)).is_ok());
+        let e = check_fit(9 * gib, gib, (0, 8 * gib), (1, 16 * gib)).unwrap_err();
+        assert_eq!(e, Error::OutOfMemory { heap: "device-local", need: 9 * gib, available: 8 * gib });
+        assert!(e.to_string().contains("9216.0 MiB of device-local memory, the device has 8192.0 MiB"), "{e}");
+        assert!(matches!(
+            check_fit(gib, 17 * gib, (0, 8 * gib), (1, 16 * gib)),
+            Err(Error::OutOfMemory { heap: "host-visible", .. })
+        ));
+        // One heap for both: the sum counts.
+        assert!(matches!(
+            check_fit(5 * gib, 4 * gib, (0, 8 * gib), (0, 8 * gib)),
+            Err(Error::OutOfMemory { heap: "device", .. })
+        ));
+    }
 }

@@ -46,6 +46,9 @@ impl Plan {
     }
 }
 
+/// Output channels one `Conv2d` workgroup computes (`CONV_CHANNELS` in `shaders/conv2d.comp`).
+const CONV_CHANNELS: u32 = 8;
+
 fn groups(items: usize) -> u32 {
     (items as u32).div_ceil(WORKGROUP)
 }
@@ -70,8 +73,14 @@ impl Plan {
             let mut p = [0u32; PUSH_WORDS];
             p[0] = stride;
             p[1..=words.len()].copy_from_slice(words);
-            let x = if kernel == Kernel::GroupNorm { items as u32 } else { groups(items) };
-            dispatches.push(Dispatch { kernel, push: p, groups: [x, 1, batch] });
+            let (x, y) = match kernel {
+                // One workgroup per group.
+                Kernel::GroupNorm => (items as u32, 1),
+                // Workgroups of 64 output pixels (items = ho·wo) × CONV_CHANNELS output channels (word 6 = co).
+                Kernel::Conv2d => (groups(items), p[6].div_ceil(CONV_CHANNELS)),
+                _ => (groups(items), 1),
+            };
+            dispatches.push(Dispatch { kernel, push: p, groups: [x, y, batch] });
         };
         for op in m.ops() {
             match op {
@@ -88,13 +97,17 @@ impl Plan {
                     let words = [off(out)?, off(x)?, xi.c as u32, o.c as u32, 1, wo, wf, tensor(b)?.0];
                     push(Kernel::Linear, o.c, &words);
                 }
-                Op::Silu { out, x } => push(Kernel::Silu, value(out)?.numel(), &[off(out)?, off(x)?, value(out)?.numel() as u32]),
+                Op::Silu { out, x } => {
+                    push(Kernel::Silu, value(out)?.numel(), &[off(out)?, off(x)?, value(out)?.numel() as u32])
+                }
                 Op::ClassEmbed { out, table } => {
                     let c = value(out)?.c;
                     let (to, tf) = tensor(table)?;
                     push(Kernel::ClassEmbed, c, &[off(out)?, c as u32, to, tf]);
                 }
-                Op::Conv2d { out, x, w, b, stride: s, pad } => {
+                // The kernel convolves straight from `x` with bounds checks, so the op's `scratch` value (where the
+                // CPU puts a zero-padded copy of the input) is not used.
+                Op::Conv2d { out, x, w, b, stride: s, pad, .. } => {
                     let (o, xi) = (value(out)?, value(x)?);
                     let info = m.tensor_info(w).ok_or(bad)?;
                     let (wo, wf) = tensor(w)?;
@@ -116,7 +129,7 @@ impl Plan {
                         wf,
                         tensor(b)?.0,
                     ];
-                    push(Kernel::Conv2d, o.numel(), &words);
+                    push(Kernel::Conv2d, o.h * o.w, &words);
                 }
                 Op::GroupNorm { out, x, gamma, beta, groups: g, eps, silu } => {
                     let o = value(out)?;
@@ -162,7 +175,11 @@ impl Plan {
                 }
                 Op::Upsample2x { out, x } => {
                     let xi = value(x)?;
-                    push(Kernel::Upsample2x, value(out)?.numel(), &[off(out)?, off(x)?, xi.c as u32, xi.h as u32, xi.w as u32]);
+                    push(
+                        Kernel::Upsample2x,
+                        value(out)?.numel(),
+                        &[off(out)?, off(x)?, xi.c as u32, xi.h as u32, xi.w as u32],
+                    );
                 }
                 Op::Concat { out, a, b } => {
                     let (na, nb) = (value(a)?.numel() as u32, value(b)?.numel() as u32);

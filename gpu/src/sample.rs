@@ -31,6 +31,7 @@ pub(crate) const ST_DRAW: usize = 3;
 pub(crate) const ST_SEED_LO: usize = 4;
 pub(crate) const ST_SEED_HI: usize = 5;
 pub(crate) const ST_METHOD: usize = 6;
+pub(crate) const ST_FIRST_IMAGE: usize = 7;
 
 /// The rows of every step of a run, after the checks of `ddpm_core::sampler::Sampler::new`.
 pub(crate) fn step_table(
@@ -54,7 +55,8 @@ pub(crate) fn step_table(
     let steps = Steps::new(*s, method, k).ok_or(SampleError::BadSteps)?;
     let learned_type = matches!(s.variance_type, 4 | 5);
     let learned = out_channels == 2 * in_channels && (learned_type || matches!(method, Method::Ddim { .. }));
-    if !(out_channels == in_channels && !learned_type) && !learned {
+    let fixed_ok = out_channels == in_channels && !learned_type;
+    if !fixed_ok && !learned {
         return Err(SampleError::OutputChannels.into());
     }
     let mut rows = Vec::with_capacity(steps.timesteps.len());
@@ -97,4 +99,40 @@ pub(crate) fn step_table(
         rows.push(r);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(s: &Schedule, method: Method, k: u32) -> Result<Vec<StepRow>, Error> {
+        let mut ac = vec![0f32; s.num_train_timesteps as usize];
+        ddpm_core::schedule::alphas_cumprod(s, None, &mut ac);
+        step_table(s, &ac, method, k, 3, 3)
+    }
+
+    #[test]
+    fn ddpm_rows_follow_the_timesteps() {
+        let s = Schedule::DDPM_DEFAULT;
+        let rows = table(&s, Method::Ddpm, 5).unwrap();
+        let ts: Vec<f32> = rows.iter().map(|r| r[0]).collect();
+        assert_eq!(ts, [800.0, 600.0, 400.0, 200.0, 0.0]);
+        // Every step but the last (t = 0) adds noise; the last steps to ᾱ_prev = 1, so x̂₀'s coefficient is 1.
+        assert!(rows[..4].iter().all(|r| r[1] == 1.0));
+        assert_eq!(rows[4][1], 0.0);
+        assert_eq!(rows[4][4], 1.0);
+    }
+
+    #[test]
+    fn unsupported_options_are_errors() {
+        let s = Schedule { thresholding: true, ..Schedule::DDPM_DEFAULT };
+        assert!(matches!(table(&s, Method::Ddpm, 5), Err(Error::Unsupported(_))));
+        let s = Schedule::DDPM_DEFAULT;
+        assert_eq!(table(&s, Method::Ddim { eta: -1.0 }, 5).unwrap_err(), Error::Sample(SampleError::BadEta));
+        assert_eq!(table(&s, Method::Ddpm, 0).unwrap_err(), Error::Sample(SampleError::BadSteps));
+        let mut ac = vec![0f32; 1000];
+        ddpm_core::schedule::alphas_cumprod(&s, None, &mut ac);
+        let learned_without_type = step_table(&s, &ac, Method::Ddpm, 5, 3, 6).unwrap_err();
+        assert_eq!(learned_without_type, Error::Sample(SampleError::OutputChannels));
+    }
 }

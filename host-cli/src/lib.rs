@@ -1,6 +1,7 @@
 //! The host side of ddpm-rs: checkpoint readers, the converter, image output. The `host-cli` binary is a thin
 //! front end over these modules; the integration tests use them directly.
 
+pub mod backend;
 pub mod blobfile;
 pub mod convert;
 pub mod image;

@@ -32,6 +32,14 @@ enum PrecisionArg {
     F16,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// ddpm-core on the CPU (all cores with rayon).
+    Cpu,
+    /// The Vulkan backend (needs host-cli built with `--features gpu`).
+    Gpu,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SamplerArg {
     Ddpm,
@@ -89,6 +97,12 @@ enum Cmd {
         /// What the GIF shows.
         #[arg(long, value_enum, default_value = "x0")]
         gif_of: GifOfArg,
+        /// Where the network runs.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Convert a checkpoint (torch.save file, .safetensors, or diffusers folder) into a model blob.
     Convert {
@@ -158,6 +172,12 @@ enum Cmd {
         /// Where to write the output, float32 .npy of shape [N, out_channels, H, W].
         #[arg(short, long)]
         output: PathBuf,
+        /// Where the network runs.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
+        #[arg(long)]
+        device: Option<String>,
     },
     /// Benchmark the forward pass at batch 1 on random input and print milliseconds per forward.
     Bench {
@@ -224,7 +244,23 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of } => {
+        Cmd::Sample {
+            model,
+            num,
+            seed,
+            steps,
+            sampler,
+            eta,
+            class,
+            noise,
+            output,
+            each,
+            npy,
+            gif,
+            gif_of,
+            backend,
+            device,
+        } => {
             let blob = blobfile::read_or_default(model.as_deref())?;
             let method = match sampler {
                 SamplerArg::Ddpm => Method::Ddpm,
@@ -234,7 +270,9 @@ fn run(cli: Cli) -> Result<()> {
                 GifOfArg::Xt => sample::GifOf::Xt,
                 GifOfArg::X0 => sample::GifOf::X0,
             };
-            let args = sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of };
+            let gpu = (backend == BackendArg::Gpu).then_some(device);
+            let args =
+                sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of, gpu };
             sample::run(&blob.model()?, &args)
         }
         Cmd::Noise { model, num, seed, steps, output } => {
@@ -253,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
             load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)
         }
         Cmd::Inspect { model } => inspect(&blobfile::read_or_default(model.as_deref())?.model()?),
-        Cmd::Forward { model, input, timestep, class, output } => {
+        Cmd::Forward { model, input, timestep, class, output, backend, device } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let (shape, data) = load::read_npy(&input)?;
@@ -270,11 +308,17 @@ fn run(cli: Cli) -> Result<()> {
             let n = shape[0];
             let (per_in, per_out) =
                 (m.in_channels() * m.height() * m.width(), m.out_channels() * m.height() * m.width());
-            let mut arena = blobfile::arena(m.arena_bytes());
-            let mut out = vec![0f32; n * per_out];
-            for (x, y) in data.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
-                m.forward(bytemuck::cast_slice_mut(&mut arena), x, timestep, class, y)?;
-            }
+            let out = if backend == BackendArg::Gpu {
+                let n = u32::try_from(n).context("batch too large")?;
+                host_cli::backend::gpu_forward(&m, device.as_deref(), &data, n, timestep, class)?
+            } else {
+                let mut arena = blobfile::arena(m.arena_bytes());
+                let mut out = vec![0f32; n * per_out];
+                for (x, y) in data.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
+                    m.forward(bytemuck::cast_slice_mut(&mut arena), x, timestep, class, y)?;
+                }
+                out
+            };
             load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
         }
         Cmd::Bench { model, iters, warmup, per_op } => {
@@ -336,6 +380,11 @@ fn inspect(m: &Model<'_>) -> Result<()> {
     println!("parameters    {}", m.parameter_count());
     println!("blob bytes    {} (flash)", m.bytes().len());
     println!("arena bytes   {} (RAM for one forward pass, any batch size, 16-byte aligned)", m.arena_bytes());
+    println!(
+        "sample arena  {} at batch 1, + {} per extra image (forward arena, schedule, x_t, x0, model output)",
+        ddpm_core::sampler::sampler_arena_bytes(m.bytes(), 1),
+        ddpm_core::sampler::sampler_arena_bytes(m.bytes(), 2) - ddpm_core::sampler::sampler_arena_bytes(m.bytes(), 1)
+    );
     println!("flops         {:.3} G per forward (batch 1)", m.flops() as f64 / 1e9);
     println!("program       {} ops, {} activation values, {} tensors", m.num_ops(), m.num_values(), m.num_tensors());
     println!(

@@ -35,6 +35,8 @@ pub struct SampleArgs {
     pub npy: Option<PathBuf>,
     pub gif: Option<PathBuf>,
     pub gif_of: GifOf,
+    /// Run on the GPU (Vulkan), on this device (index or name substring; None = the best one).
+    pub gpu: Option<Option<String>>,
 }
 
 fn explain(m: &Model<'_>, steps: u32, e: SampleError) -> anyhow::Error {
@@ -106,6 +108,40 @@ pub fn run(m: &Model<'_>, a: &SampleArgs) -> Result<()> {
         d.get(at..at + n * len)
     };
 
+    let bar = indicatif::ProgressBar::new(k as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  t={msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let out = match &a.gpu {
+        Some(device) => {
+            if a.gif.is_some() {
+                bail!("--gif is not supported with --backend gpu yet");
+            }
+            if replay.is_some() && (0..k).any(|i| whole.step_adds_noise(i)) {
+                bail!("--backend gpu replays x_T only; this run adds noise at its steps, so replay it on the CPU");
+            }
+            let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
+            crate::backend::gpu_sample(m, device.as_deref(), spec, noise_for(0, 0, batch as usize), &mut progress)?
+        }
+        None => sample_cpu(m, a, spec, &whole, &bar, &noise_for)?,
+    };
+    bar.finish();
+    write_outputs(a, &out, batch as usize, (c, h, w), k)
+}
+
+/// The CPU path: one sub-batch per worker, advancing in lock-step.
+fn sample_cpu<'r>(
+    m: &Model<'_>,
+    a: &SampleArgs,
+    spec: SampleSpec,
+    whole: &Sampler<'_, '_>,
+    bar: &indicatif::ProgressBar,
+    noise_for: &(dyn Fn(usize, usize, usize) -> Option<&'r [f32]> + Sync),
+) -> Result<Vec<f32>> {
+    let (batch, steps, k) = (spec.batch, spec.steps, whole.num_steps());
+    let (c, h, w) = (m.in_channels(), m.height(), m.width());
+    let len = c * h * w;
     let workers = rayon::current_num_threads().clamp(1, batch as usize);
     let per = (batch as usize).div_ceil(workers);
     let mut parts = Vec::new();
@@ -138,11 +174,6 @@ pub fn run(m: &Model<'_>, a: &SampleArgs) -> Result<()> {
         anim = Some(g);
     }
     let every = k.div_ceil(60).max(1);
-    let bar = indicatif::ProgressBar::new(k as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  eta {eta}  t={msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     for i in 0..k {
         bar.set_message(whole.timestep(i).unwrap_or(0).to_string());
         parts.par_iter_mut().try_for_each(|p| {
@@ -162,20 +193,22 @@ pub fn run(m: &Model<'_>, a: &SampleArgs) -> Result<()> {
             }
         }
     }
-    bar.finish();
+    Ok(gather(&mut parts, false))
+}
 
-    let out = gather(&mut parts, false);
-    let b = image::Batch { data: &out, n: batch as usize, c, h, w };
+/// Writes the PNG grid, per-image PNGs, the .npy and the checksum line.
+fn write_outputs(a: &SampleArgs, out: &[f32], batch: usize, (c, h, w): (usize, usize, usize), k: usize) -> Result<()> {
+    let b = image::Batch { data: out, n: batch, c, h, w };
     if let Some(p) = &a.npy {
-        load::write_npy(p, &[batch as usize, c, h, w], &out)?;
+        load::write_npy(p, &[batch, c, h, w], out)?;
     }
     // The checksum firmware prints for the same run: FNV-1a 64 over the samples' f32 bits (LE).
-    eprintln!("checksum {:016x}", ddpm_core::fnv1a64(bytemuck::cast_slice(&out)));
+    eprintln!("checksum {:016x}", ddpm_core::fnv1a64(bytemuck::cast_slice(out)));
     if c == 1 || c == 3 {
         image::write_png(&a.output, &b.grid()?)?;
         if let Some(dir) = &a.each {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            for i in 0..batch as usize {
+            for i in 0..batch {
                 image::write_png(&dir.join(format!("{i:04}.png")), &b.image(i)?)?;
             }
         }

@@ -29,15 +29,27 @@ pub struct Conv2dShape {
 }
 
 /// Output channels computed together: each loaded input vector feeds this many accumulators.
+#[cfg(not(target_arch = "arm"))]
 const CO_TILE: usize = 4;
 /// Output columns computed together: one vector of accumulators per output channel.
+#[cfg(not(target_arch = "arm"))]
 const X_TILE: usize = 8;
+/// On 32-bit Arm (Cortex-M4F: 32 single-precision registers) a 4 × 8 tile spills; 4 × 4 fits.
+#[cfg(target_arch = "arm")]
+const CO_TILE: usize = 4;
+/// See the Arm [`CO_TILE`].
+#[cfg(target_arch = "arm")]
+const X_TILE: usize = 4;
+/// Padded rows are long enough for tiles of this many columns, on every target, so that a blob's memory plan
+/// does not depend on where it runs ([`X_TILE`] divides it).
+const ROW_TILE: usize = 8;
+const _: () = assert!(ROW_TILE.is_multiple_of(X_TILE));
 
 impl Conv2dShape {
     /// Length of a row of the zero-padded input copy: the padded width, widened so that the last (partial)
-    /// tile of [`X_TILE`] output columns reads inside the row.
+    /// tile of output columns reads inside the row (for any tile width dividing [`ROW_TILE`]).
     pub const fn padded_row(&self) -> usize {
-        let tiles_end = (self.wo.div_ceil(X_TILE) * X_TILE - 1) * self.stride + self.kw;
+        let tiles_end = (self.wo.div_ceil(ROW_TILE) * ROW_TILE - 1) * self.stride + self.kw;
         let padded = self.w + self.pad[1] + self.pad[3];
         if tiles_end > padded {
             tiles_end

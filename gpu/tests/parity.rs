@@ -1,0 +1,436 @@
+//! The GPU backend against the CPU reference (`ddpm-core`), on the fixture models of `tests/fixtures/unet`,
+//! converted with the workspace's own `host-cli` (built on demand).
+//!
+//! Each check is one body run on both backends (STYLE point 12): the CPU run of the same body checks the
+//! harness and, for f16 blobs, measures the CPU's own f16 error against the same bound.
+//!
+//! Without a Vulkan device the GPU tests print a loud SKIPPED line and pass, unless `DDPM_REQUIRE_GPU=1`, when
+//! they fail. `DDPM_GPU_DEVICE` selects a device (index or name substring) as `Device::new` does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use ddpm_core::sampler::{Method, SampleSpec, Sampler};
+use ddpm_core::Model;
+use ddpm_gpu::{Device, GpuModel};
+
+const F32_TOL: f32 = 1e-4;
+const F16_TOL: f32 = 5e-3;
+const SAMPLE_TOL: f32 = 1e-3;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fixtures
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The host-cli binary: `$DDPM_HOST_CLI`, else the workspace's, built now if missing.
+fn host_cli() -> PathBuf {
+    static CLI: OnceLock<PathBuf> = OnceLock::new();
+    CLI.get_or_init(|| {
+        if let Ok(p) = std::env::var("DDPM_HOST_CLI") {
+            return PathBuf::from(p);
+        }
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "host-cli"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build -p host-cli");
+        assert!(status.success(), "cargo build -p host-cli failed");
+        target.join("debug").join("host-cli")
+    })
+    .clone()
+}
+
+/// A blob in 16-byte aligned storage, as `Model::new_checked` requires.
+struct Blob(Vec<u128>, usize);
+
+impl Blob {
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.0)[..self.1]
+    }
+    fn model(&self) -> Model<'_> {
+        Model::new_checked(self.bytes()).expect("valid blob")
+    }
+}
+
+/// Converts fixture `name` with `precision` (and extra converter arguments) once per test process.
+fn blob(name: &str, precision: &str, extra: &[&str]) -> Blob {
+    let dir = workspace().join("tests/fixtures/unet").join(name);
+    let mut args: Vec<String> = Vec::new();
+    let input = match name {
+        "a_ddpm" => dir.clone(),
+        "b_scale_shift" => {
+            args.extend([
+                "--config".into(),
+                dir.join("config.json").display().to_string(),
+                "--key".into(),
+                "ema".into(),
+            ]);
+            dir.join("ckpt.pt")
+        }
+        "c_old_attn" => {
+            for kv in ["sample_size=[16, 8]", "norm_num_groups=8", "attention_head_dim=8"] {
+                args.extend(["--set".into(), kv.into()]);
+            }
+            dir.join("model.pth")
+        }
+        "d_safetensors" => {
+            args.extend(["--config".into(), dir.join("config.json").display().to_string()]);
+            dir.join("model.safetensors")
+        }
+        "e_f16" => {
+            args.extend(["--config".into(), dir.join("config.json").display().to_string()]);
+            dir.join("model_f16.safetensors")
+        }
+        other => panic!("unknown fixture {other}"),
+    };
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let tag: String = extra.join("_").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let key = format!("{name}_{precision}_{tag}");
+    // Each blob is converted once per test process (tests run in parallel and share fixtures), into a file of
+    // this process that is removed once read.
+    static CACHE: Mutex<Vec<(String, Vec<u8>)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = match cache.iter().find(|(k, _)| *k == key) {
+        Some((_, b)) => b.clone(),
+        None => {
+            let out = std::env::temp_dir().join(format!("ddpm-gpu-test-{}-{key}.blob", std::process::id()));
+            let o = Command::new(host_cli())
+                .arg("convert")
+                .arg(&input)
+                .arg("-o")
+                .arg(&out)
+                .args(["--precision", precision])
+                .args(&args)
+                .output()
+                .expect("run host-cli convert");
+            assert!(o.status.success(), "convert {name}: {}", String::from_utf8_lossy(&o.stderr));
+            let bytes = std::fs::read(&out).unwrap();
+            let _ = std::fs::remove_file(&out);
+            cache.push((key, bytes.clone()));
+            bytes
+        }
+    };
+    drop(cache);
+    let mut words = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+    let len = bytes.len();
+    Blob(words, len)
+}
+
+/// Deterministic pseudo-random inputs in [-1, 1).
+fn inputs(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / 8_388_608.0 - 1.0
+        })
+        .collect()
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backends
+
+/// The device for GPU tests, or `None` (after a loud message) where there is none and none is required.
+fn gpu_device() -> Option<Device> {
+    match Device::new(std::env::var("DDPM_GPU_DEVICE").ok().as_deref()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("DDPM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("DDPM_REQUIRE_GPU=1 but no Vulkan device: {e}");
+            }
+            // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
+            let msg = format!("\n*** SKIPPED (GPU test): {e}\n*** Set DDPM_REQUIRE_GPU=1 to make this a failure.\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+            None
+        }
+    }
+}
+
+/// One backend: the CPU executor, or a device.
+enum Backend {
+    Cpu,
+    Gpu(Device),
+}
+
+impl Backend {
+    fn name(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu".into(),
+            Backend::Gpu(d) => format!("gpu [{}]", d.name()),
+        }
+    }
+
+    /// `batch` forward passes at timestep `t`.
+    fn forward(&self, m: &Model<'_>, x: &[f32], batch: usize, t: f32, class: Option<u32>) -> Vec<f32> {
+        match self {
+            Backend::Cpu => cpu_forward(m, x, batch, t, class),
+            Backend::Gpu(d) => GpuModel::new(d, m, batch as u32).unwrap().forward(x, t, class).unwrap(),
+        }
+    }
+
+    fn sample(&self, m: &Model<'_>, spec: SampleSpec) -> Vec<f32> {
+        match self {
+            Backend::Cpu => {
+                let s = Sampler::new(m, spec).unwrap();
+                let mut arena = vec![0u8; s.arena_bytes() + 16];
+                let mut st = s.start(&mut arena, None).unwrap();
+                while st.done < s.num_steps() {
+                    s.step(&mut arena, &mut st, None).unwrap();
+                }
+                s.samples(&mut arena).to_vec()
+            }
+            Backend::Gpu(d) => {
+                let mut g = GpuModel::new(d, m, spec.batch).unwrap();
+                let mut calls = 0;
+                let out = g.sample(spec, None, &mut |_, _| calls += 1).unwrap();
+                assert_eq!(calls, Sampler::new(m, spec).unwrap().num_steps(), "progress once per step");
+                out
+            }
+        }
+    }
+}
+
+fn cpu_forward(m: &Model<'_>, x: &[f32], batch: usize, t: f32, class: Option<u32>) -> Vec<f32> {
+    let (il, ol) = (x.len() / batch, m.out_channels() * m.height() * m.width());
+    let mut arena = vec![0u8; m.arena_bytes_unaligned()];
+    let mut out = vec![0f32; batch * ol];
+    for (xi, oi) in x.chunks(il).zip(out.chunks_mut(ol)) {
+        m.forward(&mut arena, xi, t, class, oi).unwrap();
+    }
+    out
+}
+
+/// Defines `<name>_cpu` and `<name>_gpu` running `$body(backend)`.
+macro_rules! test_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn cpu() {
+                ($body)(Backend::Cpu);
+            }
+            #[test]
+            fn gpu() {
+                if let Some(d) = gpu_device() {
+                    ($body)(Backend::Gpu(d));
+                }
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward parity
+
+/// Runs fixture `name` (in `precision`) at three timesteps (and its classes) with a batch of 2, against the CPU
+/// f32 blob; returns the worst error relative to max |reference|.
+fn forward_error(b: &Backend, name: &str, precision: &str, classes: &[Option<u32>]) -> f32 {
+    let reference = blob(name, "f32", &[]);
+    let tested = if precision == "f32" { None } else { Some(blob(name, precision, &[])) };
+    let rm = reference.model();
+    let tm = tested.as_ref().map_or(rm, |t| t.model());
+    let il = rm.in_channels() * rm.height() * rm.width();
+    let mut worst = 0f32;
+    for &t in &[0.0f32, 17.0, 999.0] {
+        for &class in classes {
+            let x = inputs(2 * il, t as u32 + 7 * class.unwrap_or(0));
+            let want = cpu_forward(&rm, &x, 2, t, class);
+            let got = b.forward(&tm, &x, 2, t, class);
+            let err = max_diff(&got, &want) / max_abs(&want);
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("{name} {precision} on {}: max error {worst:.3e} x max|ref|", b.name());
+    worst
+}
+
+fn check_forward(name: &'static str, classes: &'static [Option<u32>]) -> impl Fn(Backend) {
+    move |b: Backend| {
+        let e = forward_error(&b, name, "f32", classes);
+        assert!(e <= F32_TOL, "{name} f32 on {}: {e:e} > {F32_TOL:e}", b.name());
+        let e = forward_error(&b, name, "f16", classes);
+        assert!(e <= F16_TOL, "{name} f16 on {}: {e:e} > {F16_TOL:e}", b.name());
+    }
+}
+
+test_backends!(forward_a_ddpm, check_forward("a_ddpm", &[None]));
+test_backends!(forward_b_scale_shift_class, check_forward("b_scale_shift", &[Some(3), Some(7)]));
+test_backends!(forward_c_old_attn, check_forward("c_old_attn", &[None]));
+test_backends!(forward_d_mid_attention_without_norm, check_forward("d_safetensors", &[None]));
+test_backends!(forward_e_f16_checkpoint, check_forward("e_f16", &[None]));
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sampling parity
+
+fn check_sample(name: &'static str, extra: &'static [&'static str], spec: SampleSpec) -> impl Fn(Backend) {
+    move |b: Backend| {
+        let bl = blob(name, "f32", extra);
+        let m = bl.model();
+        let want = Backend::Cpu.sample(&m, spec);
+        let got = b.sample(&m, spec);
+        let err = max_diff(&got, &want);
+        eprintln!(
+            "{name} {:?} {} steps on {}: max |gpu - cpu| {err:.3e} (max |x| {:.3})",
+            spec.method,
+            spec.steps,
+            b.name(),
+            max_abs(&want)
+        );
+        assert!(err <= SAMPLE_TOL, "{name} {:?}: {err:e} > {SAMPLE_TOL:e}", spec.method);
+    }
+}
+
+const fn spec(method: Method, steps: u32, class: Option<u32>) -> SampleSpec {
+    SampleSpec { method, steps, batch: 2, seed: 0x1234_5678_9abc, class, first_image: 0 }
+}
+
+test_backends!(sample_ddpm_a, check_sample("a_ddpm", &[], spec(Method::Ddpm, 8, None)));
+test_backends!(sample_ddim_a, check_sample("a_ddpm", &[], spec(Method::Ddim { eta: 0.0 }, 8, None)));
+// A batch that is the second part of a split one: its noise starts at image 4 of the stream.
+test_backends!(
+    sample_ddim_eta_class_b,
+    check_sample("b_scale_shift", &[], SampleSpec { first_image: 4, ..spec(Method::Ddim { eta: 0.5 }, 6, Some(3)) })
+);
+test_backends!(
+    sample_ddpm_learned_range_d,
+    check_sample("d_safetensors", &["--scheduler-set", "variance_type=\"learned_range\""], spec(Method::Ddpm, 6, None))
+);
+
+// ---------------------------------------------------------------------------------------------------------------
+// The noise stream and errors (GPU only)
+
+#[test]
+fn noise_matches_cpu_stream() {
+    let Some(d) = gpu_device() else { return };
+    let bl = blob("a_ddpm", "f32", &[]);
+    let m = bl.model();
+    let mut g = GpuModel::new(&d, &m, 3).unwrap();
+    let len = m.in_channels() * m.height() * m.width();
+    let mut worst = 0f32;
+    for (seed, first, draw) in [(0u64, 0u32, 0u32), (7, 5, 1), (u64::MAX, u32::MAX - 1, 999)] {
+        let got = g.noise(seed, first, draw).unwrap();
+        let mut want = vec![0f32; 3 * len];
+        for (n, img) in want.chunks_mut(len).enumerate() {
+            ddpm_core::rng::fill_normal(img, seed, first.wrapping_add(n as u32), draw);
+        }
+        worst = worst.max(max_diff(&got, &want));
+    }
+    eprintln!("noise: max |gpu - cpu| over 3 x {} draws: {worst:.3e}", 3 * len);
+    assert!(worst <= 1e-4, "GPU noise differs from the CPU stream by {worst:e}");
+}
+
+#[test]
+fn errors_are_values() {
+    let Some(d) = gpu_device() else { return };
+    let bl = blob("b_scale_shift", "f32", &[]);
+    let m = bl.model();
+    let mut g = GpuModel::new(&d, &m, 1).unwrap();
+    let il = m.in_channels() * m.height() * m.width();
+    assert!(g.forward(&vec![0.0; il], 1.0, None).is_err(), "class required");
+    assert!(g.forward(&vec![0.0; il], 1.0, Some(10)).is_err(), "class out of range");
+    assert!(g.forward(&vec![0.0; il + 1], 1.0, Some(1)).is_err(), "bad shape");
+    assert!(g.forward(&vec![0.0; il], f32::NAN, Some(1)).is_err(), "bad timestep");
+    assert!(g.step().is_err(), "no run");
+    assert!(g.start(spec(Method::Ddpm, 0, Some(1)), None).is_err(), "zero steps");
+    let e = Device::new(Some("no such device name")).unwrap_err();
+    eprintln!("{e}");
+    assert!(matches!(e, ddpm_gpu::Error::DeviceNotFound { .. }));
+    assert!(GpuModel::new(&d, &m, 0).is_err());
+}
+
+/// x_T given by the caller (noise replayed from elsewhere), the step-wise API, and a `forward` call in the
+/// middle of a run, which must not disturb it.
+#[test]
+fn replayed_start_and_stepwise_run() {
+    let Some(d) = gpu_device() else { return };
+    let bl = blob("b_scale_shift", "f32", &["--scheduler-set", "variance_type=\"learned_range\""]);
+    let m = bl.model();
+    let spec = spec(Method::Ddpm, 5, Some(7));
+    let len = m.in_channels() * m.height() * m.width();
+    let x_t = inputs(2 * len, 99);
+
+    let s = Sampler::new(&m, spec).unwrap();
+    let mut arena = vec![0u8; s.arena_bytes() + 16];
+    let mut st = s.start(&mut arena, Some(&x_t)).unwrap();
+    while st.done < s.num_steps() {
+        s.step(&mut arena, &mut st, None).unwrap();
+    }
+    let want = s.samples(&mut arena).to_vec();
+
+    let mut g = GpuModel::new(&d, &m, 2).unwrap();
+    assert_eq!(g.start(spec, Some(&x_t)).unwrap(), 5);
+    assert_eq!(g.step().unwrap(), 1);
+    assert_eq!(g.step().unwrap(), 2);
+    let x = inputs(2 * len, 5);
+    let fwd = g.forward(&x, 3.0, Some(1)).unwrap();
+    assert!(max_diff(&fwd, &cpu_forward(&m, &x, 2, 3.0, Some(1))) <= F32_TOL * max_abs(&fwd));
+    while g.progress().is_some_and(|(done, total)| done < total) {
+        g.step().unwrap();
+    }
+    assert!(matches!(g.step(), Err(ddpm_gpu::Error::NoRun)));
+    let got = g.samples().unwrap();
+    let err = max_diff(&got, &want);
+    eprintln!("replayed x_T, DDPM 5 steps with a forward call mid-run: max |gpu - cpu| {err:.3e}");
+    assert!(err <= SAMPLE_TOL);
+}
+
+/// A little-endian f32 `.npy` file's data.
+fn read_npy_f32(path: &Path) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
+    let (len, start) = if b[6] == 1 {
+        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
+    } else {
+        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
+    };
+    let header = std::str::from_utf8(&b[start..start + len]).unwrap();
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    b[start + len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn file_blob(path: &Path) -> Blob {
+    let bytes = std::fs::read(path).unwrap();
+    let mut words = vec![0u128; bytes.len().div_ceil(16)];
+    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+    Blob(words, bytes.len())
+}
+
+/// The shipped MNIST model's golden run (tests/fixtures/golden: seed 0, 4 images, 20 DDIM steps) on the
+/// device: against the committed CPU output and against diffusers' own loop on the same noise.
+#[test]
+fn golden_mnist_ddim20() {
+    let Some(d) = gpu_device() else { return };
+    let golden = workspace().join("tests/fixtures/golden");
+    let torch = read_npy_f32(&golden.join("torch_ddim20.npy"));
+    let spec =
+        SampleSpec { method: Method::Ddim { eta: 0.0 }, steps: 20, batch: 4, seed: 0, class: None, first_image: 0 };
+    for (precision, torch_tol) in [("f32", 1e-3f32), ("f16", 1e-2)] {
+        let bl = file_blob(&workspace().join(format!("weights/mnist/mnist-{precision}.blob")));
+        let m = bl.model();
+        let cpu = read_npy_f32(&golden.join(format!("ours_ddim20_{precision}.npy")));
+        let got = GpuModel::new(&d, &m, 4).unwrap().sample(spec, None, &mut |_, _| {}).unwrap();
+        let (e_cpu, e_torch) = (max_diff(&got, &cpu), max_diff(&got, &torch));
+        eprintln!("golden MNIST DDIM 20 {precision}: max |gpu - cpu| {e_cpu:.3e}, max |gpu - diffusers| {e_torch:.3e}");
+        assert!(e_cpu <= SAMPLE_TOL, "{precision}: gpu vs cpu {e_cpu:e}");
+        assert!(e_torch <= torch_tol, "{precision}: gpu vs diffusers {e_torch:e}");
+    }
+}
