@@ -220,7 +220,7 @@ def parse_inspect(text):
     return params, gflop, blob, arena
 
 
-BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) threads (\d+) gflops ([0-9.]+)")
+BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) batch \d+ cpu threads (\d+) gflops ([0-9.]+)")
 
 
 def rust_bench(binary, blob, threads, iters):

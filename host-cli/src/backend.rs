@@ -36,6 +36,54 @@ pub fn gpu_sample(
     Ok(g.sample(spec, x_t, progress)?)
 }
 
+/// GPU timings: forward milliseconds per batch, and the seconds of a whole sampling run if asked.
+#[cfg(feature = "gpu")]
+pub fn gpu_bench(
+    m: &Model<'_>,
+    device: Option<&str>,
+    x: &[f32],
+    batch: u32,
+    iters: usize,
+    warmup: usize,
+    sample: Option<SampleSpec>,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    let dev = ddpm_gpu::Device::new(device)?;
+    eprintln!("note: running on {}", dev.name());
+    let mut g = ddpm_gpu::GpuModel::new(&dev, m, batch)?;
+    let class = (m.num_classes() > 0).then_some(0);
+    let mut times = Vec::new();
+    for i in 0..warmup + iters.max(1) {
+        let t0 = std::time::Instant::now();
+        g.forward(x, 500.0, class)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let sample_s = match sample {
+        Some(spec) => {
+            let t0 = std::time::Instant::now();
+            g.sample(spec, None, &mut |_, _| {})?;
+            Some(t0.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    Ok((times, sample_s))
+}
+
+/// GPU timings (not built in: an error saying how to build it).
+#[cfg(not(feature = "gpu"))]
+pub fn gpu_bench(
+    _: &Model<'_>,
+    _: Option<&str>,
+    _: &[f32],
+    _: u32,
+    _: usize,
+    _: usize,
+    _: Option<SampleSpec>,
+) -> Result<(Vec<f64>, Option<f64>)> {
+    Err(not_built())
+}
+
 #[cfg(not(feature = "gpu"))]
 fn not_built() -> anyhow::Error {
     anyhow::anyhow!(

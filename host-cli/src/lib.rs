@@ -2,6 +2,7 @@
 //! front end over these modules; the integration tests use them directly.
 
 pub mod backend;
+pub mod bench;
 pub mod blobfile;
 pub mod convert;
 pub mod image;

@@ -7,7 +7,6 @@ use host_cli::{blobfile, convert, load, sample};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -189,9 +188,21 @@ enum Cmd {
         /// Untimed warm-up passes.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
-        /// Also print the time spent in each kind of op.
+        /// Also print the time spent in each kind of op (CPU).
         #[arg(long)]
         per_op: bool,
+        /// Where the network runs.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// GPU device: an index or a name substring.
+        #[arg(long)]
+        device: Option<String>,
+        /// Images per forward pass (GPU: one dispatch per op for the whole batch; CPU: one after another).
+        #[arg(long, default_value_t = 1)]
+        batch: u32,
+        /// Also time a whole DDPM run of this many steps on the batch and print images per second.
+        #[arg(long)]
+        sample_steps: Option<u32>,
     },
 }
 
@@ -321,48 +332,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
         }
-        Cmd::Bench { model, iters, warmup, per_op } => {
+        Cmd::Bench { model, iters, warmup, per_op, backend, device, batch, sample_steps } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
-            let mut arena = blobfile::arena(m.arena_bytes());
-            let x: Vec<f32> = (0..m.in_channels() * m.height() * m.width())
-                .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
-                .collect();
-            let mut y = vec![0f32; m.out_channels() * m.height() * m.width()];
-            let class = (m.num_classes() > 0).then_some(0);
-            let mut times = Vec::new();
-            let mut per_kind: std::collections::BTreeMap<&str, f64> = Default::default();
-            for i in 0..warmup + iters.max(1) {
-                let t0 = Instant::now();
-                let mut last = t0;
-                let timed = i >= warmup;
-                let mut after = |_: usize, op: &ddpm_core::program::Op| {
-                    if per_op && timed {
-                        let now = Instant::now();
-                        *per_kind.entry(op.name()).or_default() += (now - last).as_secs_f64() * 1e3;
-                        last = now;
-                    }
-                };
-                m.forward_observed(bytemuck::cast_slice_mut(&mut arena), &x, 500.0, class, &mut y, &mut after)?;
-                if timed {
-                    times.push(t0.elapsed().as_secs_f64() * 1e3);
-                }
+            if batch == 0 {
+                bail!("--batch must be at least 1");
             }
-            let timed_runs = iters.max(1) as f64;
-            let mut kinds: Vec<_> = per_kind.into_iter().collect();
-            kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
-            for (name, ms) in kinds {
-                println!("  {name:<14} {:9.3} ms per forward", ms / timed_runs);
-            }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            println!(
-                "forward_ms median {median:.3} min {:.3} threads {} gflops {:.2}",
-                times[0],
-                rayon::current_num_threads(),
-                m.flops() as f64 / median / 1e6
-            );
-            Ok(())
+            let gpu = (backend == BackendArg::Gpu).then_some(device.as_deref());
+            host_cli::bench::run(&m, gpu, batch, iters, warmup, per_op, sample_steps)
         }
     }
 }
