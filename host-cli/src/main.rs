@@ -39,6 +39,24 @@ enum BackendArg {
     Gpu,
 }
 
+/// Where the network runs: shared by `sample`, `forward` and `bench`.
+#[derive(clap::Args)]
+struct BackendOpts {
+    /// Where the network runs.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
+    /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl BackendOpts {
+    /// `Some(device selector)` for the GPU, `None` for the CPU.
+    fn gpu(&self) -> Option<Option<&str>> {
+        (self.backend == BackendArg::Gpu).then_some(self.device.as_deref())
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SamplerArg {
     Ddpm,
@@ -96,12 +114,8 @@ enum Cmd {
         /// What the GIF shows.
         #[arg(long, value_enum, default_value = "x0")]
         gif_of: GifOfArg,
-        /// Where the network runs.
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendArg,
-        /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        on: BackendOpts,
     },
     /// Convert a checkpoint (torch.save file, .safetensors, or diffusers folder) into a model blob.
     Convert {
@@ -171,12 +185,8 @@ enum Cmd {
         /// Where to write the output, float32 .npy of shape [N, out_channels, H, W].
         #[arg(short, long)]
         output: PathBuf,
-        /// Where the network runs.
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendArg,
-        /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        on: BackendOpts,
     },
     /// Benchmark the forward pass at batch 1 on random input and print milliseconds per forward.
     Bench {
@@ -191,12 +201,8 @@ enum Cmd {
         /// Also print the time spent in each kind of op (CPU).
         #[arg(long)]
         per_op: bool,
-        /// Where the network runs.
-        #[arg(long, value_enum, default_value = "cpu")]
-        backend: BackendArg,
-        /// GPU device: an index or a name substring.
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        on: BackendOpts,
         /// Images per forward pass (GPU: one dispatch per op for the whole batch; CPU: one after another).
         #[arg(long, default_value_t = 1)]
         batch: u32,
@@ -255,23 +261,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Sample {
-            model,
-            num,
-            seed,
-            steps,
-            sampler,
-            eta,
-            class,
-            noise,
-            output,
-            each,
-            npy,
-            gif,
-            gif_of,
-            backend,
-            device,
-        } => {
+        Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of, on } => {
             let blob = blobfile::read_or_default(model.as_deref())?;
             let method = match sampler {
                 SamplerArg::Ddpm => Method::Ddpm,
@@ -281,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
                 GifOfArg::Xt => sample::GifOf::Xt,
                 GifOfArg::X0 => sample::GifOf::X0,
             };
-            let gpu = (backend == BackendArg::Gpu).then_some(device);
+            let gpu = on.gpu().map(|d| d.map(str::to_string));
             let args =
                 sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of, gpu };
             sample::run(&blob.model()?, &args)
@@ -302,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
             load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)
         }
         Cmd::Inspect { model } => inspect(&blobfile::read_or_default(model.as_deref())?.model()?),
-        Cmd::Forward { model, input, timestep, class, output, backend, device } => {
+        Cmd::Forward { model, input, timestep, class, output, on } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let (shape, data) = load::read_npy(&input)?;
@@ -319,9 +309,9 @@ fn run(cli: Cli) -> Result<()> {
             let n = shape[0];
             let (per_in, per_out) =
                 (m.in_channels() * m.height() * m.width(), m.out_channels() * m.height() * m.width());
-            let out = if backend == BackendArg::Gpu {
+            let out = if let Some(device) = on.gpu() {
                 let n = u32::try_from(n).context("batch too large")?;
-                host_cli::backend::gpu_forward(&m, device.as_deref(), &data, n, timestep, class)?
+                host_cli::backend::gpu_forward(&m, device, &data, n, timestep, class)?
             } else {
                 let mut arena = blobfile::arena(m.arena_bytes());
                 let mut out = vec![0f32; n * per_out];
@@ -332,14 +322,13 @@ fn run(cli: Cli) -> Result<()> {
             };
             load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
         }
-        Cmd::Bench { model, iters, warmup, per_op, backend, device, batch, sample_steps } => {
+        Cmd::Bench { model, iters, warmup, per_op, on, batch, sample_steps } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }
-            let gpu = (backend == BackendArg::Gpu).then_some(device.as_deref());
-            host_cli::bench::run(&m, gpu, batch, iters, warmup, per_op, sample_steps)
+            host_cli::bench::run(&m, on.gpu(), batch, iters, warmup, per_op, sample_steps)
         }
     }
 }
