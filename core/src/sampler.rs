@@ -203,6 +203,12 @@ pub struct Sampler<'m, 'a> {
     learned: bool,
 }
 
+fn split_f32_ref(arena: &[u8]) -> &[f32] {
+    let skip = arena.as_ptr().align_offset(ALIGN).min(arena.len());
+    let usable = (arena.len() - skip) / 4 * 4;
+    bytemuck::try_cast_slice(&arena[skip..skip + usable]).unwrap_or(&[])
+}
+
 fn split_f32(arena: &mut [u8]) -> &mut [f32] {
     let skip = arena.as_ptr().align_offset(ALIGN).min(arena.len());
     let usable = (arena.len() - skip) / 4 * 4;
@@ -364,15 +370,15 @@ impl<'m, 'a> Sampler<'m, 'a> {
     }
 
     /// The current samples x_t (after the last step: x_0), N·C·H·W.
-    pub fn samples<'b>(&self, arena: &'b mut [u8]) -> &'b [f32] {
+    pub fn samples<'b>(&self, arena: &'b [u8]) -> &'b [f32] {
         let [_, x, x0, ..] = self.offsets();
-        split_f32(arena).get(x..x0).unwrap_or(&[])
+        split_f32_ref(arena).get(x..x0).unwrap_or(&[])
     }
 
     /// The prediction of x_0 made by the last step (after clipping or thresholding), N·C·H·W.
-    pub fn pred_original<'b>(&self, arena: &'b mut [u8]) -> &'b [f32] {
+    pub fn pred_original<'b>(&self, arena: &'b [u8]) -> &'b [f32] {
         let [_, _, x0, mo, ..] = self.offsets();
-        split_f32(arena).get(x0..mo).unwrap_or(&[])
+        split_f32_ref(arena).get(x0..mo).unwrap_or(&[])
     }
 }
 
