@@ -196,7 +196,7 @@ impl Backend {
                 while st.done < s.num_steps() {
                     s.step(&mut arena, &mut st, None).unwrap();
                 }
-                s.samples(&mut arena).to_vec()
+                s.samples(&arena).to_vec()
             }
             Backend::Gpu(d) => {
                 let mut g = GpuModel::new(d, m, spec.batch).unwrap();
@@ -374,7 +374,7 @@ fn replayed_start_and_stepwise_run() {
     while st.done < s.num_steps() {
         s.step(&mut arena, &mut st, None).unwrap();
     }
-    let want = s.samples(&mut arena).to_vec();
+    let want = s.samples(&arena).to_vec();
 
     let mut g = GpuModel::new(&d, &m, 2).unwrap();
     assert_eq!(g.start(spec, Some(&x_t)).unwrap(), 5);
