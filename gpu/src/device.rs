@@ -100,7 +100,10 @@ impl Device {
                     PhysicalDeviceType::Cpu => 3,
                     _ => 4,
                 };
-                devices.iter().min_by_key(|(p, _)| rank(p.properties().device_type)).expect("non-empty")
+                devices
+                    .iter()
+                    .min_by_key(|(p, _)| rank(p.properties().device_type))
+                    .ok_or_else(|| Error::NoDevice(format!("no device with a compute queue. {HINT}")))?
             }
         };
         let (physical, family) = chosen.clone();
