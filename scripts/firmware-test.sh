@@ -6,7 +6,7 @@
 # bare-metal target and QEMU only when missing.
 #
 # Environment (optional):
-#   FIRMWARE_MODELS   space-separated checkpoints/diffusers folders (default tests/fixtures/unet/a_ddpm)
+#   FIRMWARE_MODELS   space-separated checkpoints/diffusers folders (default: the a_ddpm fixture and the shipped MNIST model)
 #   DDPM_SEED         seed (default 7)
 #   DDPM_STEPS        inference steps (default 10)
 #   FIRMWARE_TIMEOUT  seconds per QEMU run (default 300)
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODELS=${FIRMWARE_MODELS:-tests/fixtures/unet/a_ddpm}
+MODELS=${FIRMWARE_MODELS:-tests/fixtures/unet/a_ddpm weights/mnist/model}
 SEED=${DDPM_SEED:-7}
 STEPS=${DDPM_STEPS:-10}
 TIMEOUT=${FIRMWARE_TIMEOUT:-300}
