@@ -39,6 +39,21 @@ enum BackendArg {
     Gpu,
 }
 
+/// Which images and which noise: shared by `sample` and `noise`, so that `noise` writes exactly what the same
+/// `sample` arguments draw.
+#[derive(clap::Args)]
+struct RunOpts {
+    /// Number of images.
+    #[arg(short = 'n', long = "num", default_value_t = 16)]
+    num: u32,
+    /// Seed of the noise stream: the same seed gives the same images on every machine and thread count.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Inference steps (default: the training steps for DDPM, 50 for DDIM).
+    #[arg(long)]
+    steps: Option<u32>,
+}
+
 /// Where the network runs: shared by `sample`, `forward` and `bench`.
 #[derive(clap::Args)]
 struct BackendOpts {
@@ -77,15 +92,8 @@ enum Cmd {
     Sample {
         /// The model blob (default: the built-in MNIST model, see weights/mnist/README.md).
         model: Option<PathBuf>,
-        /// Number of images.
-        #[arg(short = 'n', long = "num", default_value_t = 16)]
-        num: u32,
-        /// Seed of the noise stream: the same seed gives the same images on every machine and thread count.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Inference steps (default: the training steps for DDPM, 50 for DDIM).
-        #[arg(long)]
-        steps: Option<u32>,
+        #[command(flatten)]
+        run: RunOpts,
         /// Sampling algorithm.
         #[arg(long, value_enum, default_value = "ddpm")]
         sampler: SamplerArg,
@@ -147,19 +155,13 @@ enum Cmd {
         scheduler_sets: Vec<String>,
     },
     /// Write the noise `sample --seed S` draws, as float32 .npy [K+1, N, C, H, W] ([0] = x_T, [i] = the noise of
-    /// step i), to replay our run in PyTorch (or back through `sample --noise`).
+    /// step i), to replay our run in PyTorch (or back through `sample --noise`). Give the same -n, --seed and
+    /// --steps as the sample run (without --steps: the training steps).
     Noise {
         /// The model blob (for the sample shape and the schedule).
         model: PathBuf,
-        /// Number of images.
-        #[arg(short = 'n', long = "num", default_value_t = 16)]
-        num: u32,
-        /// Seed of the noise stream.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Inference steps K (default: the training steps).
-        #[arg(long)]
-        steps: Option<u32>,
+        #[command(flatten)]
+        run: RunOpts,
         /// Where to write the array.
         #[arg(short, long)]
         output: PathBuf,
@@ -261,7 +263,20 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Sample { model, num, seed, steps, sampler, eta, class, noise, output, each, npy, gif, gif_of, on } => {
+        Cmd::Sample {
+            model,
+            run: RunOpts { num, seed, steps },
+            sampler,
+            eta,
+            class,
+            noise,
+            output,
+            each,
+            npy,
+            gif,
+            gif_of,
+            on,
+        } => {
             let blob = blobfile::read_or_default(model.as_deref())?;
             let method = match sampler {
                 SamplerArg::Ddpm => Method::Ddpm,
@@ -276,7 +291,7 @@ fn run(cli: Cli) -> Result<()> {
                 sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of, gpu };
             sample::run(&blob.model()?, &args)
         }
-        Cmd::Noise { model, num, seed, steps, output } => {
+        Cmd::Noise { model, run: RunOpts { num, seed, steps }, output } => {
             let blob = AlignedBlob::read(&model)?;
             let m = blob.model()?;
             let k = steps.unwrap_or(m.schedule().num_train_timesteps);
