@@ -180,6 +180,17 @@ impl<'a> Exec<'_, 'a> {
 }
 
 impl Model<'_> {
+    /// Checks a class label against the model: required (and below the number of classes) for a
+    /// class-conditional model, absent for an unconditional one.
+    pub fn check_class(&self, class: Option<u32>) -> Result<(), RunError> {
+        match (class, self.num_classes()) {
+            (Some(_), 0) => Err(RunError::ClassNotSupported),
+            (None, n) if n > 0 => Err(RunError::ClassRequired),
+            (Some(c), n) if c >= n => Err(RunError::ClassOutOfRange { class: c, num_classes: n }),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs the network on one sample: `out = model(x, t, class)`.
     ///
     /// `x` is `(in_channels, height, width)` and `out` is `(out_channels, height, width)`, both f32 row-major.
@@ -217,12 +228,7 @@ impl Model<'_> {
         if !t.is_finite() {
             return Err(RunError::BadTimestep);
         }
-        match (class, self.num_classes()) {
-            (Some(_), 0) => return Err(RunError::ClassNotSupported),
-            (None, n) if n > 0 => return Err(RunError::ClassRequired),
-            (Some(c), n) if c >= n => return Err(RunError::ClassOutOfRange { class: c, num_classes: n }),
-            _ => {}
-        }
+        self.check_class(class)?;
         let a = arena_f32(arena, self.arena_bytes())?;
         let exec = Exec { m: self, t, class };
         let input = exec.value(self.input_value())?;

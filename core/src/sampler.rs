@@ -235,12 +235,7 @@ impl<'m, 'a> Sampler<'m, 'a> {
         if !fixed_ok && !learned {
             return Err(SampleError::OutputChannels);
         }
-        match (spec.class, model.num_classes()) {
-            (Some(_), 0) => return Err(RunError::ClassNotSupported.into()),
-            (None, n) if n > 0 => return Err(RunError::ClassRequired.into()),
-            (Some(c), n) if c >= n => return Err(RunError::ClassOutOfRange { class: c, num_classes: n }.into()),
-            _ => {}
-        }
+        model.check_class(spec.class)?;
         let sample_len = cin * model.height() * model.width();
         Ok(Sampler { model, spec, steps, sample_len, learned })
     }
