@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Firmware check (issue 5, point 5): ddpm-core samples an image on a Cortex-M4F under QEMU (mps2-an386),
-# bit-identical to the host. For each model, precision (f32, f16) and sampler (ddim, ddpm) it converts the
+# bit-identical to the host. For each model, precision (f32, f16, int8) and sampler (ddim, ddpm) it converts the
 # model with host-cli, builds firmware/ with that blob embedded, runs it under qemu-system-arm, and requires the
 # firmware's `checksum` line to equal `host-cli sample`'s for the same seed and steps. Idempotent: installs the
 # bare-metal target and QEMU only when missing.
 #
 # Environment (optional):
 #   FIRMWARE_MODELS   space-separated checkpoints/diffusers folders (default: the a_ddpm fixture and the shipped MNIST model)
+#   FIRMWARE_PRECISIONS  space-separated precisions (default: f32 f16 int8)
 #   DDPM_SEED         seed (default 7)
 #   DDPM_STEPS        inference steps (default 10)
 #   FIRMWARE_TIMEOUT  seconds per QEMU run (default 300)
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 MODELS=${FIRMWARE_MODELS:-tests/fixtures/unet/a_ddpm weights/mnist/model}
 SEED=${DDPM_SEED:-7}
 STEPS=${DDPM_STEPS:-10}
+PRECISIONS=${FIRMWARE_PRECISIONS:-f32 f16 int8}
 TIMEOUT=${FIRMWARE_TIMEOUT:-300}
 FW=firmware
 BLOBS=$FW/target/blobs          # converted blobs (firmware/build.rs defaults to a_ddpm_f16.blob here)
@@ -63,7 +65,7 @@ for model in $MODELS; do
     name=${name%.*}
     # A pipeline's generic folder name (weights/mnist/model) says less than its parent's.
     case $name in model | unet) name=$(basename "$(dirname "${model%/}")") ;; esac
-    for precision in f32 f16; do
+    for precision in $PRECISIONS; do
         blob=$PWD/$BLOBS/${name}_$precision.blob
         echo "== $name $precision: convert"
         if ! convert "$model" "$precision" "$blob"; then

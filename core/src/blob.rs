@@ -4,7 +4,10 @@
 //! place (from flash, an mmap or a buffer) by [`Model::new_checked`], which validates every field, table and
 //! op once. After that no accessor can read out of bounds or panic.
 //!
-//! # Layout, format version 1
+//! # Layout, format version 2
+//!
+//! Version 2 adds the value type table (header offset 116) for quantized programs. A blob without one is written
+//! as version 1, which older readers understand; this reader accepts both.
 //!
 //! Everything is little-endian. Offsets are in bytes from the start of the blob; the blob must sit at a
 //! 16-byte aligned address so that tensors can be viewed in place. Sizes are `u32`, so a blob is < 4 GiB.
@@ -17,7 +20,7 @@
 //! | 12  | u32 | header size (128) |
 //! | 16  | u64 | total blob size in bytes |
 //! | 24  | u64 | FNV-1a 64 checksum of bytes `32..total` |
-//! | 32  | u32 | precision of the weights: 0 = f32, 1 = f16 |
+//! | 32  | u32 | precision of the weights: 0 = f32, 1 = f16, 2 = int8 |
 //! | 36  | u32 | model family: 1 = diffusers `UNet2DModel` |
 //! | 40  | u32 | in_channels |
 //! | 44  | u32 | out_channels |
@@ -33,18 +36,27 @@
 //! | 100 | u32 | input value index (`in_channels × height × width`) |
 //! | 104 | u32 | output value index (`out_channels × height × width`) |
 //! | 108 | u32, u32 | source config JSON: offset, length within the string section |
-//! | 116 | 12 bytes | reserved, zero |
+//! | 116 | u32, u32 | value type table: offset, count (8-byte records; version 2; count 0 or the value count) |
+//! | 124 | 4 bytes | reserved, zero |
 //!
 //! ## Tensor record (40 bytes)
-//! `name_off u32, name_len u32` (within the string section), `dtype u32` (0 = f32, 1 = f16),
+//! `name_off u32, name_len u32` (within the string section), `dtype u32` (0 = f32, 1 = f16, 2 = i8, 3 = i16,
+//! 4 = i32),
 //! `ndim u32` (1..=4), `dims [u32; 4]` (unused trailing dims are 1), `data_off u32`, `data_len u32`.
 //! Data is 16-byte aligned and `data_len = product(dims) × size_of(dtype)`. In an f16 blob, matrices and
-//! convolution kernels are f16; biases and norm parameters (1-D tensors) stay f32.
+//! convolution kernels are f16; biases and norm parameters (1-D tensors) stay f32. In an int8 blob, kernels are
+//! i8 with one scale per output channel, folded with the activation scales into i32 requantization tables
+//! (see [`crate::program`]); biases are i32; norm parameters stay f32.
 //!
 //! ## Activation value record (16 bytes)
-//! `arena_off u32, c u32, h u32, w u32`: an f32 tensor `(c, h, w)` at byte `arena_off` (16-byte aligned) of the
+//! `arena_off u32, c u32, h u32, w u32`: a tensor `(c, h, w)` at byte `arena_off` (16-byte aligned) of the
 //! forward arena. The converter plans these offsets by liveness; values whose lifetimes do not overlap share
 //! memory. Every value must fit within the arena size stated in the header.
+//!
+//! ## Value type record (8 bytes, version 2)
+//! `dtype u32, scale f32`, one per value in value order. dtype: 0 = f32, 2 = i8, 3 = i16, 4 = i32 (scratch).
+//! An i8/i16 value `q` stands for the real number `q × scale` (symmetric, no zero point; `scale` finite and > 0);
+//! for f32 and i32 values `scale` is 0. Without the table every value is f32.
 //!
 //! ## Schedule record (64 bytes)
 //! | off | type | field (diffusers scheduler option) |
@@ -80,14 +92,18 @@ use crate::program::{self, Op};
 
 /// The 8 bytes every blob starts with.
 pub const MAGIC: [u8; 8] = *b"DDPMBLOB";
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes for quantized programs (it reads 1 and 2).
+pub const VERSION: u32 = 2;
+/// The format version of a blob without a value type table (every value f32).
+pub const VERSION_FLOAT: u32 = 1;
 /// Size of the fixed header.
 pub const HEADER_BYTES: usize = 128;
 /// Size of one tensor record.
 pub const TENSOR_RECORD_BYTES: usize = 40;
 /// Size of one activation value record.
 pub const VALUE_RECORD_BYTES: usize = 16;
+/// Size of one value type record.
+pub const VALUE_TYPE_RECORD_BYTES: usize = 8;
 /// Size of one op record.
 pub const OP_RECORD_BYTES: usize = 64;
 /// Size of the schedule record.
@@ -104,6 +120,12 @@ pub enum DType {
     F32,
     /// IEEE binary16.
     F16,
+    /// Signed 8-bit integer.
+    I8,
+    /// Signed 16-bit integer.
+    I16,
+    /// Signed 32-bit integer.
+    I32,
 }
 
 impl DType {
@@ -112,6 +134,9 @@ impl DType {
         match self {
             DType::F32 => 0,
             DType::F16 => 1,
+            DType::I8 => 2,
+            DType::I16 => 3,
+            DType::I32 => 4,
         }
     }
     /// Decodes a tensor record's dtype code.
@@ -119,14 +144,30 @@ impl DType {
         match c {
             0 => Some(DType::F32),
             1 => Some(DType::F16),
+            2 => Some(DType::I8),
+            3 => Some(DType::I16),
+            4 => Some(DType::I32),
             _ => None,
         }
     }
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::F16 => 2,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::I16 => 2,
+            DType::I8 => 1,
+        }
+    }
+    /// Whether values of this type stand for `q × scale` (i8, i16).
+    pub const fn is_quantized(self) -> bool {
+        matches!(self, DType::I8 | DType::I16)
+    }
+    /// The largest magnitude a quantized value may hold (symmetric range).
+    pub const fn qmax(self) -> i32 {
+        match self {
+            DType::I8 => 127,
+            DType::I16 => 32767,
+            _ => 0,
         }
     }
 }
@@ -138,6 +179,8 @@ pub enum Precision {
     F32,
     /// f16 matrices and kernels, f32 vectors, f32 accumulation.
     F16,
+    /// Fixed point: i8 kernels, i8/i16 activations, i32 accumulation.
+    Int8,
 }
 
 impl Precision {
@@ -146,6 +189,7 @@ impl Precision {
         match self {
             Precision::F32 => 0,
             Precision::F16 => 1,
+            Precision::Int8 => 2,
         }
     }
     /// Decodes the header's precision code.
@@ -153,6 +197,7 @@ impl Precision {
         match c {
             0 => Some(Precision::F32),
             1 => Some(Precision::F16),
+            2 => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -161,6 +206,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -320,6 +366,12 @@ pub enum TensorView<'a> {
     F32(&'a [f32]),
     /// f16 data.
     F16(&'a [f16]),
+    /// i8 data.
+    I8(&'a [i8]),
+    /// i16 data.
+    I16(&'a [i16]),
+    /// i32 data.
+    I32(&'a [i32]),
 }
 
 impl TensorView<'_> {
@@ -328,17 +380,23 @@ impl TensorView<'_> {
         match self {
             TensorView::F32(d) => d.len(),
             TensorView::F16(d) => d.len(),
+            TensorView::I8(d) => d.len(),
+            TensorView::I16(d) => d.len(),
+            TensorView::I32(d) => d.len(),
         }
     }
     /// Whether the tensor has no elements (never true for a validated blob).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The element at `i` as f32 (0.0 when out of range).
+    /// The element at `i` as f32 (integers as they are stored; 0.0 when out of range).
     pub fn get_f32(&self, i: usize) -> f32 {
         match self {
             TensorView::F32(d) => d.get(i).copied().unwrap_or(0.0),
             TensorView::F16(d) => d.get(i).map(|v| v.to_f32()).unwrap_or(0.0),
+            TensorView::I8(d) => d.get(i).map(|&v| f32::from(v)).unwrap_or(0.0),
+            TensorView::I16(d) => d.get(i).map(|&v| f32::from(v)).unwrap_or(0.0),
+            TensorView::I32(d) => d.get(i).map(|&v| v as f32).unwrap_or(0.0),
         }
     }
 }
@@ -369,8 +427,8 @@ impl TensorInfo<'_> {
     }
 }
 
-/// Shape and arena placement of one activation value (an f32 tensor `(c, h, w)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Shape, type and arena placement of one activation value (a tensor `(c, h, w)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ValueInfo {
     /// Byte offset in the forward arena.
     pub offset: usize,
@@ -380,16 +438,24 @@ pub struct ValueInfo {
     pub h: usize,
     /// Width.
     pub w: usize,
+    /// Element type (f32, i8, i16 or i32).
+    pub dtype: DType,
+    /// For i8/i16: the real value of one integer step; 0 otherwise.
+    pub scale: f32,
 }
 
 impl ValueInfo {
-    /// Number of f32 elements.
+    /// Number of elements.
     pub const fn numel(&self) -> usize {
         self.c * self.h * self.w
     }
-    /// The range of f32 elements it occupies in the arena.
+    /// The range of f32 elements it occupies in the arena (meaningful for f32 values).
     pub const fn range(&self) -> core::ops::Range<usize> {
         self.offset / 4..self.offset / 4 + self.numel()
+    }
+    /// The range of bytes it occupies in the arena.
+    pub const fn byte_range(&self) -> core::ops::Range<usize> {
+        self.offset..self.offset + self.numel() * self.dtype.size()
     }
 }
 
@@ -407,6 +473,7 @@ pub struct Model<'a> {
     arena_bytes: usize,
     tensors: &'a [u8],
     values: &'a [u8],
+    value_types: &'a [u8],
     ops: &'a [u8],
     strings: &'a [u8],
     schedule: Schedule,
@@ -459,7 +526,7 @@ impl<'a> Model<'a> {
             return Err(BlobError::BadMagic);
         }
         let version = u32_at(blob, 8);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_FLOAT {
             return Err(BlobError::UnsupportedVersion(version));
         }
         if u32_at(blob, 12) as usize != HEADER_BYTES {
@@ -478,7 +545,8 @@ impl<'a> Model<'a> {
         if !(blob.as_ptr() as usize).is_multiple_of(ALIGN) {
             return Err(BlobError::Misaligned);
         }
-        if blob[116..128].iter().any(|&b| b != 0) {
+        let reserved = if version == VERSION_FLOAT { 116 } else { 124 };
+        if blob[reserved..128].iter().any(|&b| b != 0) {
             return Err(BlobError::BadField("header reserved"));
         }
         let precision = Precision::from_code(u32_at(blob, 32)).ok_or(BlobError::BadField("precision"))?;
@@ -500,6 +568,13 @@ impl<'a> Model<'a> {
         let tensors = table(blob, 64, TENSOR_RECORD_BYTES, "tensors")?;
         let values = table(blob, 72, VALUE_RECORD_BYTES, "values")?;
         let ops = table(blob, 80, OP_RECORD_BYTES, "ops")?;
+        let value_types = match u32_at(blob, 120) {
+            0 => &[][..],
+            _ => table(blob, 116, VALUE_TYPE_RECORD_BYTES, "value types")?,
+        };
+        if !value_types.is_empty() && value_types.len() / VALUE_TYPE_RECORD_BYTES != values.len() / VALUE_RECORD_BYTES {
+            return Err(BlobError::BadSection("value types"));
+        }
         let strings = table(blob, 88, 1, "strings")?;
         let sched_off = u32_at(blob, 96) as usize;
         if sched_off < HEADER_BYTES || !sched_off.is_multiple_of(4) {
@@ -523,6 +598,7 @@ impl<'a> Model<'a> {
             arena_bytes,
             tensors,
             values,
+            value_types,
             ops,
             strings,
             schedule,
@@ -539,7 +615,7 @@ impl<'a> Model<'a> {
             }
         }
         let sample = |v: u32, c: usize, name| match model.value(v) {
-            Some(vi) if vi.c == c && vi.h == height && vi.w == width => Ok(()),
+            Some(vi) if vi.c == c && vi.h == height && vi.w == width && vi.dtype == DType::F32 => Ok(()),
             _ => Err(BlobError::BadField(name)),
         };
         sample(model.input, in_channels, "input value")?;
@@ -593,10 +669,15 @@ impl<'a> Model<'a> {
             if !off.is_multiple_of(ALIGN) || c == 0 || h == 0 || w == 0 {
                 return Err(bad);
             }
+            let (dtype, scale) = self.value_type(i).ok_or(bad)?;
+            let scale_ok = if dtype.is_quantized() { scale.is_finite() && scale > 0.0 } else { scale == 0.0 };
+            if dtype == DType::F16 || !scale_ok {
+                return Err(bad);
+            }
             let end = c
                 .checked_mul(h)
                 .and_then(|n| n.checked_mul(w))
-                .and_then(|n| n.checked_mul(4))
+                .and_then(|n| n.checked_mul(dtype.size()))
                 .and_then(|n| n.checked_add(off))
                 .ok_or(bad)?;
             if end > self.arena_bytes {
@@ -644,21 +725,36 @@ impl<'a> Model<'a> {
         Some(match info.dtype {
             DType::F32 => TensorView::F32(bytemuck::try_cast_slice(bytes).ok()?),
             DType::F16 => TensorView::F16(bytemuck::try_cast_slice(bytes).ok()?),
+            DType::I8 => TensorView::I8(bytemuck::try_cast_slice(bytes).ok()?),
+            DType::I16 => TensorView::I16(bytemuck::try_cast_slice(bytes).ok()?),
+            DType::I32 => TensorView::I32(bytemuck::try_cast_slice(bytes).ok()?),
         })
     }
 
-    /// Shape and arena placement of activation value `i`.
+    /// The stored type and scale of value `i` (f32 when the blob has no value type table).
+    fn value_type(&self, i: usize) -> Option<(DType, f32)> {
+        if self.value_types.is_empty() {
+            return Some((DType::F32, 0.0));
+        }
+        let r = self.value_types.get(i * VALUE_TYPE_RECORD_BYTES..)?;
+        Some((DType::from_code(u32_at(r, 0))?, f32::from_bits(u32_at(r, 4))))
+    }
+
+    /// Shape, type and arena placement of activation value `i`.
     pub fn value(&self, i: u32) -> Option<ValueInfo> {
         let i = i as usize;
         if i >= self.num_values() {
             return None;
         }
         let r = &self.values[i * VALUE_RECORD_BYTES..];
+        let (dtype, scale) = self.value_type(i)?;
         Some(ValueInfo {
             offset: u32_at(r, 0) as usize,
             c: u32_at(r, 4) as usize,
             h: u32_at(r, 8) as usize,
             w: u32_at(r, 12) as usize,
+            dtype,
+            scale,
         })
     }
 

@@ -2,10 +2,10 @@
 
 use core::ops::Range;
 
-use crate::blob::{Model, TensorView, ValueInfo, ALIGN};
+use crate::blob::{DType, Model, TensorView, ValueInfo, ALIGN};
 use crate::error::RunError;
-use crate::ops;
-use crate::program::Op;
+use crate::ops::{self, QMut, QRef, Src};
+use crate::program::{Op, NO_LUT};
 
 /// Calls `$body` with `$w` bound to the weight slice of `$view`, whatever its element type.
 macro_rules! with_weights {
@@ -13,8 +13,55 @@ macro_rules! with_weights {
         match $view {
             TensorView::F32($w) => $body,
             TensorView::F16($w) => $body,
+            _ => return Err(RunError::Inconsistent),
         }
     };
+}
+
+/// Disjoint mutable pieces of `a` at `ranges` (in the given order); `None` if two overlap or one lies outside.
+fn carve<const N: usize>(mut a: &mut [u8], ranges: [Range<usize>; N]) -> Option<[&mut [u8]; N]> {
+    let mut order: [usize; N] = core::array::from_fn(|i| i);
+    order.sort_unstable_by_key(|&i| ranges[i].start);
+    let mut pieces: [Option<&mut [u8]>; N] = core::array::from_fn(|_| None);
+    let mut base = 0;
+    for i in order {
+        let r = &ranges[i];
+        let skip = r.start.checked_sub(base)?;
+        let len = r.end.checked_sub(r.start)?;
+        if skip.checked_add(len)? > a.len() {
+            return None;
+        }
+        let (_, rest) = core::mem::take(&mut a).split_at_mut(skip);
+        let (piece, rest) = rest.split_at_mut(len);
+        pieces[i] = Some(piece);
+        a = rest;
+        base = r.end;
+    }
+    Some(pieces.map(Option::unwrap_or_default))
+}
+
+fn cast_mut<T: bytemuck::Pod>(b: &mut [u8]) -> Result<&mut [T], RunError> {
+    bytemuck::try_cast_slice_mut(b).map_err(|_| RunError::Inconsistent)
+}
+
+fn cast<T: bytemuck::Pod>(b: &[u8]) -> Result<&[T], RunError> {
+    bytemuck::try_cast_slice(b).map_err(|_| RunError::Inconsistent)
+}
+
+fn qmut(b: &mut [u8], dtype: DType) -> Result<QMut<'_>, RunError> {
+    match dtype {
+        DType::I8 => Ok(QMut::I8(cast_mut(b)?)),
+        DType::I16 => Ok(QMut::I16(cast_mut(b)?)),
+        _ => Err(RunError::Inconsistent),
+    }
+}
+
+fn qref(b: &[u8], dtype: DType) -> Result<QRef<'_>, RunError> {
+    match dtype {
+        DType::I8 => Ok(QRef::I8(cast(b)?)),
+        DType::I16 => Ok(QRef::I16(cast(b)?)),
+        _ => Err(RunError::Inconsistent),
+    }
 }
 
 /// A mutable range and a disjoint shared range of the same arena.
@@ -55,7 +102,19 @@ impl<'a> Exec<'_, 'a> {
     fn vector(&self, i: u32) -> Result<&'a [f32], RunError> {
         match self.weights(i)? {
             TensorView::F32(d) => Ok(d),
-            TensorView::F16(_) => Err(RunError::Inconsistent),
+            _ => Err(RunError::Inconsistent),
+        }
+    }
+    fn ints(&self, i: u32) -> Result<&'a [i32], RunError> {
+        match self.weights(i)? {
+            TensorView::I32(d) => Ok(d),
+            _ => Err(RunError::Inconsistent),
+        }
+    }
+    fn lut(&self, i: u32) -> Result<&'a [i8; 256], RunError> {
+        match self.weights(i)? {
+            TensorView::I8(d) => d.try_into().map_err(|_| RunError::Inconsistent),
+            _ => Err(RunError::Inconsistent),
         }
     }
 
@@ -158,8 +217,15 @@ impl<'a> Exec<'_, 'a> {
             }
             Op::Upsample2x { out, x } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                ops::upsample2x_nearest(od, xd, xi.c, xi.h, xi.w);
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
+                let [od, xd] = carve(bytes, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                let (c, h, w) = (xi.c, xi.h, xi.w);
+                match xi.dtype {
+                    DType::F32 => ops::upsample2x_nearest::<f32>(cast_mut(od)?, cast(xd)?, c, h, w),
+                    DType::I8 => ops::upsample2x_nearest::<i8>(cast_mut(od)?, cast(xd)?, c, h, w),
+                    DType::I16 => ops::upsample2x_nearest::<i16>(cast_mut(od)?, cast(xd)?, c, h, w),
+                    _ => return Err(bad),
+                }
             }
             Op::Concat { out, a: first, b: second } => {
                 let (o, f, s) = (self.value(out)?, self.value(first)?, self.value(second)?);
@@ -174,10 +240,148 @@ impl<'a> Exec<'_, 'a> {
                 Self::copy(a, &o, &xi)?;
                 ops::affine(a.get_mut(o.range()).ok_or(bad)?, mul, add);
             }
+            _ => self.run_quantized(bytemuck::cast_slice_mut(a), op)?,
+        }
+        Ok(())
+    }
+
+    /// The int8 ops, over the arena's bytes.
+    fn run_quantized(&self, a: &mut [u8], op: &Op) -> Result<(), RunError> {
+        let bad = RunError::Inconsistent;
+        match *op {
+            Op::Quantize { out, x } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                ops::quantize(&mut qmut(od, o.dtype)?, cast(xd)?, o.scale);
+            }
+            Op::Dequantize { out, x } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                ops::dequantize(cast_mut(od)?, qref(xd, xi.dtype)?, xi.scale);
+            }
+            Op::QConv2d { out, x, w, brq, stride, pad } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let info = self.m.tensor_info(w).ok_or(bad)?;
+                let g = crate::program::conv_shape(&xi, &o, &info, stride, pad);
+                let TensorView::I8(wd) = self.weights(w)? else { return Err(bad) };
+                let bd = self.ints(brq)?;
+                let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                match (xi.dtype, o.dtype) {
+                    (DType::I8, DType::I8) => ops::qconv2d::<i8, i8>(cast_mut(od)?, cast(xd)?, wd, bd, &g),
+                    (DType::I8, DType::I16) => ops::qconv2d::<i8, i16>(cast_mut(od)?, cast(xd)?, wd, bd, &g),
+                    (DType::I16, DType::I8) => ops::qconv2d::<i16, i8>(cast_mut(od)?, cast(xd)?, wd, bd, &g),
+                    (DType::I16, DType::I16) => ops::qconv2d::<i16, i16>(cast_mut(od)?, cast(xd)?, wd, bd, &g),
+                    _ => return Err(bad),
+                }
+            }
+            Op::QLut { out, x, table } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let table = self.lut(table)?;
+                if o.byte_range() == xi.byte_range() {
+                    ops::qlut(cast_mut(a.get_mut(o.byte_range()).ok_or(bad)?)?, None, table);
+                } else {
+                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                    ops::qlut(cast_mut(od)?, Some(cast(xd)?), table);
+                }
+            }
+            Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut, mid_scale } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let p = ops::QNorm {
+                    c: o.c,
+                    hw: o.h * o.w,
+                    groups: groups as usize,
+                    gamma: self.vector(gamma)?,
+                    beta: self.vector(beta)?,
+                    eps,
+                    x_scale: xi.scale,
+                    mid_scale,
+                    lut: if lut == NO_LUT { None } else { Some(self.lut(lut)?) },
+                };
+                if o.byte_range() == xi.byte_range() {
+                    ops::qgroup_norm(&mut qmut(a.get_mut(o.byte_range()).ok_or(bad)?, o.dtype)?, Src::Out, &p);
+                } else {
+                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                    ops::qgroup_norm(&mut qmut(od, o.dtype)?, Src::Other(qref(xd, xi.dtype)?), &p);
+                }
+            }
+            Op::QAdd { out, a: lhs, b: rhs, ma, mb, shift } => {
+                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
+                let (hw, per_channel) = (o.h * o.w, (l.h, l.w) != (r.h, r.w));
+                let (ol, or, lr) = (
+                    o.byte_range() == l.byte_range(),
+                    o.byte_range() == r.byte_range(),
+                    l.byte_range() == r.byte_range(),
+                );
+                let add = |od: &mut [u8], ls: Src<'_>, rs: Src<'_>| -> Result<(), RunError> {
+                    ops::qadd(&mut qmut(od, o.dtype)?, ls, rs, ma, mb, shift, hw, per_channel);
+                    Ok(())
+                };
+                match (ol, or) {
+                    (true, true) => add(a.get_mut(o.byte_range()).ok_or(bad)?, Src::Out, Src::Out)?,
+                    (true, false) => {
+                        let [od, rd] = carve(a, [o.byte_range(), r.byte_range()]).ok_or(bad)?;
+                        add(od, Src::Out, Src::Other(qref(rd, r.dtype)?))?
+                    }
+                    (false, true) => {
+                        let [od, ld] = carve(a, [o.byte_range(), l.byte_range()]).ok_or(bad)?;
+                        add(od, Src::Other(qref(ld, l.dtype)?), Src::Out)?
+                    }
+                    (false, false) if lr => {
+                        let [od, ld] = carve(a, [o.byte_range(), l.byte_range()]).ok_or(bad)?;
+                        let s = Src::Other(qref(ld, l.dtype)?);
+                        add(od, s, s)?
+                    }
+                    (false, false) => {
+                        let [od, ld, rd] = carve(a, [o.byte_range(), l.byte_range(), r.byte_range()]).ok_or(bad)?;
+                        add(od, Src::Other(qref(ld, l.dtype)?), Src::Other(qref(rd, r.dtype)?))?
+                    }
+                }
+            }
+            Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
+                let vals = [out, q, k, v, scratch].map(|i| self.value(i));
+                let [o, qi, ki, vi, si] = vals;
+                let (o, qi, ki, vi, si) = (o?, qi?, ki?, vi?, si?);
+                let [od, qd, kd, vd, sd] =
+                    carve(a, [o.byte_range(), qi.byte_range(), ki.byte_range(), vi.byte_range(), si.byte_range()])
+                        .ok_or(bad)?;
+                let p = ops::QAttention {
+                    c: o.c,
+                    n: o.h * o.w,
+                    heads: heads as usize,
+                    exp: match self.weights(exp)? {
+                        TensorView::I16(d) => d,
+                        _ => return Err(bad),
+                    },
+                    m_score,
+                    s_score,
+                    m_out,
+                    s_out,
+                };
+                ops::qsdpa(cast_mut(od)?, cast(qd)?, cast(kd)?, cast(vd)?, cast_mut(sd)?, &p);
+            }
+            Op::QConcat { out, a: first, b: second, ma, sa, mb, sb } => {
+                let (o, f, s) = (self.value(out)?, self.value(first)?, self.value(second)?);
+                let at = f.numel();
+                if f.byte_range() == s.byte_range() {
+                    let [od, fd] = carve(a, [o.byte_range(), f.byte_range()]).ok_or(bad)?;
+                    let mut om = qmut(od, o.dtype)?;
+                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa);
+                    ops::qcopy(&mut om, at, qref(fd, f.dtype)?, mb, sb);
+                } else {
+                    let [od, fd, sd] = carve(a, [o.byte_range(), f.byte_range(), s.byte_range()]).ok_or(bad)?;
+                    let mut om = qmut(od, o.dtype)?;
+                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa);
+                    ops::qcopy(&mut om, at, qref(sd, s.dtype)?, mb, sb);
+                }
+            }
+            _ => return Err(bad),
         }
         Ok(())
     }
 }
+
+/// The callback of [`Model::forward_inspect`]: op index, op, whether it has run, the arena's bytes.
+pub type Inspector<'f> = dyn FnMut(usize, &Op, bool, &[u8]) + 'f;
 
 impl Model<'_> {
     /// Checks a class label against the model: required (and below the number of classes) for a
@@ -217,6 +421,25 @@ impl Model<'_> {
         out: &mut [f32],
         after: &mut dyn FnMut(usize, &Op),
     ) -> Result<(), RunError> {
+        self.forward_inspect(arena, x, t, class, out, &mut |i, op, done, _| {
+            if done {
+                after(i, op)
+            }
+        })
+    }
+
+    /// [`Model::forward`], calling `look(i, op, done, arena)` before (`done` false) and after (`done` true) op
+    /// `i` runs, with the working arena's bytes (values at their [`ValueInfo::byte_range`]). For calibration and
+    /// debugging.
+    pub fn forward_inspect(
+        &self,
+        arena: &mut [u8],
+        x: &[f32],
+        t: f32,
+        class: Option<u32>,
+        out: &mut [f32],
+        look: &mut Inspector<'_>,
+    ) -> Result<(), RunError> {
         let sample_in = self.in_channels() * self.height() * self.width();
         let sample_out = self.out_channels() * self.height() * self.width();
         if x.len() != sample_in {
@@ -235,8 +458,9 @@ impl Model<'_> {
         a.get_mut(input.range()).ok_or(RunError::Inconsistent)?.copy_from_slice(x);
         for i in 0..self.num_ops() {
             let op = self.op(i).ok_or(RunError::Inconsistent)?;
+            look(i, &op, false, bytemuck::cast_slice(a));
             exec.run(a, &op)?;
-            after(i, &op);
+            look(i, &op, true, bytemuck::cast_slice(a));
         }
         let output = exec.value(self.output_value())?;
         out.copy_from_slice(a.get(output.range()).ok_or(RunError::Inconsistent)?);

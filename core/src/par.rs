@@ -2,9 +2,9 @@
 //! by exactly one closure call, so results do not depend on the number of threads.
 
 /// Calls `f(i, chunk)` for each `chunk`-sized piece of `data` (the last may be shorter).
-pub(crate) fn for_each_chunk<F>(data: &mut [f32], chunk: usize, f: F)
+pub(crate) fn for_each_chunk<T: Send, F>(data: &mut [T], chunk: usize, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Send + Sync,
+    F: Fn(usize, &mut [T]) + Send + Sync,
 {
     if chunk == 0 {
         return;

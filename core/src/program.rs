@@ -20,32 +20,177 @@
 //! | 12 | `Concat` | v out, v a, v b | channel concatenation `[a; b]` |
 //! | 13 | `Affine` | v out, v x, f32 mul, f32 add | `out = x·mul + add` |
 //!
+//! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
+//! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
+//! are i8 or i16 (`q` stands for `q × scale`, the value's scale), kernels i8 with one scale per output channel,
+//! biases i32. Scales are folded at convert time into integer multipliers: `rq(acc, m, s)` is
+//! `(acc·m + 2^(s−1)) >> s` in 64-bit arithmetic (`m` ≥ 0, `s` ≤ 62, shifts arithmetic, so ties round up),
+//! and `sat` clamps to the output type's symmetric range (±127 or ±32767).
+//!
+//! | code | op | operands | semantics |
+//! |-----:|----|----------|-----------|
+//! | 20 | `Quantize` | v out, v x | `out = sat(round(x / scale_out))`, x f32 (float arithmetic) |
+//! | 21 | `Dequantize` | v out, v x | `out = x · scale_x`, out f32 (float arithmetic) |
+//! | 22 | `QConv2d` | v out, v x, t w, t brq, stride, pad top, left, bottom, right | `acc = b[o] + Σ w·x` over the in-bounds taps (zero padding) in i32; `out = sat(rq(acc, m[o], s[o]))`; w i8 `[o, i, kh, kw]`, brq i32 `[o, 3]` = (b, m, s). Linear layers are 1×1 convolutions of `(i, 1, 1)` values |
+//! | 23 | `QLut` | v out, v x, t table | `out = table[x + 128]`, i8 → i8 (SiLU), table i8 `[256]` |
+//! | 24 | `QGroupNorm` | v out, v x, t gamma, t beta, groups, f32 eps, t lut, f32 mid_scale | group statistics exact in integers; per channel `y = x·A + B` in 24-bit fixed point, `A`, `B` from the statistics in f32; the result has scale `mid_scale`, then `out = lut[y + 128]` (SiLU) or, when `lut` = `u32::MAX`, `out = y` (then `mid_scale` must equal the output's scale) |
+//! | 25 | `QAdd` | v out, v a, v b, i32 ma, i32 mb, shift | `out = sat((a·ma + b·mb + 2^(shift−1)) >> shift)`; `b` has `a`'s shape or is a `(c, 1, 1)` vector added to every pixel of its channel |
+//! | 26 | `QSdpa` | v out, v q, v k, v v, v scratch, heads, t exp, i32 m_score, s_score, i32 m_out, s_out | multi-head attention core over `(c, h, w)` = channels × tokens, i8: scores `S = Σ q·k` (i32) per head; `z = min(rq(max S − S, m_score, s_score), len(exp) − 1)`; `e = exp[z]` (i16 table, `exp[0]` > 0, entries ≥ 0); `p = (e·2^15 + Σe/2) / Σe`; `out = sat(rq(Σ p·v, m_out, s_out))`; scratch i32 ≥ tokens |
+//! | 27 | `QConcat` | v out, v a, v b, i32 ma, sa, i32 mb, sb | `out = [sat(rq(a, ma, sa)); sat(rq(b, mb, sb))]` |
+//!
 //! Aliasing: an op's output may be the same value as an input only where the table's op works in place
 //! (`Silu`, `GroupNorm`, `Add`, `Affine`, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
 //! overlaps, the arena ranges must be disjoint. Validation enforces this, so the executor never needs to copy
 //! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
 
-use crate::blob::{DType, Model, TensorInfo, ValueInfo};
+use crate::blob::{DType, Model, TensorInfo, TensorView, ValueInfo};
 use crate::ops::Conv2dShape;
 
 /// One operation of the network program. Field names follow the table in the module docs.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
-    TimestepEmbed { out: u32, flip_sin_to_cos: bool, freq_shift: f32, max_period: f32 },
-    Linear { out: u32, x: u32, w: u32, b: u32 },
-    Silu { out: u32, x: u32 },
-    ClassEmbed { out: u32, table: u32 },
-    Conv2d { out: u32, x: u32, w: u32, b: u32, stride: u32, pad: [u32; 4], scratch: u32 },
-    GroupNorm { out: u32, x: u32, gamma: u32, beta: u32, groups: u32, eps: f32, silu: bool },
-    AddChannel { x: u32, v: u32 },
-    ScaleShift { x: u32, v: u32 },
-    Add { out: u32, a: u32, b: u32, scale: f32 },
-    Attention { out: u32, x: u32, xn: u32, scratch: u32, w: [u32; 8], heads: u32, scale: f32 },
-    Upsample2x { out: u32, x: u32 },
-    Concat { out: u32, a: u32, b: u32 },
-    Affine { out: u32, x: u32, mul: f32, add: f32 },
+    TimestepEmbed {
+        out: u32,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+        max_period: f32,
+    },
+    Linear {
+        out: u32,
+        x: u32,
+        w: u32,
+        b: u32,
+    },
+    Silu {
+        out: u32,
+        x: u32,
+    },
+    ClassEmbed {
+        out: u32,
+        table: u32,
+    },
+    Conv2d {
+        out: u32,
+        x: u32,
+        w: u32,
+        b: u32,
+        stride: u32,
+        pad: [u32; 4],
+        scratch: u32,
+    },
+    GroupNorm {
+        out: u32,
+        x: u32,
+        gamma: u32,
+        beta: u32,
+        groups: u32,
+        eps: f32,
+        silu: bool,
+    },
+    AddChannel {
+        x: u32,
+        v: u32,
+    },
+    ScaleShift {
+        x: u32,
+        v: u32,
+    },
+    Add {
+        out: u32,
+        a: u32,
+        b: u32,
+        scale: f32,
+    },
+    Attention {
+        out: u32,
+        x: u32,
+        xn: u32,
+        scratch: u32,
+        w: [u32; 8],
+        heads: u32,
+        scale: f32,
+    },
+    Upsample2x {
+        out: u32,
+        x: u32,
+    },
+    Concat {
+        out: u32,
+        a: u32,
+        b: u32,
+    },
+    Affine {
+        out: u32,
+        x: u32,
+        mul: f32,
+        add: f32,
+    },
+    Quantize {
+        out: u32,
+        x: u32,
+    },
+    Dequantize {
+        out: u32,
+        x: u32,
+    },
+    QConv2d {
+        out: u32,
+        x: u32,
+        w: u32,
+        brq: u32,
+        stride: u32,
+        pad: [u32; 4],
+    },
+    QLut {
+        out: u32,
+        x: u32,
+        table: u32,
+    },
+    QGroupNorm {
+        out: u32,
+        x: u32,
+        gamma: u32,
+        beta: u32,
+        groups: u32,
+        eps: f32,
+        lut: u32,
+        mid_scale: f32,
+    },
+    QAdd {
+        out: u32,
+        a: u32,
+        b: u32,
+        ma: i32,
+        mb: i32,
+        shift: u32,
+    },
+    QSdpa {
+        out: u32,
+        q: u32,
+        k: u32,
+        v: u32,
+        scratch: u32,
+        heads: u32,
+        exp: u32,
+        m_score: i32,
+        s_score: u32,
+        m_out: i32,
+        s_out: u32,
+    },
+    QConcat {
+        out: u32,
+        a: u32,
+        b: u32,
+        ma: i32,
+        sa: u32,
+        mb: i32,
+        sb: u32,
+    },
 }
+
+/// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
+pub const NO_LUT: u32 = u32::MAX;
 
 impl Op {
     /// The op's name, as in the table above.
@@ -64,6 +209,14 @@ impl Op {
             Op::Upsample2x { .. } => "Upsample2x",
             Op::Concat { .. } => "Concat",
             Op::Affine { .. } => "Affine",
+            Op::Quantize { .. } => "Quantize",
+            Op::Dequantize { .. } => "Dequantize",
+            Op::QConv2d { .. } => "QConv2d",
+            Op::QLut { .. } => "QLut",
+            Op::QGroupNorm { .. } => "QGroupNorm",
+            Op::QAdd { .. } => "QAdd",
+            Op::QSdpa { .. } => "QSdpa",
+            Op::QConcat { .. } => "QConcat",
         }
     }
 
@@ -101,6 +254,20 @@ impl Op {
             Op::Upsample2x { out, x } => put(11, &[out, x]),
             Op::Concat { out, a, b } => put(12, &[out, a, b]),
             Op::Affine { out, x, mul, add } => put(13, &[out, x, mul.to_bits(), add.to_bits()]),
+            Op::Quantize { out, x } => put(20, &[out, x]),
+            Op::Dequantize { out, x } => put(21, &[out, x]),
+            Op::QConv2d { out, x, w, brq, stride, pad } => {
+                put(22, &[out, x, w, brq, stride, pad[0], pad[1], pad[2], pad[3]])
+            }
+            Op::QLut { out, x, table } => put(23, &[out, x, table]),
+            Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut, mid_scale } => {
+                put(24, &[out, x, gamma, beta, groups, eps.to_bits(), lut, mid_scale.to_bits()])
+            }
+            Op::QAdd { out, a, b, ma, mb, shift } => put(25, &[out, a, b, ma as u32, mb as u32, shift]),
+            Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
+                put(26, &[out, q, k, v, scratch, heads, exp, m_score as u32, s_score, m_out as u32, s_out])
+            }
+            Op::QConcat { out, a, b, ma, sa, mb, sb } => put(27, &[out, a, b, ma as u32, sa, mb as u32, sb]),
         }
         r
     }
@@ -152,6 +319,45 @@ impl Op {
             11 => (Op::Upsample2x { out: r[1], x: r[2] }, 2),
             12 => (Op::Concat { out: r[1], a: r[2], b: r[3] }, 3),
             13 => (Op::Affine { out: r[1], x: r[2], mul: f(3), add: f(4) }, 4),
+            20 => (Op::Quantize { out: r[1], x: r[2] }, 2),
+            21 => (Op::Dequantize { out: r[1], x: r[2] }, 2),
+            22 => {
+                (Op::QConv2d { out: r[1], x: r[2], w: r[3], brq: r[4], stride: r[5], pad: [r[6], r[7], r[8], r[9]] }, 9)
+            }
+            23 => (Op::QLut { out: r[1], x: r[2], table: r[3] }, 3),
+            24 => (
+                Op::QGroupNorm {
+                    out: r[1],
+                    x: r[2],
+                    gamma: r[3],
+                    beta: r[4],
+                    groups: r[5],
+                    eps: f(6),
+                    lut: r[7],
+                    mid_scale: f(8),
+                },
+                8,
+            ),
+            25 => (Op::QAdd { out: r[1], a: r[2], b: r[3], ma: r[4] as i32, mb: r[5] as i32, shift: r[6] }, 6),
+            26 => (
+                Op::QSdpa {
+                    out: r[1],
+                    q: r[2],
+                    k: r[3],
+                    v: r[4],
+                    scratch: r[5],
+                    heads: r[6],
+                    exp: r[7],
+                    m_score: r[8] as i32,
+                    s_score: r[9],
+                    m_out: r[10] as i32,
+                    s_out: r[11],
+                },
+                11,
+            ),
+            27 => {
+                (Op::QConcat { out: r[1], a: r[2], b: r[3], ma: r[4] as i32, sa: r[5], mb: r[6] as i32, sb: r[7] }, 7)
+            }
             _ => return None,
         };
         if r[used + 1..].iter().any(|&w| w != 0) {
@@ -188,11 +394,11 @@ pub fn conv_shape(x: &ValueInfo, out: &ValueInfo, w: &TensorInfo<'_>, stride: u3
 
 /// How two arena ranges relate.
 fn same_or_disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
-    a.range() == b.range() || disjoint(a, b)
+    a.byte_range() == b.byte_range() || disjoint(a, b)
 }
 
 fn disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
-    let (ra, rb) = (a.range(), b.range());
+    let (ra, rb) = (a.byte_range(), b.byte_range());
     ra.end <= rb.start || rb.end <= ra.start
 }
 
@@ -207,8 +413,10 @@ fn is_vector(v: &ValueInfo) -> bool {
 /// Checks one op against the model's tables: operands exist, shapes agree, aliasing is allowed, parameters
 /// are sane. After this the executor can slice without failing.
 pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
-    let v = |i: u32| m.value(i).ok_or(());
-    let t = |i: u32| m.tensor_info(i).ok_or(());
+    // Float ops take f32 values only; quantized ops say what they take.
+    let v = |i: u32| m.value(i).filter(|v| v.dtype == DType::F32).ok_or(());
+    // Float ops take f32 or f16 tensors.
+    let t = |i: u32| m.tensor_info(i).filter(|ti| matches!(ti.dtype, DType::F32 | DType::F16)).ok_or(());
     // A 1-D f32 tensor of length n.
     let vec_f32 = |i: u32, n: usize| -> Result<(), ()> {
         let ti = t(i)?;
@@ -318,8 +526,13 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && disjoint(&si, &ni))
         }
         Op::Upsample2x { out, x } => {
-            let (o, xi) = (v(out)?, v(x)?);
-            ok(o.c == xi.c && Some(o.h) == xi.h.checked_mul(2) && Some(o.w) == xi.w.checked_mul(2) && disjoint(&o, &xi))
+            let (o, xi) = (m.value(out).ok_or(())?, m.value(x).ok_or(())?);
+            ok(o.c == xi.c
+                && Some(o.h) == xi.h.checked_mul(2)
+                && Some(o.w) == xi.w.checked_mul(2)
+                && (o.dtype, o.scale.to_bits()) == (xi.dtype, xi.scale.to_bits())
+                && o.dtype != DType::I32
+                && disjoint(&o, &xi))
         }
         Op::Concat { out, a, b } => {
             let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
@@ -329,6 +542,134 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && disjoint(&o, &ai)
                 && disjoint(&o, &bi))
         }
+        _ => validate_quantized(m, op),
+    }
+}
+
+/// A requantization pair `(m, s)` the executor can apply to any 32-bit accumulator without overflow.
+fn rq_ok(mult: i32, shift: u32) -> bool {
+    mult >= 0 && shift <= 62
+}
+
+/// Validation of the int8 ops (see the second table of the module docs).
+fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
+    let quant = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized()).ok_or(());
+    let of = |i: u32, dt: DType| m.value(i).filter(|v| v.dtype == dt).ok_or(());
+    let t = |i: u32| m.tensor_info(i).ok_or(());
+    let i32s = |i: u32| match m.tensor(i) {
+        Some(TensorView::I32(d)) => Ok(d),
+        _ => Err(()),
+    };
+    let vec_f32 = |i: u32, n: usize| -> Result<(), ()> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+    };
+    let lut = |i: u32| -> Result<(), ()> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::I8 && ti.shape() == [256])
+    };
+    match *op {
+        Op::Quantize { out, x } => {
+            let (o, xi) = (quant(out)?, of(x, DType::F32)?);
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+        }
+        Op::Dequantize { out, x } => {
+            let (o, xi) = (of(out, DType::F32)?, quant(x)?);
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+        }
+        Op::QConv2d { out, x, w, brq, stride, pad } => {
+            let (o, xi, wi) = (quant(out)?, quant(x)?, t(w)?);
+            let [co, ci, kh, kw] = wi.dims;
+            let table = i32s(brq)?;
+            ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3])?;
+            ok(table.chunks_exact(3).all(|p| rq_ok(p[1], p[2] as u32)))?;
+            // The i32 accumulator cannot overflow: every tap at its extreme plus the largest bias.
+            let taps = (ci * kh * kw) as u64;
+            let worst = taps * 128 * (xi.dtype.qmax() as u64 + 1)
+                + table.chunks_exact(3).map(|p| p[0].unsigned_abs() as u64).max().unwrap_or(0);
+            let [pt, pl, pb, pr] = pad.map(|p| p as usize);
+            let s = stride as usize;
+            ok(worst < 1 << 31
+                && co == o.c
+                && ci == xi.c
+                && conv_out_len(xi.h, kh, s, pt, pb) == Some(o.h)
+                && conv_out_len(xi.w, kw, s, pl, pr) == Some(o.w)
+                && pt < kh
+                && pb < kh
+                && pl < kw
+                && pr < kw
+                && disjoint(&o, &xi))
+        }
+        Op::QLut { out, x, table } => {
+            let (o, xi) = (of(out, DType::I8)?, of(x, DType::I8)?);
+            lut(table)?;
+            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+        }
+        Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut: table, mid_scale } => {
+            let (o, xi) = (quant(out)?, quant(x)?);
+            vec_f32(gamma, o.c)?;
+            vec_f32(beta, o.c)?;
+            if table == NO_LUT {
+                ok(mid_scale.to_bits() == o.scale.to_bits())?;
+            } else {
+                lut(table)?;
+                ok(o.dtype == DType::I8)?;
+            }
+            let g = groups as usize;
+            ok(g > 0
+                && o.c % g == 0
+                && eps.is_finite()
+                && eps >= 0.0
+                && mid_scale.is_finite()
+                && mid_scale > 0.0
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi))
+        }
+        Op::QAdd { out, a, b, shift, .. } => {
+            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
+            let broadcast = is_vector(&bi) && bi.c == ai.c;
+            ok(shift <= 62
+                && same_shape(&o, &ai)
+                && (same_shape(&ai, &bi) || broadcast)
+                && same_or_disjoint(&o, &ai)
+                && same_or_disjoint(&o, &bi)
+                && same_or_disjoint(&ai, &bi))
+        }
+        Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
+            let (o, qi, ki, vi) = (of(out, DType::I8)?, of(q, DType::I8)?, of(k, DType::I8)?, of(v, DType::I8)?);
+            let si = of(scratch, DType::I32)?;
+            let Some(TensorView::I16(table)) = m.tensor(exp) else { return Err(()) };
+            let tokens = o.h * o.w;
+            let h = heads as usize;
+            ok(t(exp)?.ndim == 1
+                && table.first().is_some_and(|&e| e > 0)
+                && table.iter().all(|&e| e >= 0)
+                && rq_ok(m_score, s_score)
+                && rq_ok(m_out, s_out)
+                && h > 0
+                && o.c % h == 0
+                && o.c < 1 << 16
+                && tokens <= 1 << 20
+                && si.numel() >= tokens
+                && same_shape(&o, &qi)
+                && same_shape(&o, &ki)
+                && same_shape(&o, &vi)
+                && [qi, ki, vi, si].iter().all(|x| disjoint(&o, x))
+                && [ki, vi, si].iter().all(|x| disjoint(&qi, x))
+                && [vi, si].iter().all(|x| disjoint(&ki, x))
+                && disjoint(&vi, &si))
+        }
+        Op::QConcat { out, a, b, ma, sa, mb, sb } => {
+            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
+            ok(rq_ok(ma, sa)
+                && rq_ok(mb, sb)
+                && o.c == ai.c + bi.c
+                && (o.h, o.w) == (ai.h, ai.w)
+                && (o.h, o.w) == (bi.h, bi.w)
+                && disjoint(&o, &ai)
+                && disjoint(&o, &bi))
+        }
+        _ => Err(()),
     }
 }
 
@@ -364,6 +705,19 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
             numel(out)
         }
         Op::ScaleShift { x, .. } => 2 * numel(x),
-        Op::Upsample2x { .. } | Op::Concat { .. } => 0,
+        Op::Upsample2x { .. } | Op::Concat { .. } | Op::QConcat { .. } => 0,
+        Op::QConv2d { out, w, .. } => {
+            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
+            2 * numel(out) * (tel(w) / co)
+        }
+        Op::QSdpa { out, .. } => {
+            let Some(o) = m.value(out) else { return 0 };
+            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
+            2 * 2 * n * n * c
+        }
+        Op::QGroupNorm { out, .. } => 4 * numel(out),
+        Op::Quantize { out, .. } | Op::Dequantize { out, .. } | Op::QLut { out, .. } | Op::QAdd { out, .. } => {
+            numel(out)
+        }
     }
 }

@@ -24,7 +24,7 @@
 //! `exp`/`log`/`sqrt`/`sin`/`cos`: SiLU, softmax, group norm and the Box–Muller transform of the noise, so results
 //! differ from the CPU in the last bits; the tests bound the difference.
 //!
-//! Not supported (clear errors): dynamic thresholding in the sampler ([`Error::Unsupported`]).
+//! Not supported (clear errors): dynamic thresholding in the sampler and int8 blobs ([`Error::Unsupported`]).
 //!
 //! # Use
 //!

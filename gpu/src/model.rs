@@ -187,6 +187,9 @@ impl GpuModel {
         if batch == 0 {
             return Err(Error::BadInput("batch must be at least 1".into()));
         }
+        if model.precision() == ddpm_core::Precision::Int8 {
+            return Err(Error::Unsupported("int8 blobs (run them on the CPU, or convert the model to f32 or f16)"));
+        }
         let plan = Plan::new(model, batch)?;
         let (c_in, c_out) = (model.in_channels(), model.out_channels());
         let hw = model.height() * model.width();

@@ -189,6 +189,8 @@ impl Plan {
                     let n = value(out)?.numel();
                     push(Kernel::Affine, n, &[off(out)?, off(x)?, n as u32, mul.to_bits(), add.to_bits()]);
                 }
+                // Int8 programs are refused before planning (`GpuModel::new`).
+                _ => return Err(bad),
             }
         }
         let emb_width = emb_width.max(1);

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod bench;
 pub mod blobfile;
+pub mod compare;
 pub mod convert;
 pub mod image;
 pub mod load;

@@ -27,8 +27,12 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
+    /// f32 weights and activations: the reference.
     F32,
+    /// f16 weights, f32 activations and accumulation.
     F16,
+    /// Fixed point: i8 weights, i8/i16 activations, i32 accumulation, calibrated along sampling trajectories.
+    Int8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +157,12 @@ enum Cmd {
         /// a JSON value (e.g. variance_type=learned_range). Repeatable.
         #[arg(long = "scheduler-set", value_name = "KEY=VALUE")]
         scheduler_sets: Vec<String>,
+        /// int8: sampling trajectories the f32 model runs to calibrate activation ranges.
+        #[arg(long, default_value_t = convert::Calibration::default().trajectories)]
+        calibration_trajectories: u32,
+        /// int8: DDPM steps of each calibration trajectory (respaced over all training timesteps).
+        #[arg(long, default_value_t = convert::Calibration::default().steps)]
+        calibration_steps: u32,
     },
     /// Write the noise `sample --seed S` draws, as float32 .npy [K+1, N, C, H, W] ([0] = x_T, [i] = the noise of
     /// step i), to replay our run in PyTorch (or back through `sample --noise`). Give the same -n, --seed and
@@ -212,6 +222,36 @@ enum Cmd {
         #[arg(long)]
         sample_steps: Option<u32>,
     },
+    /// Measure how far a lower-precision blob (f16, int8) is from a reference blob (f32) of the same model: the
+    /// forward error at each step of reference DDPM trajectories, and the PSNR of OTHER's samples against REF's.
+    Compare {
+        /// The reference blob (f32).
+        #[arg(value_name = "REF")]
+        reference: PathBuf,
+        /// The blob measured against it.
+        #[arg(value_name = "OTHER")]
+        other: PathBuf,
+        #[command(flatten)]
+        run: RunOpts,
+        /// Sampling algorithm of the sample comparison.
+        #[arg(long, value_enum, default_value = "ddim")]
+        sampler: SamplerArg,
+        /// DDIM's eta (0 = deterministic).
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        eta: f32,
+        /// Class label for class-conditional models.
+        #[arg(long)]
+        class: Option<u32>,
+        /// Reference DDPM trajectories along which the forward error is measured.
+        #[arg(long, default_value_t = 4)]
+        trajectories: u32,
+        /// Steps of those trajectories (respaced DDPM).
+        #[arg(long, default_value_t = 20)]
+        trajectory_steps: u32,
+        /// Also write the figures as JSON (a non-finite number as the string "inf").
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -233,10 +273,27 @@ fn run(cli: Cli) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the thread pool")?;
     }
     match cli.cmd {
-        Cmd::Convert { input, output, precision, key, config, scheduler, sets, scheduler_sets } => {
+        Cmd::Convert {
+            input,
+            output,
+            precision,
+            key,
+            config,
+            scheduler,
+            sets,
+            scheduler_sets,
+            calibration_trajectories,
+            calibration_steps,
+        } => {
             let precision = match precision {
                 PrecisionArg::F32 => Precision::F32,
                 PrecisionArg::F16 => Precision::F16,
+                PrecisionArg::Int8 => Precision::Int8,
+            };
+            let calibration = convert::Calibration {
+                trajectories: calibration_trajectories,
+                steps: calibration_steps,
+                ..Default::default()
             };
             let args = convert::ConvertArgs {
                 input,
@@ -247,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 scheduler,
                 sets,
                 scheduler_sets,
+                calibration,
             };
             for note in convert::convert(&args)? {
                 eprintln!("note: {note}");
@@ -344,6 +402,35 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--batch must be at least 1");
             }
             host_cli::bench::run(&m, on.gpu(), batch, iters, warmup, per_op, sample_steps)
+        }
+        Cmd::Compare {
+            reference,
+            other,
+            run: RunOpts { num, seed, steps },
+            sampler,
+            eta,
+            class,
+            trajectories,
+            trajectory_steps,
+            json,
+        } => {
+            let method = match sampler {
+                SamplerArg::Ddpm => Method::Ddpm,
+                SamplerArg::Ddim => Method::Ddim { eta },
+            };
+            let args = host_cli::compare::CompareArgs {
+                reference,
+                other,
+                trajectories,
+                trajectory_steps,
+                method,
+                num,
+                seed,
+                steps,
+                class,
+                json,
+            };
+            host_cli::compare::run(&args)
         }
     }
 }

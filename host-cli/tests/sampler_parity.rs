@@ -22,7 +22,7 @@ use ddpm_core::sampler::{Method, SampleSpec, Sampler, Steps};
 use ddpm_core::schedule::alphas_cumprod;
 use ddpm_core::TensorView;
 use host_cli::blobfile::{arena, AlignedBlob};
-use host_cli::convert::graph::Graph;
+use host_cli::convert::graph::{Data, Graph};
 use host_cli::convert::scheduler;
 use serde_json::Value;
 
@@ -52,7 +52,10 @@ fn every_scheduler_option_matches_diffusers_step() {
         let name = case["name"].as_str().unwrap();
         let mut graph = Graph::default();
         let (sched, _) = scheduler::from_json(case["config"].as_object().unwrap(), &mut graph).unwrap();
-        let trained = graph.tensors.first().map(|t| t.data.clone());
+        let trained = graph.tensors.first().map(|t| match &t.data {
+            Data::F32(d) => d.clone(),
+            _ => panic!("{name}: trained betas are not f32"),
+        });
         let method = match case["scheduler"].as_str().unwrap() {
             "DDIM" => Method::Ddim { eta: case["eta"].as_f64().unwrap_or(0.0) as f32 },
             _ => Method::Ddpm,

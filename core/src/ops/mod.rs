@@ -1,7 +1,7 @@
 //! Network ops: free functions over slices, output first, one file each.
 //!
-//! Weights come as `&[W]` with `W:` [`Weight`] (`f32` or `f16`), activations are always `f32`, and every
-//! sum accumulates in `f32`. Shapes are stated in a comment above each function; callers pass slices of exactly
+//! Float ops: weights come as `&[W]` with `W:` [`Weight`] (`f32` or `f16`), activations are `f32`, and every
+//! sum accumulates in `f32`. The integer kernels of int8 programs are in `quant.rs`. Shapes are stated in a comment above each function; callers pass slices of exactly
 //! those lengths (the executor derives them from a validated blob).
 
 mod attention;
@@ -9,6 +9,7 @@ mod conv2d;
 mod elementwise;
 mod group_norm;
 mod linear;
+mod quant;
 mod resample;
 mod timestep;
 
@@ -17,6 +18,9 @@ pub use conv2d::{conv2d, conv2d_pad, Conv2dShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::group_norm;
 pub use linear::{dot, linear_rows};
+pub use quant::{
+    dequantize, qadd, qconv2d, qcopy, qgroup_norm, qlut, qsdpa, quantize, rq, QAttention, QElem, QMut, QNorm, QRef, Src,
+};
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;
 

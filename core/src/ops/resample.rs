@@ -2,7 +2,7 @@
 
 /// Doubles height and width by repeating each pixel in a 2×2 block.
 // x (c,h,w) -> out (c,2h,2w)
-pub fn upsample2x_nearest(out: &mut [f32], x: &[f32], c: usize, h: usize, w: usize) {
+pub fn upsample2x_nearest<T: Copy>(out: &mut [T], x: &[T], c: usize, h: usize, w: usize) {
     if w == 0 {
         return;
     }

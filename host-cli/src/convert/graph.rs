@@ -3,30 +3,44 @@
 
 use anyhow::{bail, Result};
 use ddpm_core::blob::{
-    Precision, Schedule, ALIGN, FAMILY_UNET2D, HEADER_BYTES, MAGIC, OP_RECORD_BYTES, SCHEDULE_RECORD_BYTES,
-    TENSOR_RECORD_BYTES, VALUE_RECORD_BYTES, VERSION,
+    DType, Precision, Schedule, ALIGN, FAMILY_UNET2D, HEADER_BYTES, MAGIC, OP_RECORD_BYTES, SCHEDULE_RECORD_BYTES,
+    TENSOR_RECORD_BYTES, VALUE_RECORD_BYTES, VALUE_TYPE_RECORD_BYTES, VERSION, VERSION_FLOAT,
 };
 use ddpm_core::program::Op;
 
-/// An activation value: f32 `(c, h, w)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An activation value `(c, h, w)` of type `dtype` (i8/i16 values stand for `q × scale`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
     pub c: usize,
     pub h: usize,
     pub w: usize,
+    pub dtype: DType,
+    pub scale: f32,
 }
 
 impl Shape {
     pub fn numel(&self) -> usize {
         self.c * self.h * self.w
     }
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+}
+
+/// Stored tensor data. f32 tensors of two or more dimensions become f16 in an f16 blob.
+#[derive(Debug, Clone)]
+pub enum Data {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
 }
 
 /// A weight tensor to store.
 pub struct Tensor {
     pub name: String,
     pub dims: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: Data,
 }
 
 /// Everything the blob header states besides the program.
@@ -46,6 +60,8 @@ pub struct Graph {
     pub values: Vec<Shape>,
     pub tensors: Vec<Tensor>,
     pub ops: Vec<Op>,
+    /// `(a, b)`: value `b` takes over `a`'s memory (an op that works in place; `a` dies where `b` is born).
+    pub aliases: Vec<(u32, u32)>,
 }
 
 /// Value ids an op reads or writes.
@@ -61,12 +77,20 @@ pub fn op_values(op: &Op) -> Vec<u32> {
         Op::AddChannel { x, v } | Op::ScaleShift { x, v } => vec![x, v],
         Op::Add { out, a, b, .. } | Op::Concat { out, a, b } => vec![out, a, b],
         Op::Attention { out, x, xn, scratch, .. } => vec![out, x, xn, scratch],
+        Op::Quantize { out, x } | Op::Dequantize { out, x } | Op::QLut { out, x, .. } => vec![out, x],
+        Op::QConv2d { out, x, .. } | Op::QGroupNorm { out, x, .. } => vec![out, x],
+        Op::QAdd { out, a, b, .. } | Op::QConcat { out, a, b, .. } => vec![out, a, b],
+        Op::QSdpa { out, q, k, v, scratch, .. } => vec![out, q, k, v, scratch],
     }
 }
 
 impl Graph {
     pub fn value(&mut self, c: usize, h: usize, w: usize) -> u32 {
-        self.values.push(Shape { c, h, w });
+        self.typed_value(c, h, w, DType::F32, 0.0)
+    }
+
+    pub fn typed_value(&mut self, c: usize, h: usize, w: usize, dtype: DType, scale: f32) -> u32 {
+        self.values.push(Shape { c, h, w, dtype, scale });
         (self.values.len() - 1) as u32
     }
 
@@ -75,6 +99,10 @@ impl Graph {
     }
 
     pub fn tensor(&mut self, name: &str, dims: Vec<usize>, data: Vec<f32>) -> u32 {
+        self.typed_tensor(name, dims, Data::F32(data))
+    }
+
+    pub fn typed_tensor(&mut self, name: &str, dims: Vec<usize>, data: Data) -> u32 {
         self.tensors.push(Tensor { name: name.to_string(), dims, data });
         (self.tensors.len() - 1) as u32
     }
@@ -86,22 +114,36 @@ impl Graph {
     /// Assigns arena offsets by liveness, first fit: a value occupies its range from the first op that touches
     /// it to the last; values whose ranges do not overlap may share memory. `pinned` values (input, output)
     /// live for the whole program. Returns byte offsets and the arena size.
+    /// Aliased values (`self.aliases`) form one slot: the union of their lifetimes, the largest of their sizes.
     pub fn plan(&self, pinned: &[u32]) -> (Vec<usize>, usize) {
         let n = self.values.len();
+        // Slot representative of each value.
+        let mut slot: Vec<usize> = (0..n).collect();
+        for &(a, b) in &self.aliases {
+            let (root, old) = (slot[a as usize], slot[b as usize]);
+            for s in slot.iter_mut().filter(|s| **s == old) {
+                *s = root;
+            }
+        }
         let mut first = vec![usize::MAX; n];
         let mut last = vec![0usize; n];
+        let mut size = vec![0usize; n];
         for (i, op) in self.ops.iter().enumerate() {
             for v in op_values(op) {
-                let v = v as usize;
+                let v = slot[v as usize];
                 first[v] = first[v].min(i);
                 last[v] = last[v].max(i);
             }
         }
         for &p in pinned {
-            first[p as usize] = 0;
-            last[p as usize] = self.ops.len();
+            let p = slot[p as usize];
+            first[p] = 0;
+            last[p] = self.ops.len();
         }
-        let bytes = |v: usize| (self.values[v].numel() * 4).next_multiple_of(ALIGN);
+        for (v, s) in self.values.iter().enumerate() {
+            size[slot[v]] = size[slot[v]].max(s.bytes().next_multiple_of(ALIGN));
+        }
+        let bytes = |v: usize| size[v];
         let mut order: Vec<usize> = (0..n).filter(|&v| first[v] != usize::MAX).collect();
         // Place long-lived and large values first: fewer holes.
         order.sort_by_key(|&v| (first[v], std::cmp::Reverse(bytes(v))));
@@ -127,6 +169,7 @@ impl Graph {
             arena = arena.max(at + bytes(v));
             placed.push(v);
         }
+        let offsets = (0..n).map(|v| offsets[slot[v]]).collect();
         (offsets, arena)
     }
 
@@ -134,8 +177,15 @@ impl Graph {
     pub fn to_blob(&self, hdr: &ModelHeader, input: u32, output: u32) -> Result<Vec<u8>> {
         let (offsets, arena) = self.plan(&[input, output]);
         let f16 = hdr.precision == Precision::F16;
-        // Matrices and kernels follow the blob precision; vectors stay f32 (see the format docs).
-        let dtype_of = |t: &Tensor| if f16 && t.dims.len() >= 2 { 1u32 } else { 0u32 };
+        // f32 matrices and kernels follow the blob precision; vectors stay f32 (see the format docs).
+        let dtype_of = |t: &Tensor| match t.data {
+            Data::F32(_) if f16 && t.dims.len() >= 2 => DType::F16,
+            Data::F32(_) => DType::F32,
+            Data::I8(_) => DType::I8,
+            Data::I16(_) => DType::I16,
+            Data::I32(_) => DType::I32,
+        };
+        let typed = self.values.iter().any(|v| v.dtype != DType::F32);
 
         let mut strings = Vec::new();
         let mut name_at = Vec::new();
@@ -149,14 +199,24 @@ impl Graph {
         let sched_off = HEADER_BYTES;
         let tensors_off = sched_off + SCHEDULE_RECORD_BYTES;
         let values_off = tensors_off + self.tensors.len() * TENSOR_RECORD_BYTES;
-        let ops_off = values_off + self.values.len() * VALUE_RECORD_BYTES;
+        let types_off = values_off + self.values.len() * VALUE_RECORD_BYTES;
+        let ops_off = types_off + if typed { self.values.len() * VALUE_TYPE_RECORD_BYTES } else { 0 };
         let strings_off = ops_off + self.ops.len() * OP_RECORD_BYTES;
-        let mut data_off = (strings_off + strings.len()).next_multiple_of(64);
+        let mut data_off = (strings_off + strings.len()).next_multiple_of(ALIGN);
         let mut tensor_records = Vec::new();
         let mut data_places = Vec::new();
         for (t, &(no, nl)) in self.tensors.iter().zip(&name_at) {
             let dtype = dtype_of(t);
-            let len = t.data.len() * if dtype == 1 { 2 } else { 4 };
+            let numel = match &t.data {
+                Data::F32(d) => d.len(),
+                Data::I8(d) => d.len(),
+                Data::I16(d) => d.len(),
+                Data::I32(d) => d.len(),
+            };
+            if numel != t.dims.iter().product::<usize>() {
+                bail!("internal: tensor {} has {numel} elements for dims {:?}", t.name, t.dims);
+            }
+            let len = numel * dtype.size();
             let mut dims = [1u32; 4];
             if t.dims.is_empty() || t.dims.len() > 4 {
                 bail!("tensor {} has {} dimensions; the blob holds 1 to 4", t.name, t.dims.len());
@@ -167,7 +227,7 @@ impl Graph {
             let rec = [
                 u32_of(no)?,
                 u32_of(nl)?,
-                dtype,
+                dtype.code(),
                 t.dims.len() as u32,
                 dims[0],
                 dims[1],
@@ -178,7 +238,7 @@ impl Graph {
             ];
             tensor_records.extend(rec.iter().flat_map(|w| w.to_le_bytes()));
             data_places.push((data_off, dtype));
-            data_off = (data_off + len).next_multiple_of(64);
+            data_off = (data_off + len).next_multiple_of(ALIGN);
         }
         let total = data_off;
         u32_of(total).map_err(|_| anyhow::anyhow!("model too large: blob would exceed 4 GiB"))?;
@@ -186,7 +246,7 @@ impl Graph {
         let mut b = vec![0u8; total];
         let put = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_le_bytes());
         b[..8].copy_from_slice(&MAGIC);
-        put(&mut b, 8, VERSION);
+        put(&mut b, 8, if typed { VERSION } else { VERSION_FLOAT });
         put(&mut b, 12, HEADER_BYTES as u32);
         b[16..24].copy_from_slice(&(total as u64).to_le_bytes());
         put(&mut b, 32, hdr.precision.code());
@@ -206,6 +266,15 @@ impl Graph {
             put(&mut b, at, u32_of(off)?);
             put(&mut b, at + 4, u32_of(count)?);
         }
+        if typed {
+            put(&mut b, 116, u32_of(types_off)?);
+            put(&mut b, 120, u32_of(self.values.len())?);
+            for (i, s) in self.values.iter().enumerate() {
+                let at = types_off + i * VALUE_TYPE_RECORD_BYTES;
+                put(&mut b, at, s.dtype.code());
+                put(&mut b, at + 4, s.scale.to_bits());
+            }
+        }
         put(&mut b, 96, sched_off as u32);
         put(&mut b, 100, input);
         put(&mut b, 104, output);
@@ -224,16 +293,16 @@ impl Graph {
         }
         b[strings_off..strings_off + strings.len()].copy_from_slice(&strings);
         for (t, &(off, dtype)) in self.tensors.iter().zip(&data_places) {
-            let mut at = off;
-            for &v in &t.data {
-                if dtype == 1 {
-                    b[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-                    at += 2;
-                } else {
-                    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-                    at += 4;
+            let bytes: Vec<u8> = match &t.data {
+                Data::F32(d) if dtype == DType::F16 => {
+                    d.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()
                 }
-            }
+                Data::F32(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Data::I8(d) => d.iter().map(|&v| v as u8).collect(),
+                Data::I16(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Data::I32(d) => d.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            };
+            b[off..off + bytes.len()].copy_from_slice(&bytes);
         }
         let sum = ddpm_core::fnv1a64(&b[32..]);
         b[24..32].copy_from_slice(&sum.to_le_bytes());

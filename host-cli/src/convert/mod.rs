@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod graph;
+mod quantize;
 pub mod scheduler;
 mod unet;
 
@@ -14,6 +15,7 @@ use serde_json::{Map, Value};
 use config::{normalize_names, UNetConfig};
 pub use config::{parse_overrides, read_json_object};
 use graph::ModelHeader;
+pub use quantize::Calibration;
 
 use crate::load::{self, StateDict};
 
@@ -27,6 +29,8 @@ pub struct ConvertArgs {
     pub scheduler: Option<PathBuf>,
     pub sets: Vec<String>,
     pub scheduler_sets: Vec<String>,
+    /// Activation calibration of an int8 conversion.
+    pub calibration: Calibration,
 }
 
 /// The weights files a diffusers model folder may hold, in order of preference.
@@ -157,7 +161,13 @@ pub fn convert(a: &ConvertArgs) -> Result<Vec<String>> {
         schedule,
         config_json: serde_json::to_string(&Value::Object(with_class(cfg.json.clone())))?,
     };
-    let blob = graph.to_blob(&hdr, input, output)?;
+    let blob = if a.precision == Precision::Int8 {
+        let (blob, n) = quantize::to_int8(&graph, &hdr, input, output, &a.calibration)?;
+        notes.extend(n);
+        blob
+    } else {
+        graph.to_blob(&hdr, input, output)?
+    };
     // Check what we wrote with the same validator the target uses.
     crate::blobfile::check(&blob).context("internal error: the converter produced an invalid blob")?;
     crate::blobfile::write_atomic(&a.output, &blob)?;
