@@ -1,5 +1,5 @@
 """Makes the seed corpus for the `blob` fuzz target: two tiny UNet2DModel blobs (with and without attention,
-f32 and f16), small enough for libFuzzer's default input sizes.
+f32, f16 and int8), small enough for libFuzzer's default input sizes.
 
     python3 fuzz/make_seeds.py        # needs torch + diffusers, and a built host-cli (cargo build -p host-cli)
 """
@@ -24,6 +24,8 @@ for name, extra in configs.items():
                         norm_num_groups=2, attention_head_dim=2, **extra)
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
-        for p in ("f32", "f16"):
-            subprocess.run([CLI, "convert", d, "-o", os.path.join(OUT, f"{name}-{p}.blob"), "--precision", p], check=True)
+        for p in ("f32", "f16", "int8"):
+            calib = ["--calibration-trajectories", "1", "--calibration-steps", "4"] if p == "int8" else []
+            subprocess.run([CLI, "convert", d, "-o", os.path.join(OUT, f"{name}-{p}.blob"), "--precision", p, *calib],
+                           check=True)
 print("seeds in", OUT)

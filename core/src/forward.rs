@@ -374,6 +374,31 @@ impl<'a> Exec<'_, 'a> {
                     ops::qcopy(&mut om, at, qref(sd, s.dtype)?, mb, sb);
                 }
             }
+            Op::QScaleShift { out, x, v } => {
+                let (o, xi, vi) = (self.value(out)?, self.value(x)?, self.value(v)?);
+                let (c, hw) = (o.c, o.h * o.w);
+                if o.byte_range() == xi.byte_range() {
+                    let [od, vd] = carve(a, [o.byte_range(), vi.byte_range()]).ok_or(bad)?;
+                    let vq = qref(vd, vi.dtype)?;
+                    ops::qscale_shift(&mut qmut(od, o.dtype)?, Src::Out, vq, c, hw, xi.scale, vi.scale, o.scale);
+                } else {
+                    let [od, xd, vd] = carve(a, [o.byte_range(), xi.byte_range(), vi.byte_range()]).ok_or(bad)?;
+                    let (xq, vq) = (Src::Other(qref(xd, xi.dtype)?), qref(vd, vi.dtype)?);
+                    ops::qscale_shift(&mut qmut(od, o.dtype)?, xq, vq, c, hw, xi.scale, vi.scale, o.scale);
+                }
+            }
+            Op::QClassEmbed { out, x, table } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let class = self.class.ok_or(RunError::ClassRequired)? as usize;
+                let row = self.vector(table)?.get(class * o.c..(class + 1) * o.c).ok_or(bad)?;
+                if o.byte_range() == xi.byte_range() {
+                    let od = a.get_mut(o.byte_range()).ok_or(bad)?;
+                    ops::qclass_embed(&mut qmut(od, o.dtype)?, Src::Out, row, xi.scale, o.scale);
+                } else {
+                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                    ops::qclass_embed(&mut qmut(od, o.dtype)?, Src::Other(qref(xd, xi.dtype)?), row, xi.scale, o.scale);
+                }
+            }
             _ => return Err(bad),
         }
         Ok(())

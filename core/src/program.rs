@@ -37,6 +37,8 @@
 //! | 25 | `QAdd` | v out, v a, v b, i32 ma, i32 mb, shift | `out = sat((a·ma + b·mb + 2^(shift−1)) >> shift)`; `b` has `a`'s shape or is a `(c, 1, 1)` vector added to every pixel of its channel |
 //! | 26 | `QSdpa` | v out, v q, v k, v v, v scratch, heads, t exp, i32 m_score, s_score, i32 m_out, s_out | multi-head attention core over `(c, h, w)` = channels × tokens, i8: scores `S = Σ q·k` (i32) per head; `z = min(rq(max S − S, m_score, s_score), len(exp) − 1)`; `e = exp[z]` (i16 table, `exp[0]` > 0, entries ≥ 0); `p = (e·2^15 + Σe/2) / Σe`; `out = sat(rq(Σ p·v, m_out, s_out))`; scratch i32 ≥ tokens |
 //! | 27 | `QConcat` | v out, v a, v b, i32 ma, sa, i32 mb, sb | `out = [sat(rq(a, ma, sa)); sat(rq(b, mb, sb))]` |
+//! | 28 | `QScaleShift` | v out, v x, v v | `out[c] = x[c]·(1 + v[c]) + v[C + c]`: per channel `A`, `B` in f32 from the scales, per element `x·A + B` in 24-bit fixed point |
+//! | 29 | `QClassEmbed` | v out, v x, t table | `out = x + table[class]` on the embedding vector, table f32 (float arithmetic: one vector per forward pass) |
 //!
 //! Aliasing: an op's output may be the same value as an input only where the table's op works in place
 //! (`Silu`, `GroupNorm`, `Add`, `Affine`, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
@@ -187,6 +189,16 @@ pub enum Op {
         mb: i32,
         sb: u32,
     },
+    QScaleShift {
+        out: u32,
+        x: u32,
+        v: u32,
+    },
+    QClassEmbed {
+        out: u32,
+        x: u32,
+        table: u32,
+    },
 }
 
 /// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
@@ -217,6 +229,8 @@ impl Op {
             Op::QAdd { .. } => "QAdd",
             Op::QSdpa { .. } => "QSdpa",
             Op::QConcat { .. } => "QConcat",
+            Op::QScaleShift { .. } => "QScaleShift",
+            Op::QClassEmbed { .. } => "QClassEmbed",
         }
     }
 
@@ -268,6 +282,8 @@ impl Op {
                 put(26, &[out, q, k, v, scratch, heads, exp, m_score as u32, s_score, m_out as u32, s_out])
             }
             Op::QConcat { out, a, b, ma, sa, mb, sb } => put(27, &[out, a, b, ma as u32, sa, mb as u32, sb]),
+            Op::QScaleShift { out, x, v } => put(28, &[out, x, v]),
+            Op::QClassEmbed { out, x, table } => put(29, &[out, x, table]),
         }
         r
     }
@@ -358,6 +374,8 @@ impl Op {
             27 => {
                 (Op::QConcat { out: r[1], a: r[2], b: r[3], ma: r[4] as i32, sa: r[5], mb: r[6] as i32, sb: r[7] }, 7)
             }
+            28 => (Op::QScaleShift { out: r[1], x: r[2], v: r[3] }, 3),
+            29 => (Op::QClassEmbed { out: r[1], x: r[2], table: r[3] }, 3),
             _ => return None,
         };
         if r[used + 1..].iter().any(|&w| w != 0) {
@@ -669,6 +687,24 @@ fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
                 && disjoint(&o, &ai)
                 && disjoint(&o, &bi))
         }
+        Op::QScaleShift { out, x, v } => {
+            let (o, xi, vi) = (quant(out)?, quant(x)?, quant(v)?);
+            ok(same_shape(&o, &xi)
+                && is_vector(&vi)
+                && Some(vi.c) == xi.c.checked_mul(2)
+                && same_or_disjoint(&o, &xi)
+                && disjoint(&vi, &o)
+                && disjoint(&vi, &xi))
+        }
+        Op::QClassEmbed { out, x, table } => {
+            let (o, xi, ti) = (quant(out)?, quant(x)?, t(table)?);
+            ok(is_vector(&o)
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi)
+                && m.num_classes() > 0
+                && ti.dtype == DType::F32
+                && ti.shape() == [m.num_classes() as usize, o.c])
+        }
         _ => Err(()),
     }
 }
@@ -716,8 +752,11 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
             2 * 2 * n * n * c
         }
         Op::QGroupNorm { out, .. } => 4 * numel(out),
-        Op::Quantize { out, .. } | Op::Dequantize { out, .. } | Op::QLut { out, .. } | Op::QAdd { out, .. } => {
-            numel(out)
-        }
+        Op::Quantize { out, .. }
+        | Op::Dequantize { out, .. }
+        | Op::QLut { out, .. }
+        | Op::QAdd { out, .. }
+        | Op::QClassEmbed { out, .. } => numel(out),
+        Op::QScaleShift { out, .. } => 2 * numel(out),
     }
 }

@@ -45,21 +45,29 @@ impl Rng {
     }
 }
 
-fn small_blob() -> Vec<u8> {
+/// The small fixture model (attention, scale-shift time embedding) as an f16 blob and as an int8 blob (whose
+/// quantized ops carry integer tables that validation must police too).
+fn small_blobs() -> [Vec<u8>; 2] {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("d.blob");
     let d = fixtures().join("unet/d_safetensors");
-    host_cli_ok(&[
-        "convert",
-        d.join("model.safetensors").to_str().unwrap(),
-        "--config",
-        d.join("config.json").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--precision",
-        "f16",
-    ]);
-    std::fs::read(out).unwrap()
+    ["f16", "int8"].map(|precision| {
+        let out = tmp.path().join(format!("d-{precision}.blob"));
+        host_cli_ok(&[
+            "convert",
+            d.join("model.safetensors").to_str().unwrap(),
+            "--config",
+            d.join("config.json").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--precision",
+            precision,
+            "--calibration-trajectories",
+            "1",
+            "--calibration-steps",
+            "4",
+        ]);
+        std::fs::read(out).unwrap()
+    })
 }
 
 fn repair_checksum(b: &mut [u8]) {
@@ -71,49 +79,72 @@ fn repair_checksum(b: &mut [u8]) {
 
 #[test]
 fn the_real_blob_validates_and_misalignment_is_an_error() {
-    let blob = small_blob();
-    assert!(exercise(&blob));
-    let words = aligned(&[&[0u8][..], &blob].concat());
-    let shifted = &bytemuck::cast_slice::<u128, u8>(&words)[1..blob.len() + 1];
-    assert_eq!(Model::new_checked(shifted).unwrap_err(), ddpm_core::BlobError::Misaligned);
+    for blob in small_blobs() {
+        assert!(exercise(&blob));
+        let words = aligned(&[&[0u8][..], &blob].concat());
+        let shifted = &bytemuck::cast_slice::<u128, u8>(&words)[1..blob.len() + 1];
+        assert_eq!(Model::new_checked(shifted).unwrap_err(), ddpm_core::BlobError::Misaligned);
+    }
 }
 
 #[test]
 fn every_truncation_is_an_error() {
-    let blob = small_blob();
-    // Every prefix of the metadata, then strided prefixes through the tensor data.
-    let meta_end = 4096.min(blob.len());
-    for len in (0..meta_end).chain((meta_end..blob.len()).step_by(997)) {
-        assert!(!exercise(&blob[..len]), "prefix of {len} bytes validated");
+    for blob in small_blobs() {
+        // Every prefix of the metadata, then strided prefixes through the tensor data.
+        let meta_end = 4096.min(blob.len());
+        for len in (0..meta_end).chain((meta_end..blob.len()).step_by(997)) {
+            assert!(!exercise(&blob[..len]), "prefix of {len} bytes validated");
+        }
     }
 }
 
 #[test]
 fn mutated_metadata_with_repaired_checksum_never_panics() {
-    let blob = small_blob();
-    let table_end = {
-        // Mutate the header, schedule and tables: the part validation must police.
-        let strings_off = u32::from_le_bytes(blob[88..92].try_into().unwrap()) as usize;
-        strings_off.min(blob.len())
-    };
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut accepted = 0;
-    for round in 0..3000 {
-        let mut b = blob.clone();
-        for _ in 0..1 + round % 4 {
-            let at = (rng.next() as usize) % table_end;
-            match rng.next() % 4 {
-                0 => b[at] ^= 1 << (rng.next() % 8),
-                1 => b[at] = rng.next() as u8,
-                2 => b[at] = 0,
-                _ => b[at] = 0xff,
+    for blob in small_blobs() {
+        let table_end = {
+            // Mutate the header, schedule and tables: the part validation must police.
+            let strings_off = u32::from_le_bytes(blob[88..92].try_into().unwrap()) as usize;
+            strings_off.min(blob.len())
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut accepted = 0;
+        for round in 0..3000 {
+            let mut b = blob.clone();
+            for _ in 0..1 + round % 4 {
+                let at = (rng.next() as usize) % table_end;
+                match rng.next() % 4 {
+                    0 => b[at] ^= 1 << (rng.next() % 8),
+                    1 => b[at] = rng.next() as u8,
+                    2 => b[at] = 0,
+                    _ => b[at] = 0xff,
+                }
             }
+            repair_checksum(&mut b);
+            accepted += usize::from(exercise(&b));
         }
-        repair_checksum(&mut b);
-        accepted += usize::from(exercise(&b));
+        // Some mutations are harmless (e.g. a float parameter); most must be caught.
+        assert!(accepted < 3000, "validation accepted every mutation");
     }
-    // Some mutations are harmless (e.g. a float parameter); most must be caught.
-    assert!(accepted < 3000, "validation accepted every mutation");
+}
+
+/// The integer tables of an int8 blob (biases and requantization pairs, lookup tables, the softmax table) are
+/// data, not metadata: mutating them must be caught by validation or run without a panic.
+#[test]
+fn mutated_int8_tables_never_panic() {
+    let [_, blob] = small_blobs();
+    let strings_off = u32::from_le_bytes(blob[88..92].try_into().unwrap()) as usize;
+    let mut rng = Rng(0x5151_2020_dead_beef);
+    for _ in 0..2000 {
+        let mut b = blob.clone();
+        let at = strings_off + (rng.next() as usize) % (b.len() - strings_off);
+        b[at] = match rng.next() % 3 {
+            0 => 0x80,
+            1 => 0x7f,
+            _ => rng.next() as u8,
+        };
+        repair_checksum(&mut b);
+        exercise(&b);
+    }
 }
 
 #[test]

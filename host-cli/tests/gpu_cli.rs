@@ -4,9 +4,7 @@
 
 mod common;
 
-#[cfg(not(feature = "gpu"))]
-use common::host_cli;
-use common::{fixtures, host_cli_ok};
+use common::{fixtures, host_cli, host_cli_ok};
 #[cfg(feature = "gpu")]
 use common::{read_npy, rel_err};
 
@@ -86,4 +84,34 @@ fn gpu_backend_matches_cpu_through_the_cli() {
     let (_, sg) = read_npy(std::path::Path::new(&p("s_gpu.npy")));
     let err = sc.iter().zip(&sg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err <= 1e-3, "sample: max abs difference {err}");
+}
+
+/// int8 programs run on the CPU only: the GPU backend says so instead of failing later.
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_backend_refuses_int8_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = tmp.path().join("a8.blob");
+    let a = fixtures().join("unet/a_ddpm");
+    let calib = ["--calibration-trajectories", "1", "--calibration-steps", "4"];
+    host_cli_ok(
+        &[&["convert", a.to_str().unwrap(), "-o", b.to_str().unwrap(), "--precision", "int8"][..], &calib].concat(),
+    );
+    let png = tmp.path().join("x.png");
+    let o = host_cli(&[
+        "sample",
+        b.to_str().unwrap(),
+        "-n",
+        "1",
+        "--steps",
+        "2",
+        "-o",
+        png.to_str().unwrap(),
+        "--backend",
+        "gpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("int8"), "{err}");
+    assert!(!png.exists());
 }

@@ -19,7 +19,8 @@ pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scal
 pub use group_norm::group_norm;
 pub use linear::{dot, linear_rows};
 pub use quant::{
-    dequantize, qadd, qconv2d, qcopy, qgroup_norm, qlut, qsdpa, quantize, rq, QAttention, QElem, QMut, QNorm, QRef, Src,
+    dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
+    QElem, QMut, QNorm, QRef, Src,
 };
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;

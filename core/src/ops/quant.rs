@@ -356,17 +356,52 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
             let gi = p.gamma[ch] * inv;
             let a = p.x_scale * gi / p.mid_scale;
             let b = (p.beta[ch] - mean * p.x_scale * gi) / p.mid_scale;
-            let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
-            let (a, b) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
-            for i in ch * hw..(ch + 1) * hw {
-                let y = ((i64::from(x.get(out, i)) * a + b) >> NORM_FRAC).clamp(-ymax, ymax);
-                let y = match p.lut {
-                    Some(t) => i64::from(t[(y + 128) as u8 as usize]),
-                    None => y,
-                };
-                out.set(i, y);
-            }
+            channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut);
         }
+    }
+}
+
+/// `out[i] = lut(clamp((x[i]·A + B) >> 24))` over `range`, with `a`, `b` rounded to 24 fractional bits: the
+/// per-element work of group norm and of the scale-shift time embedding, integer only.
+fn channel_affine(
+    out: &mut QMut<'_>,
+    x: Src<'_>,
+    range: core::ops::Range<usize>,
+    a: f32,
+    b: f32,
+    ymax: i64,
+    lut: Option<&[i8; 256]>,
+) {
+    let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
+    let (a, b) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
+    for i in range {
+        let y = ((i64::from(x.get(out, i)) * a + b) >> NORM_FRAC).clamp(-ymax, ymax);
+        let y = match lut {
+            Some(t) => i64::from(t[(y + 128) as u8 as usize]),
+            None => y,
+        };
+        out.set(i, y);
+    }
+}
+
+/// Scale-shift time embedding: `out[c] = x[c]·(1 + v[c]) + v[C + c]` (`x` `(c, hw)`, `v` `(2c)`), with
+/// the per-channel factors in f32 and the per-element work in fixed point.
+#[allow(clippy::too_many_arguments)] // the operands and their three scales
+pub fn qscale_shift(out: &mut QMut<'_>, x: Src<'_>, v: QRef<'_>, c: usize, hw: usize, sx: f32, sv: f32, so: f32) {
+    let ymax = i64::from(out.max());
+    for ch in 0..c {
+        let a = sx * (1.0 + v.get(ch) as f32 * sv) / so;
+        let b = v.get(c + ch) as f32 * sv / so;
+        channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, None);
+    }
+}
+
+/// Class embedding: `out = x + row`, `row` the f32 embedding of the class (a vector, once per forward pass,
+/// so float arithmetic).
+pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f32) {
+    for (i, &r) in row.iter().enumerate() {
+        let y = (x.get(out, i) as f32 * sx + r) / so;
+        out.set(i, libm::roundf(y) as i64);
     }
 }
 

@@ -78,7 +78,8 @@ pub fn op_values(op: &Op) -> Vec<u32> {
         Op::Add { out, a, b, .. } | Op::Concat { out, a, b } => vec![out, a, b],
         Op::Attention { out, x, xn, scratch, .. } => vec![out, x, xn, scratch],
         Op::Quantize { out, x } | Op::Dequantize { out, x } | Op::QLut { out, x, .. } => vec![out, x],
-        Op::QConv2d { out, x, .. } | Op::QGroupNorm { out, x, .. } => vec![out, x],
+        Op::QConv2d { out, x, .. } | Op::QGroupNorm { out, x, .. } | Op::QClassEmbed { out, x, .. } => vec![out, x],
+        Op::QScaleShift { out, x, v } => vec![out, x, v],
         Op::QAdd { out, a, b, .. } | Op::QConcat { out, a, b, .. } => vec![out, a, b],
         Op::QSdpa { out, q, k, v, scratch, .. } => vec![out, q, k, v, scratch],
     }

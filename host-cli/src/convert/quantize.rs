@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail, Result};
 use ddpm_core::blob::DType;
 use ddpm_core::program::{Op, NO_LUT};
-use ddpm_core::sampler::{Method, SampleSpec, Sampler};
+use ddpm_core::rng::fill_normal;
+use ddpm_core::sampler::{Method, Steps};
+use ddpm_core::schedule::alphas_cumprod;
 use ddpm_core::{Model, Precision};
 
 use super::graph::{Data, Graph, ModelHeader, Shape};
@@ -191,31 +193,38 @@ fn floats(g: &Graph, t: u32) -> Result<&[f32]> {
 }
 
 /// Runs the calibration trajectories through the f32 model and histograms every site.
+///
+/// The trajectories are DDPM ancestral sampling (`Steps::step_one`, the sampler's own step) driven by the
+/// forward pass that is being observed. A model whose extra output channels the schedule does not use (say,
+/// learned variance with a fixed variance type, which `sample` refuses) is stepped with its first channels.
 fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<HashMap<Site, Hist>> {
     let mut hists: HashMap<Site, Hist> = HashMap::new();
-    let spec =
-        SampleSpec { method: Method::Ddpm, steps: cal.steps, batch: 1, seed: cal.seed, class: None, first_image: 0 };
     let value_floats = |arena: &[u8], v: u32| -> Vec<f32> {
         let info = model.value(v).expect("validated value");
         arena[info.byte_range()].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     };
-    let n_out = model.out_channels() * model.height() * model.width();
-    let mut eps = vec![0.0f32; n_out];
+    let schedule = model.schedule();
+    let steps = Steps::new(schedule, Method::Ddpm, cal.steps)
+        .ok_or_else(|| anyhow!("calibration: {} steps do not fit the schedule", cal.steps))?;
+    let mut ac = vec![0f32; schedule.num_train_timesteps as usize];
+    alphas_cumprod(&schedule, model.trained_betas(), &mut ac);
+    let (n_in, hw) = (model.in_channels() * model.height() * model.width(), model.height() * model.width());
+    let mut eps = vec![0.0f32; model.out_channels() * hw];
     let mut look_arena = vec![0u128; model.arena_bytes().div_ceil(16)];
+    let (mut x0, mut scratch) = (vec![0f32; n_in], vec![0f32; n_in]);
     for k in 0..cal.trajectories {
-        let sampler = Sampler::new(model, SampleSpec { first_image: k, ..spec })
-            .map_err(|e| anyhow!("calibration sampler: {e:?}"))?;
-        let mut arena = vec![0u128; sampler.arena_bytes().div_ceil(16)];
-        let arena = bytemuck::cast_slice_mut::<u128, u8>(&mut arena);
-        let mut state = sampler.start(arena, None).map_err(|e| anyhow!("calibration: {e:?}"))?;
-        for i in 0..sampler.num_steps() {
-            let x_t = sampler.samples(arena).to_vec();
-            let t = sampler.timestep(i).ok_or_else(|| anyhow!("internal: no timestep {i}"))? as f32;
+        // A class-conditional model is calibrated on every class in turn.
+        let class = (model.num_classes() > 0).then(|| k % model.num_classes());
+        let mut x_t = vec![0f32; n_in];
+        fill_normal(&mut x_t, cal.seed, k, 0);
+        for i in 0..steps.timesteps.len() {
+            let sc = steps.scalars(&ac, i).ok_or_else(|| anyhow!("internal: no step {i}"))?;
+            let t = sc.t as f32;
             hists.entry(Site::Input).or_insert_with(Hist::new).add(&x_t);
             let mut err = None;
             let look_bytes = bytemuck::cast_slice_mut::<u128, u8>(&mut look_arena);
             model
-                .forward_inspect(look_bytes, &x_t, t, None, &mut eps, &mut |i, op, done, a| {
+                .forward_inspect(look_bytes, &x_t, t, class, &mut eps, &mut |i, op, done, a| {
                     let mut add = |site: Site, xs: &[f32]| hists.entry(site).or_insert_with(Hist::new).add(xs);
                     match (*op, done) {
                         (Op::GroupNorm { x, gamma, beta, groups, eps, silu: true, .. }, false) => {
@@ -262,7 +271,12 @@ fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<HashMap<
             if let Some(e) = err {
                 return Err(e);
             }
-            sampler.step(arena, &mut state, None).map_err(|e| anyhow!("calibration step: {e:?}"))?;
+            let out_c = eps.len().min(n_in * 2);
+            steps
+                .step_one(&sc, steps.adds_noise(i), &mut x_t, &mut x0, &eps[..out_c], &mut scratch, &mut |z| {
+                    fill_normal(z, cal.seed, k, i as u32 + 1)
+                })
+                .map_err(|e| anyhow!("calibration step: {e:?}"))?;
         }
     }
     Ok(hists)
@@ -619,9 +633,18 @@ impl Builder<'_> {
                 self.q.push(Op::QConcat { out: o, a: aq, b: bq, ma, sa, mb, sb });
                 self.define(out, o, None);
             }
-            Op::ClassEmbed { .. } => bail!("int8 conversion of class-conditional models is not supported yet"),
-            Op::ScaleShift { .. } => {
-                bail!("int8 conversion of resnet_time_scale_shift = \"scale_shift\" is not supported yet")
+            Op::ClassEmbed { out, table } => {
+                let xq = self.input(out)?;
+                let o = self.qvalue(shape(out), Site::Out(i))?;
+                let table = self.float_tensor(table)?;
+                self.q.push(Op::QClassEmbed { out: o, x: xq, table });
+                self.define(out, o, Some(xq));
+            }
+            Op::ScaleShift { x, v } => {
+                let (xq, vq) = (self.input(x)?, self.input(v)?);
+                let o = self.qvalue(shape(x), Site::Out(i))?;
+                self.q.push(Op::QScaleShift { out: o, x: xq, v: vq });
+                self.define(x, o, Some(xq));
             }
             _ => bail!("internal: {} in an f32 program", op.name()),
         }
