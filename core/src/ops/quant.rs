@@ -217,19 +217,31 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
                 }
                 acc
             };
+            let fixed = match (kw, s) {
+                (1, 1) => Some(tile::<X, 1, 1, 2> as Tile<X>),
+                (3, 1) => Some(tile::<X, 3, 1, 4> as Tile<X>),
+                (3, 2) => Some(tile::<X, 3, 2, 5> as Tile<X>),
+                _ => None,
+            };
+            if let Some(tile) = fixed {
+                // Every column, borders included (the tile reads zeros outside the row), two at a time.
+                for ox in (0..g.wo).step_by(2) {
+                    let rows = Rows { x, g, oy, ky: ky_lo..ky_hi, base: (ox * s) as isize - pl as isize };
+                    let (a0, a1) = tile(&rows, &ws, bias);
+                    store(ob, oy, ox, &a0);
+                    if ox + 1 < g.wo {
+                        store(ob, oy, ox + 1, &a1);
+                    }
+                }
+                continue;
+            }
             for ox in (0..xa).chain(xb..g.wo) {
                 store(ob, oy, ox, &pixel(ox));
             }
-            let tile = match (kw, s) {
-                (1, 1) => tile::<X, 1, 1, 2>,
-                (3, 1) => tile::<X, 3, 1, 4>,
-                (3, 2) => tile::<X, 3, 2, 5>,
-                _ => tile_any::<X>,
-            };
             let mut ox = xa;
             while ox + 2 <= xb {
-                let rows = Rows { x, g, oy, ky: ky_lo..ky_hi, base: ox * s - pl };
-                let (a0, a1) = tile(&rows, &ws, bias);
+                let rows = Rows { x, g, oy, ky: ky_lo..ky_hi, base: (ox * s - pl) as isize };
+                let (a0, a1) = tile_any(&rows, &ws, bias);
                 store(ob, oy, ox, &a0);
                 store(ob, oy, ox + 1, &a1);
                 ox += 2;
@@ -241,18 +253,22 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
     });
 }
 
-/// The input rows one output row of a convolution reads, and where its first tiled column starts.
+/// The input rows one output row of a convolution reads, and the input column of its first tap (negative in
+/// the left padding).
 struct Rows<'x, X> {
     x: &'x [X],
     g: &'x Conv2dShape,
     oy: usize,
     ky: core::ops::Range<usize>,
-    base: usize,
+    base: isize,
 }
 
-/// Two interior output columns (`base` and `base + S`) × four output channels, for a `K`-wide kernel with
-/// stride `S` (`N` = `K + S` input columns): accumulators in registers, fixed-size arrays so that the tap loops
-/// unroll without bounds tests.
+/// A two-column tile kernel.
+type Tile<X> = fn(&Rows<'_, X>, &[&[i8]; QCO], [i32; QCO]) -> ([i32; QCO], [i32; QCO]);
+
+/// Two output columns (taps from input column `base` and `base + S`) × four output channels, for a `K`-wide
+/// kernel with stride `S` (`N` = `K + S` input columns): accumulators in registers, fixed-size arrays so that
+/// the tap loops unroll without bounds tests. Input columns outside the row read as zero (the padding).
 fn tile<X: QElem, const K: usize, const S: usize, const N: usize>(
     r: &Rows<'_, X>,
     ws: &[&[i8]; QCO],
@@ -263,8 +279,13 @@ fn tile<X: QElem, const K: usize, const S: usize, const N: usize>(
     for ci in 0..g.ci {
         for ky in r.ky.clone() {
             // Copied into locals without branches (the ranges are always inside), so that the tap loops unroll.
-            let at = (ci * g.h + r.oy * g.stride + ky - g.pad[0]) * g.w + r.base;
-            let px: [X; N] = r.x.get(at..at + N).and_then(|p| p.try_into().ok()).unwrap_or([X::ZERO; N]);
+            let row = &r.x[(ci * g.h + r.oy * g.stride + ky - g.pad[0]) * g.w..][..g.w];
+            let inside = usize::try_from(r.base).ok().and_then(|b| row.get(b..b + N)).and_then(|p| p.try_into().ok());
+            let px: [X; N] = inside.unwrap_or_else(|| {
+                core::array::from_fn(|j| {
+                    usize::try_from(r.base + j as isize).ok().and_then(|i| row.get(i)).copied().unwrap_or(X::ZERO)
+                })
+            });
             let tap = (ci * g.kh + ky) * K;
             for (c, wc) in ws.iter().enumerate() {
                 let wk: [i8; K] = wc.get(tap..tap + K).and_then(|w| w.try_into().ok()).unwrap_or([0; K]);
@@ -287,7 +308,8 @@ fn tile_any<X: QElem>(r: &Rows<'_, X>, ws: &[&[i8]; QCO], bias: [i32; QCO]) -> (
     for ci in 0..g.ci {
         for ky in r.ky.clone() {
             let row = &r.x[(ci * g.h + r.oy * s + ky - g.pad[0]) * g.w..];
-            let px = &row[r.base..r.base + kw + s];
+            let b = r.base as usize;
+            let px = &row[b..b + kw + s];
             let tap = (ci * g.kh + ky) * kw;
             for c in 0..QCO {
                 let wk = &ws[c][tap..tap + kw];
