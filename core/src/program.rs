@@ -410,6 +410,23 @@ pub fn conv_shape(x: &ValueInfo, out: &ValueInfo, w: &TensorInfo<'_>, stride: u3
     }
 }
 
+/// A convolution's kernel `[co, ci, kh, kw]`, stride and padding turn `x` into `out`, the padding is narrower
+/// than the kernel, and input and output do not overlap.
+fn conv_geometry_ok(x: &ValueInfo, out: &ValueInfo, dims: [usize; 4], stride: u32, pad: [u32; 4]) -> bool {
+    let [co, ci, kh, kw] = dims;
+    let [pt, pl, pb, pr] = pad.map(|p| p as usize);
+    let s = stride as usize;
+    co == out.c
+        && ci == x.c
+        && conv_out_len(x.h, kh, s, pt, pb) == Some(out.h)
+        && conv_out_len(x.w, kw, s, pl, pr) == Some(out.w)
+        && pt < kh
+        && pb < kh
+        && pl < kw
+        && pr < kw
+        && disjoint(out, x)
+}
+
 /// How two arena ranges relate.
 fn same_or_disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
     a.byte_range() == b.byte_range() || disjoint(a, b)
@@ -440,7 +457,6 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
         let ti = t(i)?;
         ok(ti.dtype == DType::F32 && ti.shape() == [n])
     };
-    let shape = |ti: &TensorInfo<'_>| -> [usize; 4] { ti.dims };
     match *op {
         Op::TimestepEmbed { out, freq_shift, max_period, .. } => {
             let o = v(out)?;
@@ -470,20 +486,9 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
         }
         Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
             let (o, xi, wi, si) = (v(out)?, v(x)?, t(w)?, v(scratch)?);
-            let [co, ci, kh, kw] = shape(&wi);
-            vec_f32(b, co)?;
-            let [pt, pl, pb, pr] = pad.map(|p| p as usize);
-            let s = stride as usize;
+            vec_f32(b, wi.dims[0])?;
             ok(wi.ndim == 4
-                && co == o.c
-                && ci == xi.c
-                && conv_out_len(xi.h, kh, s, pt, pb) == Some(o.h)
-                && conv_out_len(xi.w, kw, s, pl, pr) == Some(o.w)
-                && pt < kh
-                && pb < kh
-                && pl < kw
-                && pr < kw
-                && disjoint(&o, &xi)
+                && conv_geometry_ok(&xi, &o, wi.dims, stride, pad)
                 && disjoint(&si, &xi)
                 && disjoint(&si, &o)
                 && {
@@ -605,18 +610,7 @@ fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
             let taps = (ci * kh * kw) as u64;
             let worst = taps * 128 * (xi.dtype.qmax() as u64 + 1)
                 + table.chunks_exact(3).map(|p| p[0].unsigned_abs() as u64).max().unwrap_or(0);
-            let [pt, pl, pb, pr] = pad.map(|p| p as usize);
-            let s = stride as usize;
-            ok(worst < 1 << 31
-                && co == o.c
-                && ci == xi.c
-                && conv_out_len(xi.h, kh, s, pt, pb) == Some(o.h)
-                && conv_out_len(xi.w, kw, s, pl, pr) == Some(o.w)
-                && pt < kh
-                && pb < kh
-                && pl < kw
-                && pr < kw
-                && disjoint(&o, &xi))
+            ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad))
         }
         Op::QLut { out, x, table } => {
             let (o, xi) = (of(out, DType::I8)?, of(x, DType::I8)?);
