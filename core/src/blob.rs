@@ -54,9 +54,11 @@
 //! memory. Every value must fit within the arena size stated in the header.
 //!
 //! ## Value type record (8 bytes, version 2)
-//! `dtype u32, scale f32`, one per value in value order. dtype: 0 = f32, 2 = i8, 3 = i16, 4 = i32 (scratch).
-//! An i8/i16 value `q` stands for the real number `q × scale` (symmetric, no zero point; `scale` finite and > 0);
-//! for f32 and i32 values `scale` is 0. Without the table every value is f32.
+//! `dtype u16, zero i16, scale f32`, one per value in value order. dtype: 0 = f32, 2 = i8, 3 = i16, 4 = i32
+//! (scratch). An i8/i16 value `q` stands for the real number `(q − zero) × scale` (`scale` finite and > 0;
+//! `zero` in ±127, and non-zero only for i8 values that only convolutions read: post-SiLU activations, whose
+//! range is nearly one-sided); for f32 and i32 values `scale` and `zero` are 0. Without the table every value
+//! is f32.
 //!
 //! ## Schedule record (64 bytes)
 //! | off | type | field (diffusers scheduler option) |
@@ -442,6 +444,8 @@ pub struct ValueInfo {
     pub dtype: DType,
     /// For i8/i16: the real value of one integer step; 0 otherwise.
     pub scale: f32,
+    /// For i8: the integer that stands for 0.0 (non-zero only for the inputs of convolutions); 0 otherwise.
+    pub zero: i32,
 }
 
 impl ValueInfo {
@@ -669,9 +673,10 @@ impl<'a> Model<'a> {
             if !off.is_multiple_of(ALIGN) || c == 0 || h == 0 || w == 0 {
                 return Err(bad);
             }
-            let (dtype, scale) = self.value_type(i).ok_or(bad)?;
+            let (dtype, scale, zero) = self.value_type(i).ok_or(bad)?;
             let scale_ok = if dtype.is_quantized() { scale.is_finite() && scale > 0.0 } else { scale == 0.0 };
-            if dtype == DType::F16 || !scale_ok {
+            let zero_ok = zero == 0 || (dtype == DType::I8 && zero.abs() <= 127);
+            if dtype == DType::F16 || !scale_ok || !zero_ok {
                 return Err(bad);
             }
             let end = c
@@ -732,12 +737,14 @@ impl<'a> Model<'a> {
     }
 
     /// The stored type and scale of value `i` (f32 when the blob has no value type table).
-    fn value_type(&self, i: usize) -> Option<(DType, f32)> {
+    fn value_type(&self, i: usize) -> Option<(DType, f32, i32)> {
         if self.value_types.is_empty() {
-            return Some((DType::F32, 0.0));
+            return Some((DType::F32, 0.0, 0));
         }
         let r = self.value_types.get(i * VALUE_TYPE_RECORD_BYTES..)?;
-        Some((DType::from_code(u32_at(r, 0))?, f32::from_bits(u32_at(r, 4))))
+        let word = u32_at(r, 0);
+        let zero = i32::from((word >> 16) as u16 as i16);
+        Some((DType::from_code(word & 0xffff)?, f32::from_bits(u32_at(r, 4)), zero))
     }
 
     /// Shape, type and arena placement of activation value `i`.
@@ -747,7 +754,7 @@ impl<'a> Model<'a> {
             return None;
         }
         let r = &self.values[i * VALUE_RECORD_BYTES..];
-        let (dtype, scale) = self.value_type(i)?;
+        let (dtype, scale, zero) = self.value_type(i)?;
         Some(ValueInfo {
             offset: u32_at(r, 0) as usize,
             c: u32_at(r, 4) as usize,
@@ -755,6 +762,7 @@ impl<'a> Model<'a> {
             w: u32_at(r, 12) as usize,
             dtype,
             scale,
+            zero,
         })
     }
 

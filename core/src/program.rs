@@ -22,7 +22,8 @@
 //!
 //! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
 //! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
-//! are i8 or i16 (`q` stands for `q × scale`, the value's scale), kernels i8 with one scale per output channel,
+//! are i8 or i16 (`q` stands for `(q − zero) × scale`, the value's scale and zero point; a non-zero zero point
+//! is allowed only where this table says so), kernels i8 with one scale per output channel,
 //! biases i32. Scales are folded at convert time into integer multipliers: `rq(acc, m, s)` is
 //! `(acc·m + 2^(s−1)) >> s` in 64-bit arithmetic (`m` ≥ 0, `s` ≤ 62, shifts arithmetic, so ties round up),
 //! and `sat` clamps to the output type's symmetric range (±127 or ±32767).
@@ -31,9 +32,9 @@
 //! |-----:|----|----------|-----------|
 //! | 20 | `Quantize` | v out, v x | `out = sat(round(x / scale_out))`, x f32 (float arithmetic) |
 //! | 21 | `Dequantize` | v out, v x | `out = x · scale_x`, out f32 (float arithmetic) |
-//! | 22 | `QConv2d` | v out, v x, t w, t brq, stride, pad top, left, bottom, right | `acc = b[o] + Σ w·x` over the in-bounds taps (zero padding) in i32; `out = sat(rq(acc, m[o], s[o]))`; w i8 `[o, i, kh, kw]`, brq i32 `[o, 3]` = (b, m, s). Linear layers are 1×1 convolutions of `(i, 1, 1)` values |
-//! | 23 | `QLut` | v out, v x, t table | `out = table[x + 128]`, i8 → i8 (SiLU), table i8 `[256]` |
-//! | 24 | `QGroupNorm` | v out, v x, t gamma, t beta, groups, f32 eps, t lut, f32 mid_scale | group statistics exact in integers; per channel `y = x·A + B` in 24-bit fixed point, `A`, `B` from the statistics in f32; the result has scale `mid_scale`, then `out = lut[y + 128]` (SiLU) or, when `lut` = `u32::MAX`, `out = y` (then `mid_scale` must equal the output's scale) |
+//! | 22 | `QConv2d` | v out, v x, t w, t brq, stride, pad top, left, bottom, right | `acc = b[o] + Σ w·x` over all taps in i32, padding with `x`'s zero point (so it stands for 0.0; the converter folds `−zero·Σw` into `b`); `out = sat(rq(acc, m[o], s[o]))`; w i8 `[o, i, kh, kw]`, brq i32 `[o, 3]` = (b, m, s). Linear layers are 1×1 convolutions of `(i, 1, 1)` values |
+//! | 23 | `QLut` | v out, v x, t table | `out = table[x + 128]`, i8 → i8 (SiLU; either side may have a zero point, the table encodes both), table i8 `[256]` |
+//! | 24 | `QGroupNorm` | v out, v x, t gamma, t beta, groups, f32 eps, t lut, f32 mid_scale | group statistics exact in integers; per channel `y = x·A + B` in 24-bit fixed point, `A`, `B` from the statistics in f32; the result has scale `mid_scale`, then `out = lut[y + 128]` (SiLU; the output may have a zero point, the table encodes it) or, when `lut` = `u32::MAX`, `out = y` (then `mid_scale` must equal the output's scale) |
 //! | 25 | `QAdd` | v out, v a, v b, i32 ma, i32 mb, shift | `out = sat((a·ma + b·mb + 2^(shift−1)) >> shift)`; `b` has `a`'s shape or is a `(c, 1, 1)` vector added to every pixel of its channel |
 //! | 26 | `QSdpa` | v out, v q, v k, v v, v scratch, heads, t exp, i32 m_score, s_score, i32 m_out, s_out | multi-head attention core over `(c, h, w)` = channels × tokens, i8: scores `S = Σ q·k` (i32) per head; `z = min(rq(max S − S, m_score, s_score), len(exp) − 1)`; `e = exp[z]` (i16 table, `exp[0]` > 0, entries ≥ 0); `p = (e·2^15 + Σe/2) / Σe`; `out = sat(rq(Σ p·v, m_out, s_out))`; scratch i32 ≥ tokens |
 //! | 27 | `QConcat` | v out, v a, v b, i32 ma, sa, i32 mb, sb | `out = [sat(rq(a, ma, sa)); sat(rq(b, mb, sb))]` |
@@ -553,7 +554,7 @@ pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
             ok(o.c == xi.c
                 && Some(o.h) == xi.h.checked_mul(2)
                 && Some(o.w) == xi.w.checked_mul(2)
-                && (o.dtype, o.scale.to_bits()) == (xi.dtype, xi.scale.to_bits())
+                && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
                 && o.dtype != DType::I32
                 && disjoint(&o, &xi))
         }
@@ -576,8 +577,10 @@ fn rq_ok(mult: i32, shift: u32) -> bool {
 
 /// Validation of the int8 ops (see the second table of the module docs).
 fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
-    let quant = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized()).ok_or(());
-    let of = |i: u32, dt: DType| m.value(i).filter(|v| v.dtype == dt).ok_or(());
+    // A quantized value without a zero point; `coded` also allows one (see the op table).
+    let quant = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized() && v.zero == 0).ok_or(());
+    let coded = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized()).ok_or(());
+    let of = |i: u32, dt: DType| m.value(i).filter(|v| v.dtype == dt && v.zero == 0).ok_or(());
     let t = |i: u32| m.tensor_info(i).ok_or(());
     let i32s = |i: u32| match m.tensor(i) {
         Some(TensorView::I32(d)) => Ok(d),
@@ -601,7 +604,7 @@ fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
             ok(same_shape(&o, &xi) && disjoint(&o, &xi))
         }
         Op::QConv2d { out, x, w, brq, stride, pad } => {
-            let (o, xi, wi) = (quant(out)?, quant(x)?, t(w)?);
+            let (o, xi, wi) = (quant(out)?, coded(x)?, t(w)?);
             let [co, ci, kh, kw] = wi.dims;
             let table = i32s(brq)?;
             ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3])?;
@@ -613,12 +616,14 @@ fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
             ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad))
         }
         Op::QLut { out, x, table } => {
-            let (o, xi) = (of(out, DType::I8)?, of(x, DType::I8)?);
+            let (o, xi) = (coded(out)?, coded(x)?);
+            ok(o.dtype == DType::I8 && xi.dtype == DType::I8)?;
             lut(table)?;
             ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
         }
         Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut: table, mid_scale } => {
-            let (o, xi) = (quant(out)?, quant(x)?);
+            let (o, xi) = (coded(out)?, quant(x)?);
+            ok(o.zero == 0 || table != NO_LUT)?;
             vec_f32(gamma, o.c)?;
             vec_f32(beta, o.c)?;
             if table == NO_LUT {

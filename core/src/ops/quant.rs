@@ -159,13 +159,14 @@ impl Src<'_> {
 /// Output channels computed together (each input element loaded once serves this many).
 const QCO: usize = 4;
 
-/// Integer convolution with zero padding: `out[o] = sat(rq(b[o] + Σ w·x, m[o], s[o]))`.
+/// Integer convolution: `out[o] = sat(rq(b[o] + Σ w·x, m[o], s[o]))` over every tap, taps in the padding reading
+/// `pad` (the input's zero point, the integer that stands for 0.0).
 ///
 /// Columns whose taps all lie inside the input run a register-tiled loop (4 output channels × 2 columns, no
 /// bounds tests); the few border columns take a per-tap checked path. No padded copy of the input is made, so
 /// the arena holds only the activations.
 // out (co,ho,wo), x (ci,h,w), w (co,ci,kh,kw), brq (co,3) = bias, multiplier, shift
-pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32], g: &Conv2dShape) {
+pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32], g: &Conv2dShape, pad: X) {
     let plane = g.ho * g.wo;
     let taps = g.ci * g.kh * g.kw;
     let ([pt, pl, _, _], s, kw) = (g.pad, g.stride.max(1), g.kw);
@@ -189,25 +190,46 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
         let ch = |c: usize| co0 + c.min(nco - 1);
         let ws: [&[i8]; QCO] = core::array::from_fn(|c| &w[ch(c) * taps..][..taps]);
         let bias: [i32; QCO] = core::array::from_fn(|c| brq[3 * ch(c)]);
+        // Kernel rows inside the input for output row oy (iy = oy·s + ky − pt ∈ [0, h)), columns for ox.
+        let rows_in = |oy: usize| {
+            let lo = pt.saturating_sub(oy * s).min(g.kh);
+            lo..(g.h + pt).saturating_sub(oy * s).min(g.kh).max(lo)
+        };
+        let cols_in = |ox: usize| {
+            let lo = pl.saturating_sub(ox * s).min(kw);
+            lo..(g.w + pl).saturating_sub(ox * s).min(kw).max(lo)
+        };
+        let pad_v = pad.get();
+        // The kernels sum the taps inside the input; taps in the padding read `pad`, added here.
         let store = |ob: &mut [Y], oy: usize, ox: usize, acc: &[i32; QCO]| {
+            let mut acc = *acc;
+            let (ky, kx) = (rows_in(oy), cols_in(ox));
+            if pad_v != 0 && (ky.len() < g.kh || kx.len() < kw) {
+                for (a, wc) in acc.iter_mut().zip(&ws) {
+                    let mut outside = 0i32;
+                    for (t, &wv) in wc.iter().enumerate() {
+                        let (r, col) = ((t / kw) % g.kh, t % kw);
+                        if !(ky.contains(&r) && kx.contains(&col)) {
+                            outside += i32::from(wv);
+                        }
+                    }
+                    *a += pad_v * outside;
+                }
+            }
             for (c, &a) in acc.iter().enumerate().take(nco) {
                 let (m, sh) = (brq[3 * (co0 + c) + 1], brq[3 * (co0 + c) + 2] as u32);
                 ob[c * plane + oy * g.wo + ox] = Y::sat(rq(i64::from(a), m, sh));
             }
         };
         for oy in 0..g.ho {
-            // Kernel rows inside the input: iy = oy·s + ky − pt ∈ [0, h).
-            let ky_lo = pt.saturating_sub(oy * s).min(g.kh);
-            let ky_hi = (g.h + pt).saturating_sub(oy * s).min(g.kh).max(ky_lo);
+            let ky_range = rows_in(oy);
             let pixel = |ox: usize| -> [i32; QCO] {
                 let mut acc = bias;
-                let kx_lo = pl.saturating_sub(ox * s).min(kw);
-                let kx_hi = (g.w + pl).saturating_sub(ox * s).min(kw).max(kx_lo);
                 for ci in 0..g.ci {
-                    for ky in ky_lo..ky_hi {
+                    for ky in ky_range.clone() {
                         let row = &x[(ci * g.h + oy * s + ky - pt) * g.w..][..g.w];
                         let tap = (ci * g.kh + ky) * kw;
-                        for kx in kx_lo..kx_hi {
+                        for kx in cols_in(ox) {
                             let xv = row[ox * s + kx - pl].get();
                             for (a, wc) in acc.iter_mut().zip(&ws) {
                                 *a += i32::from(wc[tap + kx]) * xv;
@@ -224,9 +246,10 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
                 _ => None,
             };
             if let Some(tile) = fixed {
-                // Every column, borders included (the tile reads zeros outside the row), two at a time.
+                // Every column, borders included (the tile reads zeros outside the row: `store` adds the
+                // padding's share), two at a time.
                 for ox in (0..g.wo).step_by(2) {
-                    let rows = Rows { x, g, oy, ky: ky_lo..ky_hi, base: (ox * s) as isize - pl as isize };
+                    let rows = Rows { x, g, oy, ky: ky_range.clone(), base: (ox * s) as isize - pl as isize };
                     let (a0, a1) = tile(&rows, &ws, bias);
                     store(ob, oy, ox, &a0);
                     if ox + 1 < g.wo {
@@ -240,7 +263,7 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
             }
             let mut ox = xa;
             while ox + 2 <= xb {
-                let rows = Rows { x, g, oy, ky: ky_lo..ky_hi, base: (ox * s - pl) as isize };
+                let rows = Rows { x, g, oy, ky: ky_range.clone(), base: (ox * s - pl) as isize };
                 let (a0, a1) = tile_any(&rows, &ws, bias);
                 store(ob, oy, ox, &a0);
                 store(ob, oy, ox + 1, &a1);
@@ -563,7 +586,7 @@ mod tests {
     }
 
     /// Direct definition: every tap, zero padding, i64 sums.
-    fn reference<X: QElem, Y: QElem>(x: &[X], w: &[i8], brq: &[i32], g: &Conv2dShape) -> Vec<Y> {
+    fn reference<X: QElem, Y: QElem>(x: &[X], w: &[i8], brq: &[i32], g: &Conv2dShape, pad: i32) -> Vec<Y> {
         let mut out = Vec::new();
         for o in 0..g.co {
             for oy in 0..g.ho {
@@ -574,10 +597,9 @@ mod tests {
                             for kx in 0..g.kw {
                                 let iy = (oy * g.stride + ky) as isize - g.pad[0] as isize;
                                 let ix = (ox * g.stride + kx) as isize - g.pad[1] as isize;
-                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                    continue;
-                                }
-                                let xv = x[(ci * g.h + iy as usize) * g.w + ix as usize].get();
+                                let outside = iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize;
+                                let xv =
+                                    if outside { pad } else { x[(ci * g.h + iy as usize) * g.w + ix as usize].get() };
                                 let wv = w[((o * g.ci + ci) * g.kh + ky) * g.kw + kx];
                                 acc += i64::from(xv) * i64::from(wv);
                             }
@@ -593,6 +615,7 @@ mod tests {
     fn check_conv<X: QElem + core::fmt::Debug, Y: QElem + PartialEq + core::fmt::Debug + Default>(
         from: fn(i32) -> X,
         g: Conv2dShape,
+        pad: i32,
     ) {
         let x: Vec<X> = ints(g.ci * g.h * g.w, X::MAX, 1).map(from).collect();
         let w: Vec<i8> = ints(g.co * g.ci * g.kh * g.kw, 127, 2).map(|v| v as i8).collect();
@@ -600,9 +623,10 @@ mod tests {
         // Multipliers that keep outputs mostly in range, some saturating.
         let shift = 14 + (X::MAX > 127) as i32 * 7;
         let brq: Vec<i32> = (0..g.co).flat_map(|o| [b[o], (1 << 30) + 12345 * o as i32, shift]).collect();
-        let want = reference::<X, Y>(&x, &w, &brq, &g);
+        let want = reference::<X, Y>(&x, &w, &brq, &g, pad);
+        let pad = from(pad);
         let mut got = vec![Y::default(); g.co * g.ho * g.wo];
-        qconv2d(&mut got, &x, &w, &brq, &g);
+        qconv2d(&mut got, &x, &w, &brq, &g, pad);
         assert_eq!(got, want, "{g:?}");
     }
 
@@ -624,10 +648,12 @@ mod tests {
             shape(2, 9, 11, 9, 3, 2, [1; 4]), // stride 2, odd sizes, a partial channel block
             shape(3, 3, 2, 4, 3, 1, [1; 4]),  // narrower than the kernel
         ] {
-            check_conv::<i8, i8>(|v| v as i8, g);
-            check_conv::<i8, i16>(|v| v as i8, g);
-            check_conv::<i16, i8>(|v| v as i16, g);
-            check_conv::<i16, i16>(|v| v as i16, g);
+            for pad in [0, -97] {
+                check_conv::<i8, i8>(|v| v as i8, g, pad);
+                check_conv::<i8, i16>(|v| v as i8, g, pad);
+                check_conv::<i16, i8>(|v| v as i16, g, pad);
+                check_conv::<i16, i16>(|v| v as i16, g, pad);
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use ddpm_core::blob::{
 };
 use ddpm_core::program::Op;
 
-/// An activation value `(c, h, w)` of type `dtype` (i8/i16 values stand for `q × scale`).
+/// An activation value `(c, h, w)` of type `dtype` (i8/i16 values stand for `(q − zero) × scale`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Shape {
     pub c: usize,
@@ -16,6 +16,7 @@ pub struct Shape {
     pub w: usize,
     pub dtype: DType,
     pub scale: f32,
+    pub zero: i32,
 }
 
 impl Shape {
@@ -91,7 +92,7 @@ impl Graph {
     }
 
     pub fn typed_value(&mut self, c: usize, h: usize, w: usize, dtype: DType, scale: f32) -> u32 {
-        self.values.push(Shape { c, h, w, dtype, scale });
+        self.values.push(Shape { c, h, w, dtype, scale, zero: 0 });
         (self.values.len() - 1) as u32
     }
 
@@ -272,7 +273,7 @@ impl Graph {
             put(&mut b, 120, u32_of(self.values.len())?);
             for (i, s) in self.values.iter().enumerate() {
                 let at = types_off + i * VALUE_TYPE_RECORD_BYTES;
-                put(&mut b, at, s.dtype.code());
+                put(&mut b, at, s.dtype.code() | u32::from(s.zero as i16 as u16) << 16);
                 put(&mut b, at + 4, s.scale.to_bits());
             }
         }

@@ -13,6 +13,9 @@
 //! half rescaled: the two halves of a skip concatenation have very different ranges), attention three 1×1
 //! `QConv2d`, `QSdpa` and a fourth `QConv2d`. Activations are i8, except the network input (the sampler's x_t,
 //! which needs fine steps near t = 0 and a wide range near t = T) and the network output, which are i16.
+//! Post-SiLU activations (the inputs of most convolutions) are asymmetric: SiLU never goes below −0.2785, so a
+//! zero point spends the 255 codes on [−0.2785, clip] instead of [−clip, clip], twice the resolution; the
+//! convolution pads with the zero point and the converter folds `−zero·Σw` into its bias.
 
 use std::collections::HashMap;
 
@@ -325,6 +328,9 @@ fn fixed_pair(ra: f64, rb: f64) -> (i32, i32, u32) {
     (m(ra), m(rb), shift)
 }
 
+/// The minimum of SiLU, x·σ(x), at x ≈ −1.2785.
+const SILU_MIN: f64 = -0.278_464_542_761_074;
+
 /// Steps of the softmax table per unit of the exponent (a step changes a probability by 1.6 %, so rounding to
 /// the nearest step errs by at most 0.8 %).
 const EXP_STEPS: f64 = 64.0;
@@ -343,7 +349,9 @@ struct Builder<'g> {
     hists: HashMap<Site, Hist>,
     /// f32 tensors of the f32 program copied into the int8 one.
     copied: HashMap<u32, u32>,
-    silu_luts: HashMap<(u32, u32), u32>,
+    silu_luts: HashMap<(u32, u32, i32), u32>,
+    /// Scale and zero point chosen for each post-SiLU site.
+    asym: HashMap<Site, (f32, i32)>,
     exp_table: Option<u32>,
     /// Sites stored as i16.
     wide: Vec<Site>,
@@ -372,6 +380,24 @@ impl Builder<'_> {
         }
     }
 
+    /// A new asymmetric i8 value for the output of a SiLU at `site` (see the module docs).
+    fn silu_value(&mut self, shape: Shape, site: Site) -> Result<u32> {
+        let (scale, zero) = match self.asym.get(&site) {
+            Some(&p) => p,
+            None => {
+                let h = self.hists.get(&site).ok_or_else(|| anyhow!("internal: no calibration data for {site:?}"))?;
+                let hi = h.clip(254.0).0.max(1e-6);
+                let scale = (hi - SILU_MIN) / 254.0;
+                let zero = ((-SILU_MIN / scale).round() - 127.0) as i32;
+                self.asym.insert(site, (scale as f32, zero));
+                (scale as f32, zero)
+            }
+        };
+        let v = self.q.typed_value(shape.c, shape.h, shape.w, DType::I8, scale);
+        self.q.values[v as usize].zero = zero;
+        Ok(v)
+    }
+
     /// A new quantized value for `site`.
     fn qvalue(&mut self, shape: Shape, site: Site) -> Result<u32> {
         let dtype = self.dtype(site);
@@ -383,8 +409,21 @@ impl Builder<'_> {
         self.q.values[v as usize]
     }
 
-    /// The int8-program value holding f32 value `v`, quantized (a `Quantize` op is added for an f32 one).
+    /// The int8-program value holding f32 value `v`, quantized, for an op that takes no zero point.
     fn input(&mut self, v: u32) -> Result<u32> {
+        let q = self.conv_input(v)?;
+        if self.info(q).zero != 0 {
+            bail!(
+                "internal: a post-SiLU value (zero point {}) read by an op other than a convolution",
+                self.info(q).zero
+            );
+        }
+        Ok(q)
+    }
+
+    /// The int8-program value holding f32 value `v`, quantized (a `Quantize` op is added for an f32 one), for a
+    /// convolution, which accepts a zero point.
+    fn conv_input(&mut self, v: u32) -> Result<u32> {
         let cur = self.map[v as usize].ok_or_else(|| anyhow!("internal: value {v} read before written"))?;
         if self.info(cur).dtype != DType::F32 {
             return Ok(cur);
@@ -430,9 +469,13 @@ impl Builder<'_> {
             let row = &w[o * taps..(o + 1) * taps];
             let top = row.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
             let sw = if top > 0.0 { f64::from(top) / 127.0 } else { 1.0 };
+            let first = wq.len();
             wq.extend(row.iter().map(|&v| (f64::from(v) / sw).round().clamp(-127.0, 127.0) as i8));
             let acc_scale = f64::from(xi.scale) * sw;
-            let bias = (f64::from(b[o]) / acc_scale).round().clamp(-bias_limit as f64, bias_limit as f64) as i32;
+            // Every tap reads q = real / scale + zero (the padding reads zero): take zero·Σw back out.
+            let offset = i64::from(xi.zero) * wq[first..].iter().map(|&v| i64::from(v)).sum::<i64>();
+            let bias = ((f64::from(b[o]) / acc_scale).round() - offset as f64)
+                .clamp(-bias_limit as f64, bias_limit as f64) as i32;
             let (m, s) = fixed(acc_scale / f64::from(oi.scale));
             brq.extend([bias, m, s as i32]);
         }
@@ -443,8 +486,9 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn silu_lut(&mut self, mid: f32, out: f32) -> u32 {
-        let key = (mid.to_bits(), out.to_bits());
+    /// The SiLU table from symmetric codes of scale `mid` to codes of scale `out` with zero point `out_zero`.
+    fn silu_lut(&mut self, mid: f32, out: f32, out_zero: i32) -> u32 {
+        let key = (mid.to_bits(), out.to_bits(), out_zero);
         if let Some(&t) = self.silu_luts.get(&key) {
             return t;
         }
@@ -452,7 +496,7 @@ impl Builder<'_> {
             .map(|q| {
                 let x = f64::from(q) * f64::from(mid);
                 let y = x / (1.0 + (-x).exp());
-                (y / f64::from(out)).round().clamp(-127.0, 127.0) as i8
+                ((y / f64::from(out)).round() + f64::from(out_zero)).clamp(-127.0, 127.0) as i8
             })
             .collect();
         let t = self.q.typed_tensor(&format!("silu_lut.{}", self.silu_luts.len()), vec![256], Data::I8(table));
@@ -502,7 +546,7 @@ impl Builder<'_> {
                 self.define(out, o, None);
             }
             Op::Linear { out, x, w, b } => {
-                let xq = self.input(x)?;
+                let xq = self.conv_input(x)?;
                 let o = self.qvalue(shape(out), Site::Out(i))?;
                 let dims = f.tensors[w as usize].dims.clone();
                 let name = f.tensors[w as usize].name.trim_end_matches(".weight").to_string();
@@ -510,7 +554,7 @@ impl Builder<'_> {
                 self.define(out, o, None);
             }
             Op::Conv2d { out, x, w, b, stride, pad, .. } => {
-                let xq = self.input(x)?;
+                let xq = self.conv_input(x)?;
                 if out == output {
                     self.wide.push(Site::Out(i));
                 }
@@ -526,18 +570,22 @@ impl Builder<'_> {
                 if self.info(xq).dtype != DType::I8 {
                     bail!("internal: SiLU of an i16 value");
                 }
-                let o = self.qvalue(shape(out), Site::Out(i))?;
-                let table = self.silu_lut(self.info(xq).scale, self.info(o).scale);
+                let o = self.silu_value(shape(out), Site::Out(i))?;
+                let table = self.silu_lut(self.info(xq).scale, self.info(o).scale, self.info(o).zero);
                 self.q.push(Op::QLut { out: o, x: xq, table });
                 self.define(out, o, (out == x).then_some(xq));
             }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let xq = self.input(x)?;
-                let o = self.qvalue(shape(out), Site::Out(i))?;
+                let o = if silu {
+                    self.silu_value(shape(out), Site::Out(i))?
+                } else {
+                    self.qvalue(shape(out), Site::Out(i))?
+                };
                 let (gamma, beta) = (self.float_tensor(gamma)?, self.float_tensor(beta)?);
                 let (lut, mid_scale) = if silu {
                     let mid = self.scale(Site::PreAct(i), DType::I8)?;
-                    (self.silu_lut(mid, self.info(o).scale), mid)
+                    (self.silu_lut(mid, self.info(o).scale, self.info(o).zero), mid)
                 } else {
                     (NO_LUT, self.info(o).scale)
                 };
@@ -677,6 +725,7 @@ pub fn to_int8(
         hists,
         copied: HashMap::new(),
         silu_luts: HashMap::new(),
+        asym: HashMap::new(),
         exp_table: None,
         wide: vec![Site::Input],
         notes: Vec::new(),
@@ -697,7 +746,7 @@ pub fn to_int8(
         .hists
         .iter()
         .filter(|(site, _)| !b.wide.contains(site))
-        .map(|(site, h)| (h.clip(127.0).1, *site))
+        .map(|(site, h)| (h.clip(if b.asym.contains_key(site) { 254.0 } else { 127.0 }).1, *site))
         .fold((f64::INFINITY, Site::Input), |m, x| if x.0 < m.0 { x } else { m });
     b.notes.push(format!(
         "int8 calibration: {} trajectories x {} DDPM steps; lowest activation SQNR {:.1} dB ({:?})",
