@@ -455,6 +455,20 @@ fn inspect(m: &Model<'_>) -> Result<()> {
     );
     println!("flops         {:.3} G per forward (batch 1)", m.flops() as f64 / 1e9);
     println!("program       {} ops, {} activation values, {} tensors", m.num_ops(), m.num_values(), m.num_tensors());
+    if m.precision() == Precision::Int8 {
+        // How the activations are stored: most i8, a few i16 (network input and output), f32 at the edges.
+        let values: Vec<_> = (0..m.num_values() as u32).filter_map(|i| m.value(i)).collect();
+        let count = |dt: ddpm_core::blob::DType| values.iter().filter(|v| v.dtype == dt).count();
+        let zero_points = values.iter().filter(|v| v.zero != 0).count();
+        println!(
+            "activations   {} i8 ({} with a zero point: post-SiLU), {} i16, {} f32, {} i32 scratch",
+            count(ddpm_core::blob::DType::I8),
+            zero_points,
+            count(ddpm_core::blob::DType::I16),
+            count(ddpm_core::blob::DType::F32),
+            count(ddpm_core::blob::DType::I32)
+        );
+    }
     println!(
         "schedule      {} train steps, {} betas {}..{}, prediction {}, variance {}, clip_sample {} (range {}), \
          thresholding {}, spacing {} (offset {})",
