@@ -158,6 +158,8 @@ impl Src<'_> {
 
 /// Output channels computed together (each input element loaded once serves this many).
 const QCO: usize = 4;
+/// Kernel positions (kh·kw) up to which the padding correction uses precomputed sums.
+const POS_MAX: usize = 25;
 
 /// Integer convolution: `out[o] = sat(rq(b[o] + Σ w·x, m[o], s[o]))` over every tap, taps in the padding reading
 /// `pad` (the input's zero point, the integer that stands for 0.0).
@@ -200,17 +202,30 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
             lo..(g.w + pl).saturating_sub(ox * s).min(kw).max(lo)
         };
         let pad_v = pad.get();
-        // The kernels sum the taps inside the input; taps in the padding read `pad`, added here.
+        // The kernels sum the taps inside the input; taps in the padding read `pad`, added here from the
+        // kernel's sums over input channels per kernel position (precomputed when the kernel is small).
+        let positions = g.kh * kw;
+        let mut pos_sum = [[0i32; POS_MAX]; QCO];
+        if pad_v != 0 && positions <= POS_MAX {
+            for (sums, wc) in pos_sum.iter_mut().zip(&ws) {
+                for (t, &wv) in wc.iter().enumerate() {
+                    sums[t % positions] += i32::from(wv);
+                }
+            }
+        }
         let store = |ob: &mut [Y], oy: usize, ox: usize, acc: &[i32; QCO]| {
             let mut acc = *acc;
             let (ky, kx) = (rows_in(oy), cols_in(ox));
             if pad_v != 0 && (ky.len() < g.kh || kx.len() < kw) {
-                for (a, wc) in acc.iter_mut().zip(&ws) {
+                for (c, (a, wc)) in acc.iter_mut().zip(&ws).enumerate() {
                     let mut outside = 0i32;
-                    for (t, &wv) in wc.iter().enumerate() {
-                        let (r, col) = ((t / kw) % g.kh, t % kw);
-                        if !(ky.contains(&r) && kx.contains(&col)) {
-                            outside += i32::from(wv);
+                    for p in 0..positions {
+                        if !(ky.contains(&(p / kw)) && kx.contains(&(p % kw))) {
+                            outside += if positions <= POS_MAX {
+                                pos_sum[c][p]
+                            } else {
+                                wc.iter().skip(p).step_by(positions).map(|&v| i32::from(v)).sum::<i32>()
+                            };
                         }
                     }
                     *a += pad_v * outside;
@@ -647,6 +662,7 @@ mod tests {
             shape(1, 4, 4, 2, 3, 1, [2; 4]),  // padding wider than half the kernel
             shape(2, 9, 11, 9, 3, 2, [1; 4]), // stride 2, odd sizes, a partial channel block
             shape(3, 3, 2, 4, 3, 1, [1; 4]),  // narrower than the kernel
+            shape(2, 8, 9, 3, 7, 1, [3; 4]),  // 49 kernel positions: the padding sum without the table
         ] {
             for pad in [0, -97] {
                 check_conv::<i8, i8>(|v| v as i8, g, pad);
