@@ -218,16 +218,14 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
             let (ky, kx) = (rows_in(oy), cols_in(ox));
             if pad_v != 0 && (ky.len() < g.kh || kx.len() < kw) {
                 for (c, (a, wc)) in acc.iter_mut().zip(&ws).enumerate() {
-                    let mut outside = 0i32;
-                    for p in 0..positions {
-                        if !(ky.contains(&(p / kw)) && kx.contains(&(p % kw))) {
-                            outside += if positions <= POS_MAX {
-                                pos_sum[c][p]
-                            } else {
-                                wc.iter().skip(p).step_by(positions).map(|&v| i32::from(v)).sum::<i32>()
-                            };
-                        }
-                    }
+                    let sum_at = |p: usize| match pos_sum[c].get(p) {
+                        Some(&v) if positions <= POS_MAX => v,
+                        _ => wc.iter().skip(p).step_by(positions).map(|&v| i32::from(v)).sum::<i32>(),
+                    };
+                    let outside: i32 = (0..positions)
+                        .filter(|p| !(ky.contains(&(p / kw)) && kx.contains(&(p % kw))))
+                        .map(sum_at)
+                        .sum();
                     *a += pad_v * outside;
                 }
             }
