@@ -2,8 +2,9 @@
 //!
 //! The layers, bottom up:
 //!
-//! - [`ops`]: free functions over slices (convolution, group norm, attention, ...), one file each, generic
-//!   over the weight element type (`f32` or `f16`) and always accumulating in `f32`.
+//! - [`ops`]: free functions over slices (convolution, group norm, attention, ...), one file each: the float
+//!   kernels generic over the weight element type (`f32` or `f16`) and accumulating in `f32`; the int8 kernels
+//!   (`ops/quant.rs`) over i8/i16 activations with i32 accumulation and integer requantization.
 //! - [`blob`]: the weight blob, the one contract between the host converter and the target. It is parsed and
 //!   validated once by [`Model::new_checked`]; after that nothing reads out of bounds or panics.
 //! - [`program`]: the network description inside the blob: a flat list of [`program::Op`]s over activation
