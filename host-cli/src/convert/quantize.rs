@@ -734,7 +734,6 @@ pub fn to_int8(
     let qin = b.q.value(s.c, s.h, s.w);
     b.site_of.insert(qin, Site::Input);
     b.map[input as usize] = Some(qin);
-    // The trained-betas table and other tensors the program does not use travel unchanged.
     for (i, op) in g.ops.iter().enumerate() {
         b.op(i, op, output)?;
     }
@@ -748,17 +747,28 @@ pub fn to_int8(
         .filter(|(site, _)| !b.wide.contains(site))
         .map(|(site, h)| (h.clip(if b.asym.contains_key(site) { 254.0 } else { 127.0 }).1, *site))
         .fold((f64::INFINITY, Site::Input), |m, x| if x.0 < m.0 { x } else { m });
+    let (what, op) = match worst.1 {
+        Site::Input => ("the network input", None),
+        Site::Out(i) => ("the output", Some(i)),
+        Site::PreAct(i) => ("the pre-SiLU output", Some(i)),
+        Site::Q(i) => ("q", Some(i)),
+        Site::K(i) => ("k", Some(i)),
+        Site::V(i) => ("v", Some(i)),
+        Site::Attn(i) => ("the attention core output", Some(i)),
+        Site::Proj(i) => ("the output projection", Some(i)),
+    };
+    let at = match op {
+        Some(i) => format!("{what} of op {i}, {}", g.ops[i].name()),
+        None => what.to_string(),
+    };
     b.notes.push(format!(
-        "int8 calibration: {} trajectories x {} DDPM steps; lowest activation SQNR {:.1} dB ({:?})",
-        cal.trajectories, cal.steps, worst.0, worst.1
+        "int8 calibration: {} trajectories x {} DDPM steps; lowest activation SQNR {:.1} dB ({at})",
+        cal.trajectories, cal.steps, worst.0
     ));
-    let mut trained = None;
-    if hdr.schedule.beta_schedule == 4 {
-        trained = Some(b.float_tensor(hdr.schedule.trained_betas_tensor)?);
-    }
+    // The trained-betas table is not read by any op: copy it over explicitly.
     let mut schedule = hdr.schedule;
-    if let Some(t) = trained {
-        schedule.trained_betas_tensor = t;
+    if schedule.beta_schedule == 4 {
+        schedule.trained_betas_tensor = b.float_tensor(schedule.trained_betas_tensor)?;
     }
     let q_hdr = ModelHeader { precision: Precision::Int8, schedule, config_json: hdr.config_json.clone(), ..*hdr };
     let blob = b.q.to_blob(&q_hdr, qin, qout)?;
