@@ -21,7 +21,8 @@ macro_rules! with_weights {
 /// Disjoint mutable pieces of `a` at `ranges` (in the given order); `None` if two overlap or one lies outside.
 fn carve<const N: usize>(mut a: &mut [u8], ranges: [Range<usize>; N]) -> Option<[&mut [u8]; N]> {
     let mut order: [usize; N] = core::array::from_fn(|i| i);
-    order.sort_unstable_by_key(|&i| ranges[i].start);
+    // Empty ranges sort before a range starting at the same place.
+    order.sort_unstable_by_key(|&i| (ranges[i].start, ranges[i].end));
     let mut pieces: [Option<&mut [u8]>; N] = core::array::from_fn(|_| None);
     let mut base = 0;
     for i in order {
@@ -53,6 +54,24 @@ fn qmut(b: &mut [u8], dtype: DType) -> Result<QMut<'_>, RunError> {
         DType::I8 => Ok(QMut::I8(cast_mut(b)?)),
         DType::I16 => Ok(QMut::I16(cast_mut(b)?)),
         _ => Err(RunError::Inconsistent),
+    }
+}
+
+/// The output of an op that may work in place, its input (`Src::Out` when output and input are the same value),
+/// and one more read-only range of the arena (`extra`; `0..0` when unused).
+fn out_and_input<'b>(
+    a: &'b mut [u8],
+    o: &ValueInfo,
+    x: &ValueInfo,
+    extra: Range<usize>,
+) -> Result<(QMut<'b>, Src<'b>, &'b [u8]), RunError> {
+    let bad = RunError::Inconsistent;
+    if o.byte_range() == x.byte_range() {
+        let [od, ed] = carve(a, [o.byte_range(), extra]).ok_or(bad)?;
+        Ok((qmut(od, o.dtype)?, Src::Out, ed))
+    } else {
+        let [od, xd, ed] = carve(a, [o.byte_range(), x.byte_range(), extra]).ok_or(bad)?;
+        Ok((qmut(od, o.dtype)?, Src::Other(qref(xd, x.dtype)?), ed))
     }
 }
 
@@ -305,12 +324,8 @@ impl<'a> Exec<'_, 'a> {
                     mid_scale,
                     lut: if lut == NO_LUT { None } else { Some(self.lut(lut)?) },
                 };
-                if o.byte_range() == xi.byte_range() {
-                    ops::qgroup_norm(&mut qmut(a.get_mut(o.byte_range()).ok_or(bad)?, o.dtype)?, Src::Out, &p);
-                } else {
-                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
-                    ops::qgroup_norm(&mut qmut(od, o.dtype)?, Src::Other(qref(xd, xi.dtype)?), &p);
-                }
+                let (mut om, xs, _) = out_and_input(a, &o, &xi, 0..0)?;
+                ops::qgroup_norm(&mut om, xs, &p);
             }
             Op::QAdd { out, a: lhs, b: rhs, ma, mb, shift } => {
                 let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
@@ -385,27 +400,15 @@ impl<'a> Exec<'_, 'a> {
             Op::QScaleShift { out, x, v } => {
                 let (o, xi, vi) = (self.value(out)?, self.value(x)?, self.value(v)?);
                 let (c, hw) = (o.c, o.h * o.w);
-                if o.byte_range() == xi.byte_range() {
-                    let [od, vd] = carve(a, [o.byte_range(), vi.byte_range()]).ok_or(bad)?;
-                    let vq = qref(vd, vi.dtype)?;
-                    ops::qscale_shift(&mut qmut(od, o.dtype)?, Src::Out, vq, c, hw, xi.scale, vi.scale, o.scale);
-                } else {
-                    let [od, xd, vd] = carve(a, [o.byte_range(), xi.byte_range(), vi.byte_range()]).ok_or(bad)?;
-                    let (xq, vq) = (Src::Other(qref(xd, xi.dtype)?), qref(vd, vi.dtype)?);
-                    ops::qscale_shift(&mut qmut(od, o.dtype)?, xq, vq, c, hw, xi.scale, vi.scale, o.scale);
-                }
+                let (mut om, xs, vd) = out_and_input(a, &o, &xi, vi.byte_range())?;
+                ops::qscale_shift(&mut om, xs, qref(vd, vi.dtype)?, c, hw, xi.scale, vi.scale, o.scale);
             }
             Op::QClassEmbed { out, x, table } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 let class = self.class.ok_or(RunError::ClassRequired)? as usize;
                 let row = self.vector(table)?.get(class * o.c..(class + 1) * o.c).ok_or(bad)?;
-                if o.byte_range() == xi.byte_range() {
-                    let od = a.get_mut(o.byte_range()).ok_or(bad)?;
-                    ops::qclass_embed(&mut qmut(od, o.dtype)?, Src::Out, row, xi.scale, o.scale);
-                } else {
-                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
-                    ops::qclass_embed(&mut qmut(od, o.dtype)?, Src::Other(qref(xd, xi.dtype)?), row, xi.scale, o.scale);
-                }
+                let (mut om, xs, _) = out_and_input(a, &o, &xi, 0..0)?;
+                ops::qclass_embed(&mut om, xs, row, xi.scale, o.scale);
             }
             _ => return Err(bad),
         }

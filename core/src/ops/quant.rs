@@ -95,22 +95,24 @@ pub enum QMut<'a> {
 impl QMut<'_> {
     /// Number of elements.
     pub fn len(&self) -> usize {
-        match self {
-            QMut::I8(d) => d.len(),
-            QMut::I16(d) => d.len(),
-        }
+        self.as_ref().len()
     }
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// A read-only view.
+    #[inline(always)]
+    pub fn as_ref(&self) -> QRef<'_> {
+        match self {
+            QMut::I8(d) => QRef::I8(d),
+            QMut::I16(d) => QRef::I16(d),
+        }
+    }
     /// Element `i` (0 past the end).
     #[inline(always)]
     pub fn get(&self, i: usize) -> i32 {
-        match self {
-            QMut::I8(d) => d.get(i).map_or(0, |&v| i32::from(v)),
-            QMut::I16(d) => d.get(i).map_or(0, |&v| i32::from(v)),
-        }
+        self.as_ref().get(i)
     }
     /// Stores `v`, saturated to the element type's symmetric range (ignored past the end).
     #[inline(always)]
@@ -215,8 +217,8 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
         }
         let store = |ob: &mut [Y], oy: usize, ox: usize, acc: &[i32; QCO]| {
             let mut acc = *acc;
-            let (ky, kx) = (rows_in(oy), cols_in(ox));
-            if pad_v != 0 && (ky.len() < g.kh || kx.len() < kw) {
+            let (ky, kx) = if pad_v != 0 { (rows_in(oy), cols_in(ox)) } else { (0..g.kh, 0..kw) };
+            if ky.len() < g.kh || kx.len() < kw {
                 for (c, (a, wc)) in acc.iter_mut().zip(&ws).enumerate() {
                     let sum_at = |p: usize| match pos_sum[c].get(p) {
                         Some(&v) if positions <= POS_MAX => v,
