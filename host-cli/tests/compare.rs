@@ -16,13 +16,19 @@ fn mnist(precision: &str) -> PathBuf {
 /// Settings small enough for a few seconds.
 const SMALL: [&str; 8] = ["-n", "2", "--steps", "10", "--trajectories", "1", "--trajectory-steps", "5"];
 
+/// The arguments of `compare REF OTHER opts --json JSON`.
+fn compare_args<'a>(reference: &'a Path, other: &'a Path, opts: &[&'a str], json: &'a Path) -> Vec<&'a str> {
+    let mut args = vec!["compare", reference.to_str().unwrap(), other.to_str().unwrap()];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    args
+}
+
 /// Runs `compare REF OTHER opts --json` and returns (stdout, the JSON).
 fn compare(reference: &Path, other: &Path, opts: &[&str]) -> (String, Value) {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("c.json");
-    let mut args = vec!["compare", reference.to_str().unwrap(), other.to_str().unwrap()];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    let args = compare_args(reference, other, opts, &json);
     let out = host_cli(&args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "host-cli {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -125,9 +131,7 @@ fn samples_are_those_of_host_cli_sample() {
 fn fails_cleanly(reference: &Path, other: &Path, opts: &[&str], needles: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("c.json");
-    let mut args = vec!["compare", reference.to_str().unwrap(), other.to_str().unwrap()];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["--json", json.to_str().unwrap()]);
+    let args = compare_args(reference, other, opts, &json);
     let out = host_cli(&args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "host-cli {args:?}: expected exit 1, got {:?}: {err}", out.status);
