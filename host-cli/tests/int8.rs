@@ -93,3 +93,24 @@ fn int8_memory_plan_fits_the_microcontroller_budget() {
     assert!(flash <= 512 * 1024, "int8 blob {flash} bytes > 512 KiB");
     assert!(arena <= 128 * 1024, "int8 arena {arena} bytes > 128 KiB");
 }
+
+#[test]
+fn bad_calibration_settings_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bad.blob");
+    let model = common::fixtures().join("unet/a_ddpm");
+    for (flag, value, needle) in [
+        ("--calibration-trajectories", "0", "at least one trajectory"),
+        ("--calibration-steps", "0", "at least one step"),
+        ("--calibration-steps", "5000", "5000 steps do not fit the schedule"),
+    ] {
+        let args =
+            ["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--precision", "int8", flag, value];
+        let o = host_cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error:") && err.contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} left a file");
+    }
+}
