@@ -64,6 +64,8 @@ pub struct StepError {
     pub max_abs: f64,
     /// ⟨o, r⟩ / (‖o‖₂ ‖r‖₂).
     pub cosine: f64,
+    /// The mean of o − r (a systematic shift; quantization noise alone averages out).
+    pub bias: f64,
 }
 
 /// The forward error along the reference trajectories, one entry per step.
@@ -126,6 +128,8 @@ struct Sums {
     other_sq: f64,
     dot: f64,
     max_abs: f64,
+    diff_sum: f64,
+    count: f64,
 }
 
 impl Sums {
@@ -139,6 +143,8 @@ impl Sums {
             self.other_sq += o * o;
             self.dot += o * r;
             self.max_abs = nan_max(self.max_abs, d.abs());
+            self.diff_sum += d;
+            self.count += 1.0;
         }
     }
 
@@ -148,6 +154,8 @@ impl Sums {
         self.other_sq += b.other_sq;
         self.dot += b.dot;
         self.max_abs = nan_max(self.max_abs, b.max_abs);
+        self.diff_sum += b.diff_sum;
+        self.count += b.count;
         self
     }
 
@@ -159,6 +167,7 @@ impl Sums {
             rel_rms: if same { 0.0 } else { (self.diff_sq / self.ref_sq).sqrt() },
             max_abs: self.max_abs,
             cosine: if same { 1.0 } else { self.dot / (self.ref_sq.sqrt() * self.other_sq.sqrt()) },
+            bias: self.diff_sum / self.count.max(1.0),
         }
     }
 }
@@ -414,9 +423,14 @@ impl Report {
             f.steps.len(),
             self.seed
         );
-        let _ = writeln!(s, "{:>5} {:>5} {:>12} {:>12} {:>12}", "step", "t", "rel RMS", "max abs", "cosine");
+        let _ =
+            writeln!(s, "{:>5} {:>5} {:>12} {:>12} {:>12} {:>12}", "step", "t", "rel RMS", "max abs", "cosine", "bias");
         for (i, e) in f.steps.iter().enumerate() {
-            let _ = writeln!(s, "{i:>5} {:>5} {:>12.3e} {:>12.3e} {:>12.8}", e.t, e.rel_rms, e.max_abs, e.cosine);
+            let _ = writeln!(
+                s,
+                "{i:>5} {:>5} {:>12.3e} {:>12.3e} {:>12.8} {:>12.3e}",
+                e.t, e.rel_rms, e.max_abs, e.cosine, e.bias
+            );
         }
         if let Some(w) = f.worst() {
             let _ = writeln!(s, "rel RMS error: mean {:.3e}, worst {:.3e} (t = {})", f.mean_rel_rms(), w.rel_rms, w.t);
@@ -469,6 +483,7 @@ impl Report {
                     "rel_rms": num(e.rel_rms),
                     "max_abs": num(e.max_abs),
                     "cosine": num(e.cosine),
+                    "bias": num(e.bias),
                 })).collect::<Vec<_>>(),
                 "mean_rel_rms": num(f.mean_rel_rms()),
                 "worst_rel_rms": num(worst.map_or(0.0, |w| w.rel_rms)),

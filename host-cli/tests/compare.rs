@@ -56,6 +56,7 @@ fn a_blob_agrees_exactly_with_itself() {
         assert_eq!(num(&s["rel_rms"]), 0.0, "{s}");
         assert_eq!(num(&s["max_abs"]), 0.0, "{s}");
         assert_eq!(num(&s["cosine"]), 1.0, "{s}");
+        assert_eq!(num(&s["bias"]), 0.0, "{s}");
     }
     assert_eq!(num(&f["mean_rel_rms"]), 0.0);
     assert_eq!(num(&f["worst_rel_rms"]), 0.0);

@@ -18,6 +18,10 @@ use std::path::PathBuf;
 use common::{host_cli, host_cli_ok};
 use serde_json::Value;
 
+/// Same-noise PSNR floor of int8 against f32 over the test's 8 DDIM-50 images (measured 34.9 dB over 16; 20.7 dB
+/// before bias correction and with clip_sample on, the two things that moved it).
+const PSNR_MIN: f64 = 28.0;
+
 fn blob(precision: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../weights/mnist/mnist-{precision}.blob"))
 }
@@ -49,18 +53,26 @@ fn int8_forward_error_per_timestep_and_sample_psnr() {
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let steps = report["forward"]["per_step"].as_array().unwrap();
     assert_eq!(steps.len(), 20);
+    let mut high_t_bias = Vec::new();
     for s in steps {
         let (t, rel, cos) = (s["t"].as_u64().unwrap(), num(&s["rel_rms"]), num(&s["cosine"]));
-        eprintln!("t {t:4}: rel RMS {rel:.3e}, cosine {cos:.6}");
+        let bias = num(&s["bias"]);
+        eprintln!("t {t:4}: rel RMS {rel:.3e}, cosine {cos:.6}, bias {bias:+.3e}");
+        if t >= 400 {
+            high_t_bias.push(bias);
+        }
         assert!(rel > 0.0, "t {t}: int8 identical to f32? (rel RMS {rel})");
         assert!(cos >= 0.7, "t {t}: cosine {cos}");
         if t >= 100 {
             assert!(rel <= 0.06, "t {t}: relative RMS error {rel:.3e} > 0.06");
         }
     }
+    let bias = high_t_bias.iter().sum::<f64>() / high_t_bias.len() as f64;
+    eprintln!("mean bias of ε for t >= 400: {bias:+.3e}");
+    assert!(bias.abs() <= 2e-3, "int8 ε is shifted by {bias:+.3e} on average for t >= 400 (bias correction?)");
     let psnr = num(&report["samples"]["mean_psnr_db"]);
     eprintln!("mean PSNR int8 vs f32: {psnr:.2} dB");
-    assert!(psnr >= 18.0, "mean PSNR {psnr:.2} dB");
+    assert!(psnr >= PSNR_MIN, "mean PSNR {psnr:.2} dB < {PSNR_MIN} dB");
 }
 
 #[test]

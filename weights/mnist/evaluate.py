@@ -84,13 +84,13 @@ def load_pipeline_parts(model_dir):
 
 
 @torch.no_grad()
-def sample_diffusers(model_dir, n, steps, seed, batch):
+def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0):
     from diffusers import DDIMScheduler
     unet, sched = load_pipeline_parts(model_dir)
     if steps.startswith("ddim"):
         sched = DDIMScheduler.from_config(sched.config)
         sched.set_timesteps(int(steps[4:]))
-        kw = dict(eta=0.0)
+        kw = dict(eta=eta)
     else:
         k = int(steps)
         sched.set_timesteps(k)
@@ -133,6 +133,7 @@ def main():
     src.add_argument("--diffusers", metavar="MODEL_DIR", help="sample with diffusers from this folder")
     ap.add_argument("--steps", default="ddim50", help="1000 (DDPM) or ddimK (with --diffusers)")
     ap.add_argument("-n", type=int, default=500, help="samples to draw (--diffusers)")
+    ap.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (--diffusers with ddimK)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
@@ -150,8 +151,8 @@ def main():
         x = np.load(args.npy).astype(np.float32)
         source = f"npy {args.npy}"
     else:
-        x = sample_diffusers(args.diffusers, args.n, args.steps, args.seed, args.batch)
-        source = f"diffusers {args.diffusers} steps={args.steps} seed={args.seed}"
+        x = sample_diffusers(args.diffusers, args.n, args.steps, args.seed, args.batch, args.eta)
+        source = f"diffusers {args.diffusers} steps={args.steps} eta={args.eta} seed={args.seed}"
         if args.save_npy:
             np.save(args.save_npy, x)
     t_sample = time.time() - t0

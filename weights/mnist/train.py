@@ -79,7 +79,9 @@ def make_scheduler():
         beta_schedule="linear",
         prediction_type="epsilon",
         variance_type="fixed_small",
-        clip_sample=True,
+        # Sampling-time option (training never reads it). Off: DDIM-50 FD 31.2 vs 35.7 with it, the ink share
+        # of real digits instead of 6 % more, and int8 samples stay close to f32 (model card, "Sampler").
+        clip_sample=False,
         clip_sample_range=1.0,
     )
 
