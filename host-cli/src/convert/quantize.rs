@@ -475,7 +475,7 @@ impl Builder<'_> {
     /// Correction", §4.2): rounding the kernel to i8 changes the output by `Σ (ŵ − w)·x`, whose mean over the
     /// calibration data, `Σ (ŵ − w)·E[x]`, is not zero when the input's mean is not (post-SiLU activations:
     /// mean ≈ 0.2–0.4). Left alone it shifts the network output (ε by ≈ +0.005 on the MNIST model, which DDIM
-    /// turns into 8 % less ink); it is subtracted from the bias. `x_mean` holds the per-channel means of the
+    /// turns into 7 % less ink); it is subtracted from the bias. `x_mean` holds the per-channel means of the
     /// f32 input; border taps count for the share of output positions where they fall inside the input.
     #[allow(clippy::too_many_arguments)]
     fn conv(
@@ -823,13 +823,16 @@ pub fn to_int8(
     ));
     if hdr.schedule.clip_sample || hdr.schedule.thresholding {
         // See the README's int8 accuracy section for the measurements behind this.
-        b.notes.push(
+        let mut ac = vec![0f32; hdr.schedule.num_train_timesteps as usize];
+        alphas_cumprod(&model.schedule(), model.trained_betas(), &mut ac);
+        let gain = ac.iter().map(|&a| f64::from((1.0 - a) / a).sqrt()).fold(0.0, f64::max);
+        let gain = if gain.is_finite() { format!("{gain:.0}") } else { "unboundedly many".into() };
+        b.notes.push(format!(
             "int8: the schedule clips x̂₀ (clip_sample or thresholding). At large t, x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ \
-             magnifies the int8 error of ε up to √((1−ᾱ)/ᾱ) ≈ 160 times before the clip, which turns it into \
-             structure: deterministic DDIM samples drift from f32 (MNIST: 8 % more ink, PSNR vs f32 25 dB instead of \
-             34). If the model does not need the clip, convert with --scheduler-set clip_sample=false"
-                .into(),
-        );
+             magnifies the int8 error of ε up to √((1−ᾱ)/ᾱ) = {gain} times before the clip, which turns it into \
+             structure: deterministic DDIM samples drift from f32 (MNIST: 9 % more ink, PSNR vs f32 25 dB instead \
+             of 35). If the model does not need the clip, convert with --scheduler-set clip_sample=false"
+        ));
     }
     // The trained-betas table is not read by any op: copy it over explicitly.
     let mut schedule = hdr.schedule;
