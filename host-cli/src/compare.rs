@@ -3,7 +3,8 @@
 //!
 //! 1. **Forward error per timestep.** The reference model's DDPM sampler (respaced) runs a few trajectories
 //!    from the seed; at every step both models get the same x_t and t, and their outputs are compared over all
-//!    trajectories: relative RMS error ‖o − r‖₂ / ‖r‖₂, max |o − r|, cosine similarity ⟨o, r⟩ / (‖o‖₂ ‖r‖₂).
+//!    trajectories: relative RMS error ‖o − r‖₂ / ‖r‖₂, max |o − r|, cosine similarity ⟨o, r⟩ / (‖o‖₂ ‖r‖₂),
+//!    and the mean of o − r (bias: a systematic shift, which rounding noise alone would not cause).
 //!    The whole output is compared (for learned variance, the variance channels too). The inputs are the ones
 //!    the model meets when sampling, not random noise. Each step runs the reference network twice (once here,
 //!    once inside [`Sampler::step`], which keeps its output to itself): a third more work than necessary, for a

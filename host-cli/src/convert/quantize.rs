@@ -511,7 +511,7 @@ impl Builder<'_> {
             let sw = if top > 0.0 { f64::from(top) / 127.0 } else { 1.0 };
             let first = wq.len();
             wq.extend(row.iter().map(|&v| (f64::from(v) / sw).round().clamp(-127.0, 127.0) as i8));
-            let shift: f64 = match x_mean {
+            let rounding_error: f64 = match x_mean {
                 Some(mean) if mean.len() == ci => (0..taps)
                     .map(|j| {
                         let (c, ky, kx) = (j / (kh * kw), j / kw % kh, j % kw);
@@ -523,7 +523,7 @@ impl Builder<'_> {
             let acc_scale = f64::from(xi.scale) * sw;
             // Every tap reads q = real / scale + zero (the padding reads zero): take zero·Σw back out.
             let offset = i64::from(xi.zero) * wq[first..].iter().map(|&v| i64::from(v)).sum::<i64>();
-            let bias = (((f64::from(b[o]) - shift) / acc_scale).round() - offset as f64)
+            let bias = (((f64::from(b[o]) - rounding_error) / acc_scale).round() - offset as f64)
                 .clamp(-bias_limit as f64, bias_limit as f64) as i32;
             let (m, s) = fixed(acc_scale / f64::from(oi.scale));
             brq.extend([bias, m, s as i32]);
@@ -831,7 +831,7 @@ pub fn to_int8(
             "int8: the schedule clips x̂₀ (clip_sample or thresholding). At large t, x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ \
              magnifies the int8 error of ε up to √((1−ᾱ)/ᾱ) = {gain} times before the clip, which turns it into \
              structure: deterministic DDIM samples drift from f32 (MNIST: 9 % more ink, PSNR vs f32 25 dB instead \
-             of 35). If the model does not need the clip, convert with --scheduler-set clip_sample=false"
+             of 34). If the model does not need the clip, convert with --scheduler-set clip_sample=false"
         ));
     }
     // The trained-betas table is not read by any op: copy it over explicitly.
