@@ -146,6 +146,11 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=300)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--loss-weight", choices=("uniform", "min-snr"), default="uniform",
+                    help="per-timestep weight of the epsilon MSE: uniform (Ho et al.) or min-SNR-gamma "
+                         "(Hang et al. 2023: min(SNR_t, gamma)/SNR_t for epsilon prediction, which "
+                         "down-weights the low-noise steps)")
+    ap.add_argument("--min-snr-gamma", type=float, default=5.0)
     ap.add_argument("--ema-warmup-scale", type=float, default=10.0,
                     help="EMA decay at step n: min(decay, (1+s*n)/(10+s*n)); s=10 reaches 0.999 at "
                          "~900 steps and 0.9995 at ~1800 (s=1 is diffusers' EMAModel warmup, which "
@@ -182,6 +187,11 @@ def main():
 
     sched = make_scheduler()
     abar = sched.alphas_cumprod.clone()
+    snr = abar / (1 - abar)
+    if args.loss_weight == "min-snr":
+        t_weight = snr.clamp(max=args.min_snr_gamma) / snr
+    else:
+        t_weight = torch.ones_like(snr)
     model = UNet2DModel(**unet_config())
     emas = {d: copy.deepcopy(model).eval().requires_grad_(False) for d in EMA_DECAYS}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -268,7 +278,8 @@ def main():
             lr = lr_at()
             for pg in opt.param_groups:
                 pg["lr"] = lr
-            loss = F.mse_loss(model(xt, t).sample, noise)
+            per_sample = (model(xt, t).sample - noise).pow(2).mean(dim=(1, 2, 3))
+            loss = (t_weight[t] * per_sample).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
