@@ -18,16 +18,13 @@ n_ddpm50=${3:-0}
 cargo build --release -q -p host-cli
 out=$(mktemp -d)
 model=${MODEL:-}   # empty: the built-in default model
-if [ "$n_ddim" -gt 0 ]; then
-    target/release/host-cli sample $model -n "$n_ddim" --sampler ddim --steps 50 --seed 1 --npy "$out/ddim50.npy" -o "$out/ddim50.png"
-    python3 "$here/evaluate.py" --npy "$out/ddim50.npy"
-fi
-if [ "$n_ddpm" -gt 0 ]; then
-    target/release/host-cli sample $model -n "$n_ddpm" --sampler ddpm --steps 1000 --seed 2 --npy "$out/ddpm1000.npy" -o "$out/ddpm1000.png"
-    python3 "$here/evaluate.py" --npy "$out/ddpm1000.npy"
-fi
-if [ "$n_ddpm50" -gt 0 ]; then
-    target/release/host-cli sample $model -n "$n_ddpm50" --sampler ddpm --steps 50 --seed 1 --npy "$out/ddpm50.npy" -o "$out/ddpm50.png"
-    python3 "$here/evaluate.py" --npy "$out/ddpm50.npy"
-fi
+# part NAME COUNT SAMPLER STEPS SEED: sample COUNT images (none when 0) and score them.
+part() {
+    [ "$2" -gt 0 ] || return 0
+    target/release/host-cli sample $model -n "$2" --sampler "$3" --steps "$4" --seed "$5" --npy "$out/$1.npy" -o "$out/$1.png"
+    python3 "$here/evaluate.py" --npy "$out/$1.npy"
+}
+part ddim50 "$n_ddim" ddim 50 1
+part ddpm1000 "$n_ddpm" ddpm 1000 2
+part ddpm50 "$n_ddpm50" ddpm 50 1
 echo "samples in $out"
