@@ -3,15 +3,16 @@
 
 DDPM objective (Ho et al. 2020): linear betas 1e-4..0.02, T=1000, t ~ U{0..T-1},
 x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps, loss = MSE(eps_theta(x_t, t), eps).
-Pixels are scaled to [-1, 1]. Two EMA copies (decay 0.999 and 0.9995, both with the
+Pixels are scaled to [-1, 1]. Three EMA copies (decay 0.999, 0.9995 and 0.9999, each with the
 warmup min(decay, (1+10n)/(10+10n)) at step n) are kept; the one named by --ema-export is written as the shipped
-model, both are written under ckpt/ for comparison.
+model, all are written under ckpt/ for comparison. A resumed state without one of them (saved before it was added)
+starts it from the longest EMA the state has.
 
 Output layout (diffusers pipeline layout; every file replaced atomically):
   OUT/unet/{config.json,diffusion_pytorch_model.safetensors}   EMA weights (--ema-export)
   OUT/scheduler/scheduler_config.json                          DDPMScheduler
   OUT/train_info.json                                          step, loss, time, ...
-  CKPT/ema_0.999/, CKPT/ema_0.9995/                            both EMA copies (unet folders)
+  CKPT/ema_0.999/, CKPT/ema_0.9995/, CKPT/ema_0.9999/         every EMA copy (unet folders)
   CKPT/state.pt                                                raw model + optimizer + EMA (resume)
 
 Example:
@@ -41,7 +42,7 @@ from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from mnist_data import load_split, to_model_space  # noqa: E402
 
-EMA_DECAYS = (0.999, 0.9995)
+EMA_DECAYS = (0.999, 0.9995, 0.9999)
 
 
 def unet_config():
@@ -203,8 +204,12 @@ def main():
     if args.resume and os.path.exists(state_path):
         st = torch.load(state_path, weights_only=False)
         model.load_state_dict(st["model"])
+        have = sorted(float(k) for k in st["ema"])
         for d in EMA_DECAYS:
-            emas[d].load_state_dict(st["ema"][str(d)])
+            src = str(d) if str(d) in st["ema"] else str(max(have))
+            if src != str(d):
+                print(f"EMA {d} is not in the state: starting it from EMA {src}", flush=True)
+            emas[d].load_state_dict(st["ema"][src])
         opt.load_state_dict(st["opt"])
         step, epoch, elapsed_before = st["step"], st["epoch"], st["elapsed"]
         gen.set_state(st["gen"])
