@@ -204,9 +204,9 @@ def main():
     if args.resume and os.path.exists(state_path):
         st = torch.load(state_path, weights_only=False)
         model.load_state_dict(st["model"])
-        have = sorted(float(k) for k in st["ema"])
+        longest = max(st["ema"], key=float)
         for d in EMA_DECAYS:
-            src = str(d) if str(d) in st["ema"] else str(max(have))
+            src = str(d) if str(d) in st["ema"] else longest
             if src != str(d):
                 print(f"EMA {d} is not in the state: starting it from EMA {src}", flush=True)
             emas[d].load_state_dict(st["ema"][src])
