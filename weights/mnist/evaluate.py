@@ -19,6 +19,8 @@ move it), so hold the goal against the means over several seeds (--seed 0,1,2,3)
   nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --seed 0
   nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --seed 0,1,2,3 --json out.json
   nice -n 19 python3 evaluate.py --npy out.npy
+  host-cli noise mnist-f32.blob -n 500 --steps 50 --seed 1 -o n1.npy    # the engine's seed-1 noise, then
+  nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --noise n1.npy   # its samples
 """
 import argparse
 import json
@@ -87,9 +89,12 @@ def load_pipeline_parts(model_dir):
 
 
 @torch.no_grad()
-def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0):
+def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0, noise=None):
+    """noise: the engine's [K+1, N, 1, 28, 28] array (`host-cli noise`), x_T then each step's noise (DDIM only)."""
     from diffusers import DDIMScheduler
     unet, sched = load_pipeline_parts(model_dir)
+    if noise is not None and not steps.startswith("ddim"):
+        sys.exit("--noise replays DDIM (--steps ddimK) only")
     if steps.startswith("ddim"):
         sched = DDIMScheduler.from_config(sched.config)
         sched.set_timesteps(int(steps[4:]))
@@ -101,12 +106,23 @@ def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0):
     g = torch.Generator().manual_seed(seed)
     c, h = unet.config.in_channels, unet.config.sample_size
     out = []
+    if noise is not None and (noise.shape[0] != len(sched.timesteps) + 1 or noise.shape[1] < n
+                              or noise.shape[2:] != (c, h, h)):
+        sys.exit(f"--noise: shape {list(noise.shape)} does not fit {len(sched.timesteps)} steps x {n} images; "
+                 f"write it with `host-cli noise MODEL -n {n} --steps {len(sched.timesteps)} --seed S`")
     for i in range(0, n, batch):
         b = min(batch, n - i)
-        x = torch.randn((b, c, h, h), generator=g)
-        for t in sched.timesteps:
+        if noise is None:
+            x = torch.randn((b, c, h, h), generator=g)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(noise[0, i:i + b], dtype=np.float32))
+        for k, t in enumerate(sched.timesteps):
             eps = unet(x, t).sample
-            x = sched.step(eps, t, x, generator=g, **kw).prev_sample
+            if noise is not None:
+                z = torch.from_numpy(np.ascontiguousarray(noise[k + 1, i:i + b], dtype=np.float32))
+                x = sched.step(eps, t, x, variance_noise=z, **kw).prev_sample
+            else:
+                x = sched.step(eps, t, x, generator=g, **kw).prev_sample
         out.append(x.clamp(-1, 1))
     return torch.cat(out).numpy().astype(np.float32)
 
@@ -136,8 +152,10 @@ def evaluate_one(args, seed, clf, ref, xt):
         x = np.load(args.npy).astype(np.float32)
         source = f"npy {args.npy}"
     else:
-        x = sample_diffusers(args.diffusers, args.n, args.steps, seed, args.batch, args.eta)
-        source = f"diffusers {args.diffusers} steps={args.steps} eta={args.eta} seed={seed}"
+        noise = np.load(args.noise, mmap_mode="r") if args.noise else None
+        x = sample_diffusers(args.diffusers, args.n, args.steps, seed, args.batch, args.eta, noise)
+        source = f"diffusers {args.diffusers} steps={args.steps} eta={args.eta} " + (
+            f"noise={args.noise} (yardstick seed {seed})" if args.noise else f"seed={seed}")
         if args.save_npy:
             np.save(args.save_npy if len(args.seeds) == 1 else f"{args.save_npy}.seed{seed}.npy", x)
     t_sample = time.time() - t0
@@ -174,6 +192,8 @@ def main():
                          "repeats the whole evaluation per seed and also reports the means")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--noise", help="with --diffusers ddimK: replay the engine's noise (`host-cli noise MODEL -n N "
+                    "--steps K --seed S -o FILE`) instead of torch's, to score the engine's samples at diffusers' speed")
     ap.add_argument("--save-npy", help="also write the diffusers samples here")
     ap.add_argument("--grid", help="write a PNG grid of (up to 200) samples here")
     ap.add_argument("--json", help="write the figures here")
@@ -184,8 +204,8 @@ def main():
         args.seeds = [int(v) for v in args.seed.split(",")]
     except ValueError:
         ap.error(f"--seed: expected an integer or a comma list of integers, got {args.seed!r}")
-    if args.npy and len(args.seeds) > 1:
-        ap.error("--npy scores one set of samples: give one --seed (the yardstick's)")
+    if (args.npy or args.noise) and len(args.seeds) > 1:
+        ap.error("--npy and --noise score one set of samples: give one --seed (the yardstick's)")
     torch.set_num_threads(args.threads)
 
     clf = load_classifier(args.classifier)
