@@ -424,9 +424,12 @@ fn golden_mnist_ddim20() {
     let spec =
         SampleSpec { method: Method::Ddim { eta: 0.0 }, steps: 20, batch: 4, seed: 0, class: None, first_image: 0 };
     // f32 must match diffusers pixel for pixel; f16 on average (mean abs), since the deterministic DDIM
-    // trajectory amplifies f16 weight rounding at a few stroke-edge pixels (host-cli/tests/golden.rs measures
-    // max 0.099 at one pixel, mean 8.2e-4, for the CPU as well).
-    for (precision, torch_tol) in [("f32", 1e-3f32), ("f16", 5e-3)] {
+    // trajectory amplifies f16 weight rounding where it forks (host-cli/tests/golden.rs: on the step-60,356
+    // model image 0 takes another turn at one stroke, max 1.03, mean 3.6e-3, for the CPU as well). The same
+    // amplification acts on the small differences between the GPU's and the CPU's f16 arithmetic (rounding
+    // order; the per-forward bound is F16_TOL): measured max 1.9e-3 at that fork on lavapipe, so f16 gets 1e-2
+    // against the CPU output where f32 keeps SAMPLE_TOL (measured 5.5e-4).
+    for (precision, torch_tol, cpu_tol) in [("f32", 1e-3f32, SAMPLE_TOL), ("f16", 5e-3, 1e-2)] {
         let bl = file_blob(&workspace().join(format!("weights/mnist/mnist-{precision}.blob")));
         let m = bl.model();
         let cpu = read_npy_f32(&golden.join(format!("ours_ddim20_{precision}.npy")));
@@ -439,7 +442,7 @@ fn golden_mnist_ddim20() {
              ({})",
             if precision == "f32" { "max" } else { "mean" }
         );
-        assert!(e_cpu <= SAMPLE_TOL, "{precision}: gpu vs cpu {e_cpu:e}");
+        assert!(e_cpu <= cpu_tol, "{precision}: gpu vs cpu {e_cpu:e}");
         assert!(e_torch <= torch_tol, "{precision}: gpu vs diffusers {e_torch:e}");
     }
 }
