@@ -110,19 +110,18 @@ def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0, noise=None):
                               or noise.shape[2:] != (c, h, h)):
         sys.exit(f"--noise: shape {list(noise.shape)} does not fit {len(sched.timesteps)} steps x {n} images; "
                  f"write it with `host-cli noise MODEL -n {n} --steps {len(sched.timesteps)} --seed S`")
+
+    def frame(k, i, b):
+        """The engine's noise for images i..i+b: x_T at k = 0, then step k's."""
+        return torch.from_numpy(np.ascontiguousarray(noise[k, i:i + b], dtype=np.float32))
+
     for i in range(0, n, batch):
         b = min(batch, n - i)
-        if noise is None:
-            x = torch.randn((b, c, h, h), generator=g)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(noise[0, i:i + b], dtype=np.float32))
+        x = torch.randn((b, c, h, h), generator=g) if noise is None else frame(0, i, b)
         for k, t in enumerate(sched.timesteps):
             eps = unet(x, t).sample
-            if noise is not None:
-                z = torch.from_numpy(np.ascontiguousarray(noise[k + 1, i:i + b], dtype=np.float32))
-                x = sched.step(eps, t, x, variance_noise=z, **kw).prev_sample
-            else:
-                x = sched.step(eps, t, x, generator=g, **kw).prev_sample
+            step_noise = dict(generator=g) if noise is None else dict(variance_noise=frame(k + 1, i, b))
+            x = sched.step(eps, t, x, **step_noise, **kw).prev_sample
         out.append(x.clamp(-1, 1))
     return torch.cat(out).numpy().astype(np.float32)
 
