@@ -25,8 +25,13 @@ pub enum BlobError {
     BadTensor(u32),
     /// Activation value number `.0` is malformed (zero size, outside the arena, misaligned).
     BadValue(u32),
-    /// Op number `.0` is malformed: unknown opcode, bad operand, or inconsistent shapes.
-    BadOp(u32),
+    /// An op is malformed: unknown opcode, bad operand, or inconsistent shapes.
+    BadOp {
+        /// Its index in the program.
+        index: u32,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for BlobError {
@@ -44,7 +49,7 @@ impl fmt::Display for BlobError {
             BlobError::BadField(s) => write!(f, "blob field '{s}' has an invalid value"),
             BlobError::BadTensor(i) => write!(f, "blob tensor #{i} is malformed"),
             BlobError::BadValue(i) => write!(f, "blob activation #{i} is malformed"),
-            BlobError::BadOp(i) => write!(f, "blob op #{i} is malformed"),
+            BlobError::BadOp { index, why } => write!(f, "blob op #{index} is malformed: {why}"),
         }
     }
 }

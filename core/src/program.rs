@@ -46,716 +46,342 @@
 //! overlaps, the arena ranges must be disjoint. Validation enforces this, so the executor never needs to copy
 //! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
 
-use crate::blob::{DType, Model, TensorInfo, TensorView, ValueInfo};
-use crate::ops::Conv2dShape;
+use crate::format::OP_WORDS;
 
-/// One operation of the network program. Field names follow the table in the module docs.
-#[allow(missing_docs)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Op {
-    TimestepEmbed {
-        out: u32,
-        flip_sin_to_cos: bool,
-        freq_shift: f32,
-        max_period: f32,
-    },
-    Linear {
-        out: u32,
-        x: u32,
-        w: u32,
-        b: u32,
-    },
-    Silu {
-        out: u32,
-        x: u32,
-    },
-    ClassEmbed {
-        out: u32,
-        table: u32,
-    },
-    Conv2d {
-        out: u32,
-        x: u32,
-        w: u32,
-        b: u32,
-        stride: u32,
-        pad: [u32; 4],
-        scratch: u32,
-    },
-    GroupNorm {
-        out: u32,
-        x: u32,
-        gamma: u32,
-        beta: u32,
-        groups: u32,
-        eps: f32,
-        silu: bool,
-    },
-    AddChannel {
-        x: u32,
-        v: u32,
-    },
-    ScaleShift {
-        x: u32,
-        v: u32,
-    },
-    Add {
-        out: u32,
-        a: u32,
-        b: u32,
-        scale: f32,
-    },
-    Attention {
-        out: u32,
-        x: u32,
-        xn: u32,
-        scratch: u32,
-        w: [u32; 8],
-        heads: u32,
-        scale: f32,
-    },
-    Upsample2x {
-        out: u32,
-        x: u32,
-    },
-    Concat {
-        out: u32,
-        a: u32,
-        b: u32,
-    },
-    Affine {
-        out: u32,
-        x: u32,
-        mul: f32,
-        add: f32,
-    },
-    Quantize {
-        out: u32,
-        x: u32,
-    },
-    Dequantize {
-        out: u32,
-        x: u32,
-    },
-    QConv2d {
-        out: u32,
-        x: u32,
-        w: u32,
-        brq: u32,
-        stride: u32,
-        pad: [u32; 4],
-    },
-    QLut {
-        out: u32,
-        x: u32,
-        table: u32,
-    },
-    QGroupNorm {
-        out: u32,
-        x: u32,
-        gamma: u32,
-        beta: u32,
-        groups: u32,
-        eps: f32,
-        lut: u32,
-        mid_scale: f32,
-    },
-    QAdd {
-        out: u32,
-        a: u32,
-        b: u32,
-        ma: i32,
-        mb: i32,
-        shift: u32,
-    },
-    QSdpa {
-        out: u32,
-        q: u32,
-        k: u32,
-        v: u32,
-        scratch: u32,
-        heads: u32,
-        exp: u32,
-        m_score: i32,
-        s_score: u32,
-        m_out: i32,
-        s_out: u32,
-    },
-    QConcat {
-        out: u32,
-        a: u32,
-        b: u32,
-        ma: i32,
-        sa: u32,
-        mb: i32,
-        sb: u32,
-    },
-    QScaleShift {
-        out: u32,
-        x: u32,
-        v: u32,
-    },
-    QClassEmbed {
-        out: u32,
-        x: u32,
-        table: u32,
-    },
+/// What an operand of an op is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An activation value the op writes.
+    Out,
+    /// An activation value the op reads.
+    In,
+    /// An activation value the op reads and updates in place.
+    InOut,
+    /// An activation value the op uses as scratch (written, then dead).
+    Scratch,
+    /// A weight tensor (or table) of the blob.
+    Tensor,
+    /// A parameter held in the record itself.
+    Param,
+}
+
+impl Role {
+    /// Whether the operand names an activation value.
+    pub const fn is_value(self) -> bool {
+        matches!(self, Role::Out | Role::In | Role::InOut | Role::Scratch)
+    }
+}
+
+/// A Rust type an operand is stored as: one or more record words.
+trait Operand: Sized + Copy {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize);
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self>;
+    fn each(self, f: &mut dyn FnMut(u32));
+}
+
+fn next(r: &[u32; OP_WORDS], at: &mut usize) -> Option<u32> {
+    let w = *r.get(*at)?;
+    *at += 1;
+    Some(w)
+}
+
+impl Operand for u32 {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize) {
+        r[*at] = self;
+        *at += 1;
+    }
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self> {
+        next(r, at)
+    }
+    fn each(self, f: &mut dyn FnMut(u32)) {
+        f(self)
+    }
+}
+
+impl Operand for i32 {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize) {
+        (self as u32).put(r, at)
+    }
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self> {
+        next(r, at).map(|w| w as i32)
+    }
+    fn each(self, f: &mut dyn FnMut(u32)) {
+        f(self as u32)
+    }
+}
+
+impl Operand for f32 {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize) {
+        self.to_bits().put(r, at)
+    }
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self> {
+        next(r, at).map(f32::from_bits)
+    }
+    fn each(self, f: &mut dyn FnMut(u32)) {
+        f(self.to_bits())
+    }
+}
+
+/// A flag: 0 or 1; any other word is refused.
+impl Operand for bool {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize) {
+        u32::from(self).put(r, at)
+    }
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self> {
+        match next(r, at)? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    fn each(self, f: &mut dyn FnMut(u32)) {
+        f(u32::from(self))
+    }
+}
+
+impl<const N: usize> Operand for [u32; N] {
+    fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize) {
+        for w in self {
+            w.put(r, at);
+        }
+    }
+    fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self> {
+        let mut out = [0u32; N];
+        for w in &mut out {
+            *w = next(r, at)?;
+        }
+        Some(out)
+    }
+    fn each(self, f: &mut dyn FnMut(u32)) {
+        self.into_iter().for_each(f)
+    }
+}
+
+/// The op table, declared once: code, name, and each operand with its stored type and role. `Op`, its name,
+/// encode, decode and operand lists are derived from it.
+macro_rules! op_table {
+    ($($(#[$doc:meta])* $code:literal $name:ident { $($field:ident: $ty:ty = $role:ident),* $(,)? })*) => {
+        /// One operation of the network program. Field names follow the tables in the module docs.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        pub enum Op {
+            $($(#[$doc])* #[allow(missing_docs)] $name { $($field: $ty),* },)*
+        }
+
+        impl Op {
+            /// The opcode stored in word 0 of the record.
+            pub const fn code(&self) -> u32 {
+                match self {
+                    $(Op::$name { .. } => $code,)*
+                }
+            }
+
+            /// The op's name, as in the tables above.
+            pub const fn name(&self) -> &'static str {
+                match self {
+                    $(Op::$name { .. } => stringify!($name),)*
+                }
+            }
+
+            /// Encodes the op as its record words: the opcode, then the operands in table order, then zeros.
+            pub fn encode(&self) -> [u32; OP_WORDS] {
+                let mut r = [0u32; OP_WORDS];
+                let mut at = 1;
+                match *self {
+                    $(Op::$name { $($field),* } => {
+                        r[0] = $code;
+                        $(Operand::put($field, &mut r, &mut at);)*
+                    })*
+                }
+                r
+            }
+
+            /// Decodes a record; `None` for an unknown opcode, a flag other than 0 or 1, or non-zero unused words.
+            pub fn decode(r: &[u32; OP_WORDS]) -> Option<Op> {
+                let mut at = 1;
+                let op = match r[0] {
+                    $($code => Op::$name { $($field: <$ty as Operand>::get(r, &mut at)?),* },)*
+                    _ => return None,
+                };
+                if r[at..].iter().any(|&w| w != 0) {
+                    return None;
+                }
+                Some(op)
+            }
+
+            /// Calls `f` with every operand word and its role, in table order (array operands word by word).
+            pub fn for_each_operand(&self, f: &mut dyn FnMut(u32, Role)) {
+                match *self {
+                    $(Op::$name { $($field),* } => {
+                        $(Operand::each($field, &mut |w| f(w, Role::$role));)*
+                    })*
+                }
+            }
+        }
+    };
+}
+
+op_table! {
+    1 TimestepEmbed { out: u32 = Out, flip_sin_to_cos: bool = Param, freq_shift: f32 = Param, max_period: f32 = Param }
+    2 Linear { out: u32 = Out, x: u32 = In, w: u32 = Tensor, b: u32 = Tensor }
+    3 Silu { out: u32 = Out, x: u32 = In }
+    4 ClassEmbed { out: u32 = Out, table: u32 = Tensor }
+    5 Conv2d {
+        out: u32 = Out, x: u32 = In, w: u32 = Tensor, b: u32 = Tensor, stride: u32 = Param, pad: [u32; 4] = Param,
+        scratch: u32 = Scratch,
+    }
+    6 GroupNorm {
+        out: u32 = Out, x: u32 = In, gamma: u32 = Tensor, beta: u32 = Tensor, groups: u32 = Param, eps: f32 = Param,
+        silu: bool = Param,
+    }
+    7 AddChannel { x: u32 = InOut, v: u32 = In }
+    8 ScaleShift { x: u32 = InOut, v: u32 = In }
+    9 Add { out: u32 = Out, a: u32 = In, b: u32 = In, scale: f32 = Param }
+    10 Attention {
+        out: u32 = Out, x: u32 = In, xn: u32 = In, scratch: u32 = Scratch, w: [u32; 8] = Tensor, heads: u32 = Param,
+        scale: f32 = Param,
+    }
+    11 Upsample2x { out: u32 = Out, x: u32 = In }
+    12 Concat { out: u32 = Out, a: u32 = In, b: u32 = In }
+    13 Affine { out: u32 = Out, x: u32 = In, mul: f32 = Param, add: f32 = Param }
+    20 Quantize { out: u32 = Out, x: u32 = In }
+    21 Dequantize { out: u32 = Out, x: u32 = In }
+    22 QConv2d {
+        out: u32 = Out, x: u32 = In, w: u32 = Tensor, brq: u32 = Tensor, stride: u32 = Param, pad: [u32; 4] = Param,
+    }
+    23 QLut { out: u32 = Out, x: u32 = In, table: u32 = Tensor }
+    24 QGroupNorm {
+        out: u32 = Out, x: u32 = In, gamma: u32 = Tensor, beta: u32 = Tensor, groups: u32 = Param, eps: f32 = Param,
+        lut: u32 = Param, mid_scale: f32 = Param,
+    }
+    25 QAdd { out: u32 = Out, a: u32 = In, b: u32 = In, ma: i32 = Param, mb: i32 = Param, shift: u32 = Param }
+    26 QSdpa {
+        out: u32 = Out, q: u32 = In, k: u32 = In, v: u32 = In, scratch: u32 = Scratch, heads: u32 = Param,
+        exp: u32 = Tensor, m_score: i32 = Param, s_score: u32 = Param, m_out: i32 = Param, s_out: u32 = Param,
+    }
+    27 QConcat {
+        out: u32 = Out, a: u32 = In, b: u32 = In, ma: i32 = Param, sa: u32 = Param, mb: i32 = Param, sb: u32 = Param,
+    }
+    28 QScaleShift { out: u32 = Out, x: u32 = In, v: u32 = In }
+    29 QClassEmbed { out: u32 = Out, x: u32 = In, table: u32 = Tensor }
 }
 
 /// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
 pub const NO_LUT: u32 = u32::MAX;
 
 impl Op {
-    /// The op's name, as in the table above.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::TimestepEmbed { .. } => "TimestepEmbed",
-            Op::Linear { .. } => "Linear",
-            Op::Silu { .. } => "Silu",
-            Op::ClassEmbed { .. } => "ClassEmbed",
-            Op::Conv2d { .. } => "Conv2d",
-            Op::GroupNorm { .. } => "GroupNorm",
-            Op::AddChannel { .. } => "AddChannel",
-            Op::ScaleShift { .. } => "ScaleShift",
-            Op::Add { .. } => "Add",
-            Op::Attention { .. } => "Attention",
-            Op::Upsample2x { .. } => "Upsample2x",
-            Op::Concat { .. } => "Concat",
-            Op::Affine { .. } => "Affine",
-            Op::Quantize { .. } => "Quantize",
-            Op::Dequantize { .. } => "Dequantize",
-            Op::QConv2d { .. } => "QConv2d",
-            Op::QLut { .. } => "QLut",
-            Op::QGroupNorm { .. } => "QGroupNorm",
-            Op::QAdd { .. } => "QAdd",
-            Op::QSdpa { .. } => "QSdpa",
-            Op::QConcat { .. } => "QConcat",
-            Op::QScaleShift { .. } => "QScaleShift",
-            Op::QClassEmbed { .. } => "QClassEmbed",
-        }
+    /// Calls `f` with every activation value the op reads or writes, and its role, in table order.
+    pub fn for_each_value(&self, mut f: impl FnMut(u32, Role)) {
+        self.for_each_operand(&mut |w, role| {
+            if role.is_value() {
+                f(w, role)
+            }
+        })
     }
 
-    /// Encodes the op as its sixteen record words.
-    pub fn encode(&self) -> [u32; 16] {
-        let mut r = [0u32; 16];
-        let mut put = |code: u32, args: &[u32]| {
-            r[0] = code;
-            r[1..=args.len()].copy_from_slice(args);
-        };
-        match *self {
-            Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
-                put(1, &[out, flip_sin_to_cos.into(), freq_shift.to_bits(), max_period.to_bits()])
+    /// The value that holds the op's result: its output, or the value it updates in place.
+    pub fn result(&self) -> u32 {
+        let mut out = None;
+        self.for_each_value(|v, role| {
+            if out.is_none() && matches!(role, Role::Out | Role::InOut) {
+                out = Some(v);
             }
-            Op::Linear { out, x, w, b } => put(2, &[out, x, w, b]),
-            Op::Silu { out, x } => put(3, &[out, x]),
-            Op::ClassEmbed { out, table } => put(4, &[out, table]),
-            Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
-                put(5, &[out, x, w, b, stride, pad[0], pad[1], pad[2], pad[3], scratch])
-            }
-            Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
-                put(6, &[out, x, gamma, beta, groups, eps.to_bits(), silu.into()])
-            }
-            Op::AddChannel { x, v } => put(7, &[x, v]),
-            Op::ScaleShift { x, v } => put(8, &[x, v]),
-            Op::Add { out, a, b, scale } => put(9, &[out, a, b, scale.to_bits()]),
-            Op::Attention { out, x, xn, scratch, w, heads, scale } => {
-                let mut a = [0u32; 14];
-                a[..4].copy_from_slice(&[out, x, xn, scratch]);
-                a[4..12].copy_from_slice(&w);
-                a[12] = heads;
-                a[13] = scale.to_bits();
-                put(10, &a)
-            }
-            Op::Upsample2x { out, x } => put(11, &[out, x]),
-            Op::Concat { out, a, b } => put(12, &[out, a, b]),
-            Op::Affine { out, x, mul, add } => put(13, &[out, x, mul.to_bits(), add.to_bits()]),
-            Op::Quantize { out, x } => put(20, &[out, x]),
-            Op::Dequantize { out, x } => put(21, &[out, x]),
-            Op::QConv2d { out, x, w, brq, stride, pad } => {
-                put(22, &[out, x, w, brq, stride, pad[0], pad[1], pad[2], pad[3]])
-            }
-            Op::QLut { out, x, table } => put(23, &[out, x, table]),
-            Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut, mid_scale } => {
-                put(24, &[out, x, gamma, beta, groups, eps.to_bits(), lut, mid_scale.to_bits()])
-            }
-            Op::QAdd { out, a, b, ma, mb, shift } => put(25, &[out, a, b, ma as u32, mb as u32, shift]),
-            Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
-                put(26, &[out, q, k, v, scratch, heads, exp, m_score as u32, s_score, m_out as u32, s_out])
-            }
-            Op::QConcat { out, a, b, ma, sa, mb, sb } => put(27, &[out, a, b, ma as u32, sa, mb as u32, sb]),
-            Op::QScaleShift { out, x, v } => put(28, &[out, x, v]),
-            Op::QClassEmbed { out, x, table } => put(29, &[out, x, table]),
-        }
-        r
-    }
-
-    /// Decodes a record; `None` for an unknown opcode, a bad flag or non-zero unused words.
-    pub fn decode(r: &[u32; 16]) -> Option<Op> {
-        let f = |i: usize| f32::from_bits(r[i]);
-        let flag = |i: usize| match r[i] {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        };
-        let (op, used) = match r[0] {
-            1 => (Op::TimestepEmbed { out: r[1], flip_sin_to_cos: flag(2)?, freq_shift: f(3), max_period: f(4) }, 4),
-            2 => (Op::Linear { out: r[1], x: r[2], w: r[3], b: r[4] }, 4),
-            3 => (Op::Silu { out: r[1], x: r[2] }, 2),
-            4 => (Op::ClassEmbed { out: r[1], table: r[2] }, 2),
-            5 => (
-                Op::Conv2d {
-                    out: r[1],
-                    x: r[2],
-                    w: r[3],
-                    b: r[4],
-                    stride: r[5],
-                    pad: [r[6], r[7], r[8], r[9]],
-                    scratch: r[10],
-                },
-                10,
-            ),
-            6 => (
-                Op::GroupNorm { out: r[1], x: r[2], gamma: r[3], beta: r[4], groups: r[5], eps: f(6), silu: flag(7)? },
-                7,
-            ),
-            7 => (Op::AddChannel { x: r[1], v: r[2] }, 2),
-            8 => (Op::ScaleShift { x: r[1], v: r[2] }, 2),
-            9 => (Op::Add { out: r[1], a: r[2], b: r[3], scale: f(4) }, 4),
-            10 => (
-                Op::Attention {
-                    out: r[1],
-                    x: r[2],
-                    xn: r[3],
-                    scratch: r[4],
-                    w: [r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12]],
-                    heads: r[13],
-                    scale: f(14),
-                },
-                14,
-            ),
-            11 => (Op::Upsample2x { out: r[1], x: r[2] }, 2),
-            12 => (Op::Concat { out: r[1], a: r[2], b: r[3] }, 3),
-            13 => (Op::Affine { out: r[1], x: r[2], mul: f(3), add: f(4) }, 4),
-            20 => (Op::Quantize { out: r[1], x: r[2] }, 2),
-            21 => (Op::Dequantize { out: r[1], x: r[2] }, 2),
-            22 => {
-                (Op::QConv2d { out: r[1], x: r[2], w: r[3], brq: r[4], stride: r[5], pad: [r[6], r[7], r[8], r[9]] }, 9)
-            }
-            23 => (Op::QLut { out: r[1], x: r[2], table: r[3] }, 3),
-            24 => (
-                Op::QGroupNorm {
-                    out: r[1],
-                    x: r[2],
-                    gamma: r[3],
-                    beta: r[4],
-                    groups: r[5],
-                    eps: f(6),
-                    lut: r[7],
-                    mid_scale: f(8),
-                },
-                8,
-            ),
-            25 => (Op::QAdd { out: r[1], a: r[2], b: r[3], ma: r[4] as i32, mb: r[5] as i32, shift: r[6] }, 6),
-            26 => (
-                Op::QSdpa {
-                    out: r[1],
-                    q: r[2],
-                    k: r[3],
-                    v: r[4],
-                    scratch: r[5],
-                    heads: r[6],
-                    exp: r[7],
-                    m_score: r[8] as i32,
-                    s_score: r[9],
-                    m_out: r[10] as i32,
-                    s_out: r[11],
-                },
-                11,
-            ),
-            27 => {
-                (Op::QConcat { out: r[1], a: r[2], b: r[3], ma: r[4] as i32, sa: r[5], mb: r[6] as i32, sb: r[7] }, 7)
-            }
-            28 => (Op::QScaleShift { out: r[1], x: r[2], v: r[3] }, 3),
-            29 => (Op::QClassEmbed { out: r[1], x: r[2], table: r[3] }, 3),
-            _ => return None,
-        };
-        if r[used + 1..].iter().any(|&w| w != 0) {
-            return None;
-        }
-        Some(op)
+        });
+        // Every op of the table has an `Out` or `InOut` operand (checked by a unit test).
+        out.unwrap_or(u32::MAX)
     }
 }
 
-/// Output size of a convolution along one axis, if the kernel fits.
-pub fn conv_out_len(input: usize, kernel: usize, stride: usize, pad_lo: usize, pad_hi: usize) -> Option<usize> {
-    let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
-    if stride == 0 || kernel == 0 || padded < kernel {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One op of every kind, each operand a distinct word, so that a swapped or dropped operand shows.
+    fn every_op() -> [Op; 23] {
+        let f = |i: u32| i as f32 + 0.5;
+        [
+            Op::TimestepEmbed { out: 1, flip_sin_to_cos: true, freq_shift: f(3), max_period: f(4) },
+            Op::Linear { out: 1, x: 2, w: 3, b: 4 },
+            Op::Silu { out: 1, x: 2 },
+            Op::ClassEmbed { out: 1, table: 2 },
+            Op::Conv2d { out: 1, x: 2, w: 3, b: 4, stride: 5, pad: [6, 7, 8, 9], scratch: 10 },
+            Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: f(6), silu: true },
+            Op::AddChannel { x: 1, v: 2 },
+            Op::ScaleShift { x: 1, v: 2 },
+            Op::Add { out: 1, a: 2, b: 3, scale: f(4) },
+            Op::Attention { out: 1, x: 2, xn: 3, scratch: 4, w: [5, 6, 7, 8, 9, 10, 11, 12], heads: 13, scale: f(14) },
+            Op::Upsample2x { out: 1, x: 2 },
+            Op::Concat { out: 1, a: 2, b: 3 },
+            Op::Affine { out: 1, x: 2, mul: f(3), add: f(4) },
+            Op::Quantize { out: 1, x: 2 },
+            Op::Dequantize { out: 1, x: 2 },
+            Op::QConv2d { out: 1, x: 2, w: 3, brq: 4, stride: 5, pad: [6, 7, 8, 9] },
+            Op::QLut { out: 1, x: 2, table: 3 },
+            Op::QGroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: f(6), lut: 7, mid_scale: f(8) },
+            Op::QAdd { out: 1, a: 2, b: 3, ma: -4, mb: 5, shift: 6 },
+            Op::QSdpa {
+                out: 1,
+                q: 2,
+                k: 3,
+                v: 4,
+                scratch: 5,
+                heads: 6,
+                exp: 7,
+                m_score: -8,
+                s_score: 9,
+                m_out: 10,
+                s_out: 11,
+            },
+            Op::QConcat { out: 1, a: 2, b: 3, ma: 4, sa: 5, mb: -6, sb: 7 },
+            Op::QScaleShift { out: 1, x: 2, v: 3 },
+            Op::QClassEmbed { out: 1, x: 2, table: 3 },
+        ]
     }
-    Some((padded - kernel) / stride + 1)
-}
 
-/// The convolution geometry of a `Conv2d` op from its (validated) operands.
-pub fn conv_shape(x: &ValueInfo, out: &ValueInfo, w: &TensorInfo<'_>, stride: u32, pad: [u32; 4]) -> Conv2dShape {
-    Conv2dShape {
-        ci: x.c,
-        h: x.h,
-        w: x.w,
-        co: out.c,
-        kh: w.dims[2],
-        kw: w.dims[3],
-        stride: stride as usize,
-        pad: pad.map(|p| p as usize),
-        ho: out.h,
-        wo: out.w,
-    }
-}
-
-/// A convolution's kernel `[co, ci, kh, kw]`, stride and padding turn `x` into `out`, the padding is narrower
-/// than the kernel, and input and output do not overlap.
-fn conv_geometry_ok(x: &ValueInfo, out: &ValueInfo, dims: [usize; 4], stride: u32, pad: [u32; 4]) -> bool {
-    let [co, ci, kh, kw] = dims;
-    let [pt, pl, pb, pr] = pad.map(|p| p as usize);
-    let s = stride as usize;
-    co == out.c
-        && ci == x.c
-        && conv_out_len(x.h, kh, s, pt, pb) == Some(out.h)
-        && conv_out_len(x.w, kw, s, pl, pr) == Some(out.w)
-        && pt < kh
-        && pb < kh
-        && pl < kw
-        && pr < kw
-        && disjoint(out, x)
-}
-
-/// How two arena ranges relate.
-fn same_or_disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
-    a.byte_range() == b.byte_range() || disjoint(a, b)
-}
-
-fn disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
-    let (ra, rb) = (a.byte_range(), b.byte_range());
-    ra.end <= rb.start || rb.end <= ra.start
-}
-
-fn same_shape(a: &ValueInfo, b: &ValueInfo) -> bool {
-    (a.c, a.h, a.w) == (b.c, b.h, b.w)
-}
-
-fn is_vector(v: &ValueInfo) -> bool {
-    v.h == 1 && v.w == 1
-}
-
-/// Checks one op against the model's tables: operands exist, shapes agree, aliasing is allowed, parameters
-/// are sane. After this the executor can slice without failing.
-pub(crate) fn validate(m: &Model<'_>, op: &Op) -> Result<(), ()> {
-    // Float ops take f32 values only; quantized ops say what they take.
-    let v = |i: u32| m.value(i).filter(|v| v.dtype == DType::F32).ok_or(());
-    // Float ops take f32 or f16 tensors.
-    let t = |i: u32| m.tensor_info(i).filter(|ti| matches!(ti.dtype, DType::F32 | DType::F16)).ok_or(());
-    // A 1-D f32 tensor of length n.
-    let vec_f32 = |i: u32, n: usize| -> Result<(), ()> {
-        let ti = t(i)?;
-        ok(ti.dtype == DType::F32 && ti.shape() == [n])
-    };
-    match *op {
-        Op::TimestepEmbed { out, freq_shift, max_period, .. } => {
-            let o = v(out)?;
-            let half = (o.c / 2) as f32;
-            ok(is_vector(&o)
-                && o.c >= 2
-                && freq_shift.is_finite()
-                && half - freq_shift != 0.0
-                && max_period.is_finite()
-                && max_period > 0.0)
-        }
-        Op::Linear { out, x, w, b } => {
-            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
-            vec_f32(b, o.c)?;
-            ok(is_vector(&o) && is_vector(&xi) && wi.shape() == [o.c, xi.c] && disjoint(&o, &xi))
-        }
-        Op::Silu { out, x } | Op::Affine { out, x, .. } => {
-            let (o, xi) = (v(out)?, v(x)?);
-            if let Op::Affine { mul, add, .. } = *op {
-                ok(mul.is_finite() && add.is_finite())?;
+    #[test]
+    fn every_op_encodes_and_decodes_to_itself() {
+        let mut codes = [false; 64];
+        for op in every_op() {
+            let r = op.encode();
+            assert_eq!(r[0], op.code(), "{}", op.name());
+            assert!(!core::mem::replace(&mut codes[op.code() as usize], true), "{}: opcode used twice", op.name());
+            assert_eq!(Op::decode(&r), Some(op), "{}", op.name());
+            // Operands sit in words 1.. in table order: word k holds k (or f(k)'s bits, or a negated k).
+            let used = 1 + r[1..].iter().rposition(|&w| w != 0).map_or(0, |p| p + 1);
+            for (k, &w) in r.iter().enumerate().take(used).skip(1) {
+                let k = k as u32;
+                assert!(
+                    w == k || w == (k as f32 + 0.5).to_bits() || w == (-(k as i32)) as u32 || w == 1,
+                    "{}",
+                    op.name()
+                );
             }
-            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
-        }
-        Op::ClassEmbed { out, table } => {
-            let (o, ti) = (v(out)?, t(table)?);
-            ok(is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c])
-        }
-        Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
-            let (o, xi, wi, si) = (v(out)?, v(x)?, t(w)?, v(scratch)?);
-            vec_f32(b, wi.dims[0])?;
-            ok(wi.ndim == 4
-                && conv_geometry_ok(&xi, &o, wi.dims, stride, pad)
-                && disjoint(&si, &xi)
-                && disjoint(&si, &o)
-                && {
-                    let g = conv_shape(&xi, &o, &wi, stride, pad);
-                    let (c, h, w) = g.scratch_shape();
-                    c.checked_mul(h).and_then(|n| n.checked_mul(w)).is_some_and(|n| si.numel() >= n)
-                })
-        }
-        Op::GroupNorm { out, x, gamma, beta, groups, eps, .. } => {
-            let (o, xi) = (v(out)?, v(x)?);
-            vec_f32(gamma, o.c)?;
-            vec_f32(beta, o.c)?;
-            let g = groups as usize;
-            ok(g > 0
-                && o.c % g == 0
-                && eps.is_finite()
-                && eps >= 0.0
-                && same_shape(&o, &xi)
-                && same_or_disjoint(&o, &xi))
-        }
-        Op::AddChannel { x, v: vv } => {
-            let (xi, vi) = (v(x)?, v(vv)?);
-            ok(is_vector(&vi) && vi.c == xi.c && disjoint(&xi, &vi))
-        }
-        Op::ScaleShift { x, v: vv } => {
-            let (xi, vi) = (v(x)?, v(vv)?);
-            ok(is_vector(&vi) && vi.c == 2 * xi.c && disjoint(&xi, &vi))
-        }
-        Op::Add { out, a, b, scale } => {
-            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
-            ok(scale.is_finite()
-                && same_shape(&o, &ai)
-                && same_shape(&o, &bi)
-                && same_or_disjoint(&o, &ai)
-                && same_or_disjoint(&o, &bi)
-                && same_or_disjoint(&ai, &bi))
-        }
-        Op::Attention { out, x, xn, scratch, w, heads, scale } => {
-            let (o, xi, ni, si) = (v(out)?, v(x)?, v(xn)?, v(scratch)?);
-            let c = o.c;
-            for pair in w.chunks_exact(2) {
-                let wi = t(pair[0])?;
-                ok(wi.shape() == [c, c])?;
-                vec_f32(pair[1], c)?;
+            // A non-zero word past the operands is refused.
+            if used < OP_WORDS {
+                let mut bad = r;
+                bad[used] = 1;
+                assert_eq!(Op::decode(&bad), None, "{}: trailing word accepted", op.name());
             }
-            let h = heads as usize;
-            ok(h > 0
-                && c % h == 0
-                && scale.is_finite()
-                && same_shape(&o, &xi)
-                && same_shape(&o, &ni)
-                && si.numel() >= 4 * o.numel()
-                && same_or_disjoint(&o, &xi)
-                && same_or_disjoint(&o, &ni)
-                && same_or_disjoint(&xi, &ni)
-                && disjoint(&si, &o)
-                && disjoint(&si, &xi)
-                && disjoint(&si, &ni))
+            // Every op has a result value.
+            assert_ne!(op.result(), u32::MAX, "{}", op.name());
         }
-        Op::Upsample2x { out, x } => {
-            let (o, xi) = (m.value(out).ok_or(())?, m.value(x).ok_or(())?);
-            ok(o.c == xi.c
-                && Some(o.h) == xi.h.checked_mul(2)
-                && Some(o.w) == xi.w.checked_mul(2)
-                && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
-                && o.dtype != DType::I32
-                && disjoint(&o, &xi))
-        }
-        Op::Concat { out, a, b } => {
-            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
-            ok(o.c == ai.c + bi.c
-                && (o.h, o.w) == (ai.h, ai.w)
-                && (o.h, o.w) == (bi.h, bi.w)
-                && disjoint(&o, &ai)
-                && disjoint(&o, &bi))
-        }
-        _ => validate_quantized(m, op),
+        let mut r = [0u32; OP_WORDS];
+        r[0] = 14;
+        assert_eq!(Op::decode(&r), None, "unknown opcode");
+        let mut flag = Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: 0.0, silu: true }.encode();
+        flag[7] = 2;
+        assert_eq!(Op::decode(&flag), None, "a flag other than 0 or 1");
     }
-}
 
-/// A requantization pair `(m, s)` the executor can apply to any 32-bit accumulator without overflow.
-fn rq_ok(mult: i32, shift: u32) -> bool {
-    mult >= 0 && shift <= 62
-}
-
-/// Validation of the int8 ops (see the second table of the module docs).
-fn validate_quantized(m: &Model<'_>, op: &Op) -> Result<(), ()> {
-    // A quantized value without a zero point; `coded` also allows one (see the op table).
-    let quant = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized() && v.zero == 0).ok_or(());
-    let coded = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized()).ok_or(());
-    let of = |i: u32, dt: DType| m.value(i).filter(|v| v.dtype == dt && v.zero == 0).ok_or(());
-    let t = |i: u32| m.tensor_info(i).ok_or(());
-    let i32s = |i: u32| match m.tensor(i) {
-        Some(TensorView::I32(d)) => Ok(d),
-        _ => Err(()),
-    };
-    let vec_f32 = |i: u32, n: usize| -> Result<(), ()> {
-        let ti = t(i)?;
-        ok(ti.dtype == DType::F32 && ti.shape() == [n])
-    };
-    let lut = |i: u32| -> Result<(), ()> {
-        let ti = t(i)?;
-        ok(ti.dtype == DType::I8 && ti.shape() == [256])
-    };
-    match *op {
-        Op::Quantize { out, x } => {
-            let (o, xi) = (quant(out)?, of(x, DType::F32)?);
-            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
-        }
-        Op::Dequantize { out, x } => {
-            let (o, xi) = (of(out, DType::F32)?, quant(x)?);
-            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
-        }
-        Op::QConv2d { out, x, w, brq, stride, pad } => {
-            let (o, xi, wi) = (quant(out)?, coded(x)?, t(w)?);
-            let [co, ci, kh, kw] = wi.dims;
-            let table = i32s(brq)?;
-            ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3])?;
-            ok(table.chunks_exact(3).all(|p| rq_ok(p[1], p[2] as u32)))?;
-            // The i32 accumulator cannot overflow: every tap at its extreme plus the largest bias.
-            let taps = (ci * kh * kw) as u64;
-            let worst = taps * 128 * (xi.dtype.qmax() as u64 + 1)
-                + table.chunks_exact(3).map(|p| p[0].unsigned_abs() as u64).max().unwrap_or(0);
-            ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad))
-        }
-        Op::QLut { out, x, table } => {
-            let (o, xi) = (coded(out)?, coded(x)?);
-            ok(o.dtype == DType::I8 && xi.dtype == DType::I8)?;
-            lut(table)?;
-            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
-        }
-        Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut: table, mid_scale } => {
-            let (o, xi) = (coded(out)?, quant(x)?);
-            ok(o.zero == 0 || table != NO_LUT)?;
-            vec_f32(gamma, o.c)?;
-            vec_f32(beta, o.c)?;
-            if table == NO_LUT {
-                ok(mid_scale.to_bits() == o.scale.to_bits())?;
-            } else {
-                lut(table)?;
-                ok(o.dtype == DType::I8)?;
-            }
-            let g = groups as usize;
-            ok(g > 0
-                && o.c % g == 0
-                && eps.is_finite()
-                && eps >= 0.0
-                && mid_scale.is_finite()
-                && mid_scale > 0.0
-                && same_shape(&o, &xi)
-                && same_or_disjoint(&o, &xi))
-        }
-        Op::QAdd { out, a, b, shift, .. } => {
-            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
-            let broadcast = is_vector(&bi) && bi.c == ai.c;
-            ok(shift <= 62
-                && same_shape(&o, &ai)
-                && (same_shape(&ai, &bi) || broadcast)
-                && same_or_disjoint(&o, &ai)
-                && same_or_disjoint(&o, &bi)
-                && same_or_disjoint(&ai, &bi))
-        }
-        Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
-            let (o, qi, ki, vi) = (of(out, DType::I8)?, of(q, DType::I8)?, of(k, DType::I8)?, of(v, DType::I8)?);
-            let si = of(scratch, DType::I32)?;
-            let Some(TensorView::I16(table)) = m.tensor(exp) else { return Err(()) };
-            let tokens = o.h * o.w;
-            let h = heads as usize;
-            ok(t(exp)?.ndim == 1
-                && table.first().is_some_and(|&e| e > 0)
-                && table.iter().all(|&e| e >= 0)
-                && rq_ok(m_score, s_score)
-                && rq_ok(m_out, s_out)
-                && h > 0
-                && o.c % h == 0
-                && o.c < 1 << 16
-                && tokens <= 1 << 20
-                && si.numel() >= tokens
-                && same_shape(&o, &qi)
-                && same_shape(&o, &ki)
-                && same_shape(&o, &vi)
-                && [qi, ki, vi, si].iter().all(|x| disjoint(&o, x))
-                && [ki, vi, si].iter().all(|x| disjoint(&qi, x))
-                && [vi, si].iter().all(|x| disjoint(&ki, x))
-                && disjoint(&vi, &si))
-        }
-        Op::QConcat { out, a, b, ma, sa, mb, sb } => {
-            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
-            ok(rq_ok(ma, sa)
-                && rq_ok(mb, sb)
-                && o.c == ai.c + bi.c
-                && (o.h, o.w) == (ai.h, ai.w)
-                && (o.h, o.w) == (bi.h, bi.w)
-                && disjoint(&o, &ai)
-                && disjoint(&o, &bi))
-        }
-        Op::QScaleShift { out, x, v } => {
-            let (o, xi, vi) = (quant(out)?, quant(x)?, quant(v)?);
-            ok(same_shape(&o, &xi)
-                && is_vector(&vi)
-                && Some(vi.c) == xi.c.checked_mul(2)
-                && same_or_disjoint(&o, &xi)
-                && disjoint(&vi, &o)
-                && disjoint(&vi, &xi))
-        }
-        Op::QClassEmbed { out, x, table } => {
-            let (o, xi, ti) = (quant(out)?, quant(x)?, t(table)?);
-            ok(is_vector(&o)
-                && same_shape(&o, &xi)
-                && same_or_disjoint(&o, &xi)
-                && m.num_classes() > 0
-                && ti.dtype == DType::F32
-                && ti.shape() == [m.num_classes() as usize, o.c])
-        }
-        _ => Err(()),
-    }
-}
-
-fn ok(cond: bool) -> Result<(), ()> {
-    if cond {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Floating-point operations of one op for one sample (a multiply-add counts 2).
-pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
-    let numel = |i: u32| m.value(i).map(|v| v.numel() as u64).unwrap_or(0);
-    let tel = |i: u32| m.tensor_info(i).map(|t| t.numel() as u64).unwrap_or(0);
-    match *op {
-        Op::TimestepEmbed { out, .. } => 4 * numel(out),
-        Op::Linear { w, .. } => 2 * tel(w),
-        Op::Conv2d { out, w, .. } => {
-            // Each output element takes one multiply-add per kernel element over all input channels.
-            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
-            2 * numel(out) * (tel(w) / co)
-        }
-        Op::GroupNorm { out, silu, .. } => numel(out) * if silu { 10 } else { 6 },
-        Op::Attention { out, .. } => {
-            let Some(o) = m.value(out) else { return 0 };
-            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
-            // q, k, v and output projections, then q·kᵀ and p·v over all heads.
-            4 * 2 * n * c * c + 2 * 2 * n * n * c
-        }
-        Op::Silu { out, .. } => 4 * numel(out),
-        Op::ClassEmbed { out, .. } | Op::AddChannel { x: out, .. } | Op::Add { out, .. } | Op::Affine { out, .. } => {
-            numel(out)
-        }
-        Op::ScaleShift { x, .. } => 2 * numel(x),
-        Op::Upsample2x { .. } | Op::Concat { .. } | Op::QConcat { .. } => 0,
-        Op::QConv2d { out, w, .. } => {
-            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
-            2 * numel(out) * (tel(w) / co)
-        }
-        Op::QSdpa { out, .. } => {
-            let Some(o) = m.value(out) else { return 0 };
-            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
-            2 * 2 * n * n * c
-        }
-        Op::QGroupNorm { out, .. } => 4 * numel(out),
-        Op::Quantize { out, .. }
-        | Op::Dequantize { out, .. }
-        | Op::QLut { out, .. }
-        | Op::QAdd { out, .. }
-        | Op::QClassEmbed { out, .. } => numel(out),
-        Op::QScaleShift { out, .. } => 2 * numel(out),
+    #[test]
+    fn operand_roles_name_the_values() {
+        let op = Op::Conv2d { out: 1, x: 2, w: 3, b: 4, stride: 5, pad: [6, 7, 8, 9], scratch: 10 };
+        let mut seen = [(0u32, Role::Param); 3];
+        let mut n = 0;
+        op.for_each_value(|v, role| {
+            seen[n] = (v, role);
+            n += 1;
+        });
+        assert_eq!(seen[..n], [(1, Role::Out), (2, Role::In), (10, Role::Scratch)]);
+        assert_eq!(Op::AddChannel { x: 7, v: 8 }.result(), 7);
     }
 }

@@ -6,14 +6,15 @@
 // model output (arena), x_t -> x_{t-1} (xt), x̂₀ (x0s)
 layout(local_size_x = 64) in;
 #include "common.glsl"
+#include "codes.glsl"
 #include "philox.glsl"
 layout(push_constant) uniform Push {
     uint stride; uint out_off; uint len; uint prediction_type; uint variance_type; uint clip; float clip_range;
 } p;
 
 float predict_x0(float x, float m, float sa, float sb) {
-    if (p.prediction_type == 1u) return m;
-    if (p.prediction_type == 2u) return sa * x - sb * m;
+    if (p.prediction_type == PREDICTION_TYPE_SAMPLE) return m;
+    if (p.prediction_type == PREDICTION_TYPE_V_PREDICTION) return sa * x - sb * m;
     return (x - sb * m) / sa;
 }
 
@@ -42,9 +43,9 @@ void main() {
         x0 = clip_x0(x0);
         next = tab[r + 4u] * x0 + tab[r + 5u] * x;
         if (noisy) {
-            if (p.variance_type == 4u) {
+            if (p.variance_type == VARIANCE_TYPE_LEARNED) {
                 next += sqrt(a[mo + p.len + e]) * z;
-            } else if (p.variance_type == 5u) {
+            } else if (p.variance_type == VARIANCE_TYPE_LEARNED_RANGE) {
                 float frac = (a[mo + p.len + e] + 1.0) / 2.0;
                 float log_var = frac * tab[r + 8u] + (1.0 - frac) * tab[r + 7u];
                 next += exp(0.5 * log_var) * z;
@@ -54,7 +55,7 @@ void main() {
         }
     } else {
         // ε̂ from the unclipped x̂₀; x_{t-1} = √(1 − ᾱ_prev − σ²) ε̂ + √ᾱ_prev clip(x̂₀) + σ z (Song et al. eq. 12).
-        float eps = p.prediction_type == 1u ? (x - sa * x0) / sb : (p.prediction_type == 2u ? sa * m + sb * x : m);
+        float eps = p.prediction_type == PREDICTION_TYPE_SAMPLE ? (x - sa * x0) / sb : (p.prediction_type == PREDICTION_TYPE_V_PREDICTION ? sa * m + sb * x : m);
         x0 = clip_x0(x0);
         next = tab[r + 4u] * eps;
         next += tab[r + 5u] * x0;

@@ -321,8 +321,8 @@ impl GpuModel {
             plan.stride,
             out_off as u32,
             in_len as u32,
-            s.prediction_type,
-            s.variance_type,
+            s.prediction_type.code(),
+            s.variance_type.code(),
             u32::from(s.clip_sample),
             s.clip_sample_range.to_bits(),
         ];
@@ -343,7 +343,7 @@ impl GpuModel {
         let read_xt = build(b)?;
 
         let mut alphas_cumprod = vec![0f32; train_steps];
-        ddpm_core::schedule::alphas_cumprod(&s, model.trained_betas(), &mut alphas_cumprod);
+        ddpm_core::sampler::schedule::alphas_cumprod(&s, model.trained_betas(), &mut alphas_cumprod);
         Ok(GpuModel {
             queue: device.queue.clone(),
             batch,

@@ -13,8 +13,8 @@
 //! | 6 | σ_t for the fixed variance types | σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}) |
 //! | 7, 8 | log β̃_t, log β_t (`learned_range`) | — |
 
+use ddpm_core::format::{Schedule, VarianceType};
 use ddpm_core::sampler::{Method, SampleError, Steps};
-use ddpm_core::Schedule;
 
 use crate::error::Error;
 
@@ -53,7 +53,7 @@ pub(crate) fn step_table(
         ));
     }
     let steps = Steps::new(*s, method, k).ok_or(SampleError::BadSteps)?;
-    let learned_type = matches!(s.variance_type, 4 | 5);
+    let learned_type = s.variance_type.is_learned();
     let learned = out_channels == 2 * in_channels && (learned_type || matches!(method, Method::Ddim { .. }));
     let fixed_ok = out_channels == in_channels && !learned_type;
     if !fixed_ok && !learned {
@@ -80,9 +80,9 @@ pub(crate) fn step_table(
                 r[5] = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
                 let variance = ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
                 r[6] = match s.variance_type {
-                    1 => libm::expf(0.5 * libm::logf(variance)),
-                    2 => current_beta_t.sqrt(),
-                    3 => libm::expf(0.5 * libm::logf(current_beta_t)),
+                    VarianceType::FixedSmallLog => libm::expf(0.5 * libm::logf(variance)),
+                    VarianceType::FixedLarge => current_beta_t.sqrt(),
+                    VarianceType::FixedLargeLog => libm::expf(0.5 * libm::logf(current_beta_t)),
                     _ => variance.sqrt(),
                 };
                 r[7] = libm::logf(variance);
@@ -107,7 +107,7 @@ mod tests {
 
     fn table(s: &Schedule, method: Method, k: u32) -> Result<Vec<StepRow>, Error> {
         let mut ac = vec![0f32; s.num_train_timesteps as usize];
-        ddpm_core::schedule::alphas_cumprod(s, None, &mut ac);
+        ddpm_core::sampler::schedule::alphas_cumprod(s, None, &mut ac);
         step_table(s, &ac, method, k, 3, 3)
     }
 
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(table(&s, Method::Ddim { eta: -1.0 }, 5).unwrap_err(), Error::Sample(SampleError::BadEta));
         assert_eq!(table(&s, Method::Ddpm, 0).unwrap_err(), Error::Sample(SampleError::BadSteps));
         let mut ac = vec![0f32; 1000];
-        ddpm_core::schedule::alphas_cumprod(&s, None, &mut ac);
+        ddpm_core::sampler::schedule::alphas_cumprod(&s, None, &mut ac);
         let learned_without_type = step_table(&s, &ac, Method::Ddpm, 5, 3, 6).unwrap_err();
         assert_eq!(learned_without_type, Error::Sample(SampleError::OutputChannels));
     }

@@ -1,18 +1,21 @@
 //! The GPU backend against the CPU reference (`ddpm-core`), on the fixture models of `tests/fixtures/unet`,
-//! converted with the workspace's own `host-cli` (built on demand).
+//! converted in process through `ddpm-convert`, and on the shipped MNIST model's golden run.
 //!
-//! Each check is one body run on both backends (STYLE point 12): the CPU run of the same body checks the
-//! harness and, for f16 blobs, measures the CPU's own f16 error against the same bound.
+//! Bounds: forward ≤ 1e-4 × max |ref| in f32 and ≤ 5e-3 × max |ref| in f16; same-seed samples ≤ 1e-3 max abs; the
+//! noise stream ≤ 1e-4 from the CPU's. Each check is one body run on both backends: the CPU run of the same body
+//! checks the harness and, for f16 blobs, measures the CPU's own f16 error against the same bound. Measured by
+//! `cargo test -p ddpm-gpu -- --nocapture` (prints each error).
 //!
 //! Without a Vulkan device the GPU tests print a loud SKIPPED line and pass, unless `DDPM_REQUIRE_GPU=1`, when
 //! they fail. `DDPM_GPU_DEVICE` selects a device (index or name substring) as `Device::new` does.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
+use ddpm_convert::load::read_npy;
+use ddpm_convert::{convert_path, AlignedBlob, Calibration, ConvertArgs};
 use ddpm_core::sampler::{Method, SampleSpec, Sampler};
-use ddpm_core::Model;
+use ddpm_core::{Model, Precision};
 use ddpm_gpu::{Device, GpuModel};
 
 const F32_TOL: f32 = 1e-4;
@@ -26,102 +29,76 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The host-cli binary: `$DDPM_HOST_CLI`, else the workspace's, built now if missing.
-fn host_cli() -> PathBuf {
-    static CLI: OnceLock<PathBuf> = OnceLock::new();
-    CLI.get_or_init(|| {
-        if let Ok(p) = std::env::var("DDPM_HOST_CLI") {
-            return PathBuf::from(p);
-        }
-        let target =
-            std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "host-cli"])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build -p host-cli");
-        assert!(status.success(), "cargo build -p host-cli failed");
-        target.join("debug").join("host-cli")
-    })
-    .clone()
-}
-
 /// A blob in 16-byte aligned storage, as `Model::new_checked` requires.
-struct Blob(Vec<u128>, usize);
+struct Blob(AlignedBlob);
 
 impl Blob {
-    fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.0)[..self.1]
-    }
     fn model(&self) -> Model<'_> {
-        Model::new_checked(self.bytes()).expect("valid blob")
+        self.0.model().expect("valid blob")
     }
 }
 
-/// Converts fixture `name` with `precision` (and extra converter arguments) once per test process.
+/// Converts fixture `name` with `precision` and extra converter options (`--set`/`--scheduler-set` pairs, as on
+/// the command line) in process, once per test process.
 fn blob(name: &str, precision: &str, extra: &[&str]) -> Blob {
     let dir = workspace().join("tests/fixtures/unet").join(name);
-    let mut args: Vec<String> = Vec::new();
-    let input = match name {
-        "a_ddpm" => dir.clone(),
+    let precision = match precision {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
+        "int8" => Precision::Int8,
+        other => panic!("unknown precision {other}"),
+    };
+    let mut a = ConvertArgs {
+        input: dir.clone(),
+        precision,
+        key: None,
+        config: None,
+        scheduler: None,
+        sets: vec![],
+        scheduler_sets: vec![],
+        calibration: Calibration::default(),
+    };
+    match name {
+        "a_ddpm" => {}
         "b_scale_shift" => {
-            args.extend([
-                "--config".into(),
-                dir.join("config.json").display().to_string(),
-                "--key".into(),
-                "ema".into(),
-            ]);
-            dir.join("ckpt.pt")
+            a.config = Some(dir.join("config.json"));
+            a.key = Some("ema".into());
+            a.input = dir.join("ckpt.pt");
         }
         "c_old_attn" => {
-            for kv in ["sample_size=[16, 8]", "norm_num_groups=8", "attention_head_dim=8"] {
-                args.extend(["--set".into(), kv.into()]);
-            }
-            dir.join("model.pth")
+            a.sets = ["sample_size=[16, 8]", "norm_num_groups=8", "attention_head_dim=8"].map(String::from).to_vec();
+            a.input = dir.join("model.pth");
         }
         "d_safetensors" => {
-            args.extend(["--config".into(), dir.join("config.json").display().to_string()]);
-            dir.join("model.safetensors")
+            a.config = Some(dir.join("config.json"));
+            a.input = dir.join("model.safetensors");
         }
         "e_f16" => {
-            args.extend(["--config".into(), dir.join("config.json").display().to_string()]);
-            dir.join("model_f16.safetensors")
+            a.config = Some(dir.join("config.json"));
+            a.input = dir.join("model_f16.safetensors");
         }
         other => panic!("unknown fixture {other}"),
-    };
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let tag: String = extra.join("_").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-    let key = format!("{name}_{precision}_{tag}");
-    // Each blob is converted once per test process (tests run in parallel and share fixtures), into a file of
-    // this process that is removed once read.
+    }
+    for pair in extra.chunks(2) {
+        match pair {
+            ["--set", kv] => a.sets.push(kv.to_string()),
+            ["--scheduler-set", kv] => a.scheduler_sets.push(kv.to_string()),
+            other => panic!("unsupported converter option {other:?}"),
+        }
+    }
+    let key = format!("{name}_{}_{}", precision.name(), extra.join("_"));
+    // Each blob is converted once per test process (tests run in parallel and share fixtures).
     static CACHE: Mutex<Vec<(String, Vec<u8>)>> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let bytes = match cache.iter().find(|(k, _)| *k == key) {
         Some((_, b)) => b.clone(),
         None => {
-            let out = std::env::temp_dir().join(format!("ddpm-gpu-test-{}-{key}.blob", std::process::id()));
-            let o = Command::new(host_cli())
-                .arg("convert")
-                .arg(&input)
-                .arg("-o")
-                .arg(&out)
-                .args(["--precision", precision])
-                .args(&args)
-                .output()
-                .expect("run host-cli convert");
-            assert!(o.status.success(), "convert {name}: {}", String::from_utf8_lossy(&o.stderr));
-            let bytes = std::fs::read(&out).unwrap();
-            let _ = std::fs::remove_file(&out);
-            cache.push((key, bytes.clone()));
-            bytes
+            let blob = convert_path(&a).unwrap_or_else(|e| panic!("convert {name}: {e}")).blob;
+            cache.push((key, blob.clone()));
+            blob
         }
     };
-    drop(cache);
-    let mut words = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-    let len = bytes.len();
-    Blob(words, len)
+    Blob(AlignedBlob::from_bytes(&bytes))
 }
 
 /// Deterministic pseudo-random inputs in [-1, 1).
@@ -395,23 +372,11 @@ fn replayed_start_and_stepwise_run() {
 
 /// A little-endian f32 `.npy` file's data.
 fn read_npy_f32(path: &Path) -> Vec<f32> {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..6], b"\x93NUMPY", "{}", path.display());
-    let (len, start) = if b[6] == 1 {
-        (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
-    } else {
-        (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-    };
-    let header = std::str::from_utf8(&b[start..start + len]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
-    b[start + len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).1
 }
 
 fn file_blob(path: &Path) -> Blob {
-    let bytes = std::fs::read(path).unwrap();
-    let mut words = vec![0u128; bytes.len().div_ceil(16)];
-    bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-    Blob(words, bytes.len())
+    Blob(AlignedBlob::read(path).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The shipped MNIST model's golden run (tests/fixtures/golden: seed 0, 4 images, 20 DDIM steps) on the

@@ -22,13 +22,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
+use ddpm_core::sampler::schedule::alphas_cumprod;
 use ddpm_core::sampler::{Method, SampleError, SampleSpec, Sampler};
-use ddpm_core::schedule::alphas_cumprod;
 use ddpm_core::{Model, Schedule};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::blobfile::{self, AlignedBlob};
+use crate::blobfile;
 
 /// A comparison request from the command line.
 pub struct CompareArgs {
@@ -235,7 +235,7 @@ fn explain(m: &Model<'_>, option: &str, steps: u32, e: SampleError) -> anyhow::E
              again with --scheduler-set variance_type=learned_range (or learned)",
             m.out_channels(),
             m.in_channels(),
-            Schedule::VARIANCE_TYPES.get(m.schedule().variance_type as usize).unwrap_or(&"?")
+            m.schedule().variance_type.name()
         ),
         e => anyhow!("{e}"),
     }
@@ -511,8 +511,8 @@ impl Report {
 
 /// Reads both blobs, checks they describe the same model, and measures.
 pub fn compare(a: &CompareArgs) -> Result<Report> {
-    let (rb, ob) = (AlignedBlob::read(&a.reference)?, AlignedBlob::read(&a.other)?);
-    let context = |p: &Path, e: anyhow::Error| anyhow!("{}: {e:#}", p.display());
+    let (rb, ob) = (blobfile::read(&a.reference)?, blobfile::read(&a.other)?);
+    let context = |p: &Path, e: ddpm_core::BlobError| anyhow!("{}: {e}", p.display());
     let r = rb.model().map_err(|e| context(&a.reference, e))?;
     let o = ob.model().map_err(|e| context(&a.other, e))?;
     let diffs = differences(&r, &o);

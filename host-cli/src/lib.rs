@@ -1,11 +1,10 @@
-//! The host side of ddpm-rs: checkpoint readers, the converter, image output. The `host-cli` binary is a thin
-//! front end over these modules; the integration tests use them directly.
+//! The host side of ddpm-rs behind the `host-cli` binary: sampling to images, comparisons, benchmarks and
+//! backend selection, over `ddpm-convert` (checkpoints to blobs) and `ddpm-core` (the engine). The integration
+//! tests use these modules directly.
 
 pub mod backend;
 pub mod bench;
 pub mod blobfile;
 pub mod compare;
-pub mod convert;
 pub mod image;
-pub mod load;
 pub mod sample;

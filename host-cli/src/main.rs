@@ -3,7 +3,8 @@
 //! Every failure prints one line, `error: ...`, and exits with status 1 (2 for command-line usage errors).
 #![forbid(unsafe_code)]
 
-use host_cli::{blobfile, convert, load, sample};
+use ddpm_convert::load;
+use host_cli::{blobfile, sample};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use ddpm_core::sampler::Method;
-use ddpm_core::{Model, Precision, Schedule};
+use ddpm_core::{Model, Precision};
 
 use host_cli::blobfile::AlignedBlob;
 
@@ -158,10 +159,10 @@ enum Cmd {
         #[arg(long = "scheduler-set", value_name = "KEY=VALUE")]
         scheduler_sets: Vec<String>,
         /// int8: sampling trajectories the f32 model runs to calibrate activation ranges.
-        #[arg(long, default_value_t = convert::Calibration::default().trajectories)]
+        #[arg(long, default_value_t = ddpm_convert::Calibration::default().trajectories)]
         calibration_trajectories: u32,
         /// int8: DDPM steps of each calibration trajectory (respaced over all training timesteps).
-        #[arg(long, default_value_t = convert::Calibration::default().steps)]
+        #[arg(long, default_value_t = ddpm_convert::Calibration::default().steps)]
         calibration_steps: u32,
     },
     /// Write the noise `sample --seed S` draws, as float32 .npy [K+1, N, C, H, W] ([0] = x_T, [i] = the noise of
@@ -291,14 +292,13 @@ fn run(cli: Cli) -> Result<()> {
                 PrecisionArg::F16 => Precision::F16,
                 PrecisionArg::Int8 => Precision::Int8,
             };
-            let calibration = convert::Calibration {
+            let calibration = ddpm_convert::Calibration {
                 trajectories: calibration_trajectories,
                 steps: calibration_steps,
                 ..Default::default()
             };
-            let args = convert::ConvertArgs {
+            let args = ddpm_convert::ConvertArgs {
                 input,
-                output: output.clone(),
                 precision,
                 key,
                 config,
@@ -307,10 +307,12 @@ fn run(cli: Cli) -> Result<()> {
                 scheduler_sets,
                 calibration,
             };
-            for note in convert::convert(&args)? {
+            let converted = ddpm_convert::convert_path(&args)?;
+            for note in &converted.notes {
                 eprintln!("note: {note}");
             }
-            let blob = AlignedBlob::read(&output)?;
+            blobfile::write_atomic(&output, &converted.blob)?;
+            let blob = AlignedBlob::from_bytes(&converted.blob);
             let m = blob.model()?;
             eprintln!(
                 "wrote {} ({} bytes, {} parameters, {}, arena {} bytes)",
@@ -351,10 +353,10 @@ fn run(cli: Cli) -> Result<()> {
             sample::run(&blob.model()?, &args)
         }
         Cmd::Noise { model, run: RunOpts { num, seed, steps }, output } => {
-            let blob = AlignedBlob::read(&model)?;
+            let blob = blobfile::read(&model)?;
             let m = blob.model()?;
             let k = steps.unwrap_or(m.schedule().num_train_timesteps);
-            let steps = ddpm_core::schedule::Timesteps::new(&m.schedule(), k)
+            let steps = ddpm_core::sampler::schedule::Timesteps::new(&m.schedule(), k)
                 .with_context(|| format!("--steps {k}: invalid for this schedule"))?
                 .len();
             let len = m.in_channels() * m.height() * m.width();
@@ -363,11 +365,11 @@ fn run(cli: Cli) -> Result<()> {
                 let (draw, image) = (i / num.max(1) as usize, i % num.max(1) as usize);
                 ddpm_core::rng::fill_normal(chunk, seed, image as u32, draw as u32);
             }
-            load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)
+            Ok(load::write_npy(&output, &[steps + 1, num as usize, m.in_channels(), m.height(), m.width()], &data)?)
         }
         Cmd::Inspect { model } => inspect(&blobfile::read_or_default(model.as_deref())?.model()?),
         Cmd::Forward { model, input, timestep, class, output, on } => {
-            let blob = AlignedBlob::read(&model)?;
+            let blob = blobfile::read(&model)?;
             let m = blob.model()?;
             let (shape, data) = load::read_npy(&input)?;
             let expect = [m.in_channels(), m.height(), m.width()];
@@ -394,10 +396,10 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 out
             };
-            load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)
+            Ok(load::write_npy(&output, &[n, m.out_channels(), m.height(), m.width()], &out)?)
         }
         Cmd::Bench { model, iters, warmup, per_op, on, batch, sample_steps } => {
-            let blob = AlignedBlob::read(&model)?;
+            let blob = blobfile::read(&model)?;
             let m = blob.model()?;
             if batch == 0 {
                 bail!("--batch must be at least 1");
@@ -438,7 +440,6 @@ fn run(cli: Cli) -> Result<()> {
 
 fn inspect(m: &Model<'_>) -> Result<()> {
     let s = m.schedule();
-    let name = |names: &[&str], c: u32| names.get(c as usize).copied().unwrap_or("?").to_string();
     println!("family        diffusers UNet2DModel");
     println!("precision     {}", m.precision().name());
     println!("sample        {} x {} x {} -> {} channels", m.in_channels(), m.height(), m.width(), m.out_channels());
@@ -459,30 +460,30 @@ fn inspect(m: &Model<'_>) -> Result<()> {
     if m.precision() == Precision::Int8 {
         // How the activations are stored: most i8, a few i16 (network input and output), f32 at the edges.
         let values: Vec<_> = (0..m.num_values() as u32).filter_map(|i| m.value(i)).collect();
-        let count = |dt: ddpm_core::blob::DType| values.iter().filter(|v| v.dtype == dt).count();
+        let count = |dt: ddpm_core::DType| values.iter().filter(|v| v.dtype == dt).count();
         let zero_points = values.iter().filter(|v| v.zero != 0).count();
         println!(
             "activations   {} i8 ({} with a zero point: post-SiLU), {} i16, {} f32, {} i32 scratch",
-            count(ddpm_core::blob::DType::I8),
+            count(ddpm_core::DType::I8),
             zero_points,
-            count(ddpm_core::blob::DType::I16),
-            count(ddpm_core::blob::DType::F32),
-            count(ddpm_core::blob::DType::I32)
+            count(ddpm_core::DType::I16),
+            count(ddpm_core::DType::F32),
+            count(ddpm_core::DType::I32)
         );
     }
     println!(
         "schedule      {} train steps, {} betas {}..{}, prediction {}, variance {}, clip_sample {} (range {}), \
          thresholding {}, spacing {} (offset {})",
         s.num_train_timesteps,
-        name(&Schedule::BETA_SCHEDULES, s.beta_schedule),
+        s.beta_schedule.name(),
         s.beta_start,
         s.beta_end,
-        name(&Schedule::PREDICTION_TYPES, s.prediction_type),
-        name(&Schedule::VARIANCE_TYPES, s.variance_type),
+        s.prediction_type.name(),
+        s.variance_type.name(),
         s.clip_sample,
         s.clip_sample_range,
         s.thresholding,
-        name(&Schedule::TIMESTEP_SPACINGS, s.timestep_spacing),
+        s.timestep_spacing.name(),
         s.steps_offset
     );
     println!("config        {}", m.config_json());

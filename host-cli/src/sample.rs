@@ -8,10 +8,11 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ddpm_core::sampler::{Method, SampleError, SampleSpec, Sampler, State};
-use ddpm_core::{Model, Schedule};
+use ddpm_core::Model;
 use rayon::prelude::*;
 
-use crate::{blobfile, image, load};
+use crate::{blobfile, image};
+use ddpm_convert::load;
 
 /// What the GIF shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,7 @@ fn explain(m: &Model<'_>, steps: u32, e: SampleError) -> anyhow::Error {
              --sampler ddim",
             m.out_channels(),
             m.in_channels(),
-            Schedule::VARIANCE_TYPES.get(m.schedule().variance_type as usize).unwrap_or(&"?")
+            m.schedule().variance_type.name()
         ),
         SampleError::BadSteps => anyhow!(
             "--steps {steps}: must be between 1 and the {} training steps, with every timestep inside them \

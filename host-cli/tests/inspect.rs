@@ -30,7 +30,7 @@ fn inspect_reports_the_model() {
     assert!(out.status.success());
     let out = String::from_utf8(out.stdout).unwrap();
 
-    let sd = host_cli::load::load_safetensors(&dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let sd = ddpm_convert::load::load_safetensors(&dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let params: usize = sd.tensors.values().map(|t| t.data.len()).sum();
     assert_eq!(first_number(field(&out, "parameters")) as usize, params);
     assert_eq!(first_number(field(&out, "blob bytes")) as u64, std::fs::metadata(&blob).unwrap().len());

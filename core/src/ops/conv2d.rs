@@ -167,6 +167,15 @@ pub fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Co
     });
 }
 
+/// Output size of a convolution along one axis, if the kernel fits.
+pub fn conv_out_len(input: usize, kernel: usize, stride: usize, pad_lo: usize, pad_hi: usize) -> Option<usize> {
+    let padded = input.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

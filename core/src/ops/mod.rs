@@ -14,7 +14,7 @@ mod resample;
 mod timestep;
 
 pub use attention::{attention_core, attention_output, attention_project};
-pub use conv2d::{conv2d, conv2d_pad, Conv2dShape};
+pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::group_norm;
 pub use linear::{dot, linear_rows};

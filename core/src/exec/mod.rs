@@ -2,8 +2,9 @@
 
 use core::ops::Range;
 
-use crate::blob::{DType, Model, TensorView, ValueInfo, ALIGN};
 use crate::error::RunError;
+use crate::format::{DType, ALIGN};
+use crate::model::{Model, TensorView, ValueInfo};
 use crate::ops::{self, QMut, QRef, Src};
 use crate::program::{Op, NO_LUT};
 
@@ -177,7 +178,7 @@ impl<'a> Exec<'_, 'a> {
             Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
                 let (o, xi, si) = (self.value(out)?, self.value(x)?, self.value(scratch)?);
                 let info = self.m.tensor_info(w).ok_or(bad)?;
-                let g = crate::program::conv_shape(&xi, &o, &info, stride, pad);
+                let g = crate::model::conv_shape(&xi, &o, &info, stride, pad);
                 let (wv, bv) = (self.weights(w)?, self.vector(b)?);
                 let (sd, xd) = split_pair(a, si.range(), xi.range()).ok_or(bad)?;
                 ops::conv2d_pad(sd, xd, &g);
@@ -281,7 +282,7 @@ impl<'a> Exec<'_, 'a> {
             Op::QConv2d { out, x, w, brq, stride, pad } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 let info = self.m.tensor_info(w).ok_or(bad)?;
-                let g = crate::program::conv_shape(&xi, &o, &info, stride, pad);
+                let g = crate::model::conv_shape(&xi, &o, &info, stride, pad);
                 let TensorView::I8(wd) = self.weights(w)? else { return Err(bad) };
                 let bd = self.ints(brq)?;
                 let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;

@@ -11,7 +11,8 @@
 
 use super::pickle::{self, Pickle, StorageDtype, TensorRef, Value};
 use super::{FloatKind, StateDict, Tensor};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Context as _, Result};
+use crate::{bail, err};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use std::path::Path;
@@ -42,17 +43,17 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(mut reader: R, key: Option<&str>
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut reader, &mut magic)?;
     if n == 0 {
-        bail!("empty file: {NOT_ZIP}");
+        bail!(Checkpoint, "empty file: {NOT_ZIP}");
     }
     if n < 4 || &magic[..2] != b"PK" {
         if magic[0] == 0x80 {
-            bail!("{NOT_ZIP}: this looks like a raw pickle (torch.save before 1.6, or _use_new_zipfile_serialization=False); re-save it with a recent torch");
+            bail!(Checkpoint, "{NOT_ZIP}: this looks like a raw pickle (torch.save before 1.6, or _use_new_zipfile_serialization=False); re-save it with a recent torch");
         }
-        bail!("{NOT_ZIP}");
+        bail!(Checkpoint, "{NOT_ZIP}");
     }
     let archive_len = reader.seek(std::io::SeekFrom::End(0))?;
     reader.rewind()?;
-    let mut zip = zip::ZipArchive::new(reader).map_err(|e| anyhow!("{NOT_ZIP}: {e}"))?;
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| err!(Checkpoint, "{NOT_ZIP}: {e}"))?;
     let prefix = find_prefix(&zip)?;
 
     if let Some(order) = read_small(&mut zip, &format!("{prefix}byteorder"), 64)? {
@@ -60,21 +61,24 @@ pub(crate) fn load_torch_reader<R: Read + Seek>(mut reader: R, key: Option<&str>
         match order.trim() {
             "little" => {}
             "big" => {
-                bail!("checkpoint was saved on a big-endian machine; only little-endian checkpoints are supported")
+                bail!(
+                    Checkpoint,
+                    "checkpoint was saved on a big-endian machine; only little-endian checkpoints are supported"
+                )
             }
-            other => bail!("checkpoint has an unknown byteorder {other:?}"),
+            other => bail!(Checkpoint, "checkpoint has an unknown byteorder {other:?}"),
         }
     }
 
     let pkl_name = format!("{prefix}data.pkl");
     let pkl = read_small(&mut zip, &pkl_name, MAX_PICKLE_BYTES)?
-        .ok_or_else(|| anyhow!("{pkl_name} disappeared from the archive"))?;
+        .ok_or_else(|| err!(Checkpoint, "{pkl_name} disappeared from the archive"))?;
     let p = pickle::unpickle(&pkl).with_context(|| format!("reading {pkl_name}"))?;
 
     let (dict, how) = select_state_dict(&p, key)?;
     let tensors = collect_tensors(&p, dict)?;
     if tensors.is_empty() {
-        bail!("the {how} contains no float tensors ({})", describe_keys(&p, dict, None));
+        bail!(Checkpoint, "the {how} contains no float tensors ({})", describe_keys(&p, dict, None));
     }
     let state = materialize(&mut zip, &prefix, tensors, archive_len)?;
     Ok((state, how))
@@ -112,9 +116,9 @@ fn find_prefix<R: Read + Seek>(zip: &zip::ZipArchive<R>) -> Result<String> {
         }
     }
     if torchscript {
-        bail!("this is a TorchScript archive (torch.jit.save), which is not supported; save the model's state_dict() with torch.save instead");
+        bail!(Checkpoint, "this is a TorchScript archive (torch.jit.save), which is not supported; save the model's state_dict() with torch.save instead");
     }
-    prefix.ok_or_else(|| anyhow!("zip archive has no data.pkl: not a torch.save checkpoint"))
+    prefix.ok_or_else(|| err!(Checkpoint, "zip archive has no data.pkl: not a torch.save checkpoint"))
 }
 
 /// Reads a whole archive entry if it exists, refusing entries larger than `limit`.
@@ -122,10 +126,10 @@ fn read_small<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str, limit: u
     let entry = match zip.by_name(name) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-        Err(e) => return Err(anyhow!("cannot read {name} from the archive: {e}")),
+        Err(e) => return Err(err!(Checkpoint, "cannot read {name} from the archive: {e}")),
     };
     if entry.size() > limit {
-        bail!("{name} is implausibly large ({} bytes)", entry.size());
+        bail!(Checkpoint, "{name} is implausibly large ({} bytes)", entry.size());
     }
     let mut buf = Vec::new();
     entry
@@ -133,7 +137,7 @@ fn read_small<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str, limit: u
         .read_to_end(&mut buf)
         .with_context(|| format!("cannot read {name} from the archive (truncated or corrupt)"))?;
     if buf.len() as u64 > limit {
-        bail!("{name} is implausibly large");
+        bail!(Checkpoint, "{name} is implausibly large");
     }
     Ok(Some(buf))
 }
@@ -210,7 +214,7 @@ fn other_keys(p: &Pickle, d: &pickle::Dict, used: &str) -> String {
 /// Picks the dict holding the state dict; returns it and a description.
 fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle::Dict, String)> {
     let Some(root) = p.dict(p.root) else {
-        bail!("checkpoint's top-level object is a {}, not a dict of tensors", p.type_name(p.root));
+        bail!(Checkpoint, "checkpoint's top-level object is a {}, not a dict of tensors", p.type_name(p.root));
     };
     if let Some(key) = key {
         return select_by_key(p, root, key);
@@ -242,6 +246,7 @@ fn select_state_dict<'p>(p: &'p Pickle, key: Option<&str>) -> Result<(&'p pickle
         return Ok((root, "top-level state dict (non-tensor entries skipped)".to_owned()));
     }
     bail!(
+        Checkpoint,
         "no state dict found in the checkpoint (tried the top level and keys {}); top-level {}; pass the key to use explicitly",
         CANDIDATE_KEYS.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", "),
         describe_keys(p, root, None)
@@ -262,6 +267,7 @@ fn select_by_key<'p>(p: &'p Pickle, root: &'p pickle::Dict, key: &str) -> Result
             let place =
                 if walked.is_empty() { "at the top level".to_owned() } else { format!("under {}", quote(&walked)) };
             bail!(
+                Checkpoint,
                 "key {} not found {place} of the checkpoint; {}",
                 quote(&parts[i..].join(".")),
                 describe_keys(p, cur, None)
@@ -275,10 +281,11 @@ fn select_by_key<'p>(p: &'p Pickle, root: &'p pickle::Dict, key: &str) -> Result
         if i == parts.len() {
             break v;
         }
-        cur = p.dict(v).ok_or_else(|| anyhow!("{} is a {}, not a dict", quote(&walked), p.type_name(v)))?;
+        cur = p.dict(v).ok_or_else(|| err!(Checkpoint, "{} is a {}, not a dict", quote(&walked), p.type_name(v)))?;
     };
-    let d =
-        p.dict(found).ok_or_else(|| anyhow!("{} is a {}, not a dict of tensors", quote(key), p.type_name(found)))?;
+    let d = p
+        .dict(found)
+        .ok_or_else(|| err!(Checkpoint, "{} is a {}, not a dict of tensors", quote(key), p.type_name(found)))?;
     Ok((d, format!("state dict under key {} (as requested)", quote(key))))
 }
 
@@ -310,7 +317,13 @@ fn collect_tensors<'p>(p: &'p Pickle, d: &'p pickle::Dict) -> Result<Groups<'p>>
         } else if s.dtype == t.dtype {
             s.numel
         } else {
-            bail!("tensor {}: dtype {:?} does not match its storage type {:?}", quote(name), t.dtype, s.dtype);
+            bail!(
+                Checkpoint,
+                "tensor {}: dtype {:?} does not match its storage type {:?}",
+                quote(name),
+                t.dtype,
+                s.dtype
+            );
         };
         let pending = Pending { name: name.to_owned(), tensor: t, storage_numel };
         groups.entry((s.key.as_str(), kind)).or_default().push(pending);
@@ -335,7 +348,7 @@ fn materialize<R: Read + Seek>(
         .fold(0u64, u64::saturating_add)
         .saturating_mul(4);
     if total > limit {
-        bail!("the state dict would expand to {total} bytes of f32 from a {archive_len}-byte archive (tensors aliased too many times?)");
+        bail!(Checkpoint, "the state dict would expand to {total} bytes of f32 from a {archive_len}-byte archive (tensors aliased too many times?)");
     }
     let mut out = StateDict::default();
     for ((key, kind), tensors) in groups {
@@ -371,10 +384,12 @@ fn read_storage<R: Read + Seek>(
     let name = format!("{prefix}data/{key}");
     let want = numel
         .checked_mul(kind.size() as u64)
-        .ok_or_else(|| anyhow!("storage {} declares an impossible size", quote(key)))?;
-    let entry = zip.by_name(&name).map_err(|e| anyhow!("storage {} is missing from the archive: {e}", quote(&name)))?;
+        .ok_or_else(|| err!(Checkpoint, "storage {} declares an impossible size", quote(key)))?;
+    let entry = zip
+        .by_name(&name)
+        .map_err(|e| err!(Checkpoint, "storage {} is missing from the archive: {e}", quote(&name)))?;
     if entry.size() < want {
-        bail!("storage {} holds {} bytes but the checkpoint declares {want}", quote(&name), entry.size());
+        bail!(Checkpoint, "storage {} holds {} bytes but the checkpoint declares {want}", quote(&name), entry.size());
     }
     // Read the whole entry so the zip reader verifies its CRC at the end. Memory grows with
     // the bytes actually present; only the archive's own length is reserved up front.
@@ -385,7 +400,7 @@ fn read_storage<R: Read + Seek>(
         .read_to_end(&mut buf)
         .with_context(|| format!("cannot read storage {} (truncated or corrupt archive)", quote(&name)))?;
     if (buf.len() as u64) < want {
-        bail!("storage {} is truncated ({} of {want} bytes)", quote(&name), buf.len());
+        bail!(Checkpoint, "storage {} is truncated ({} of {want} bytes)", quote(&name), buf.len());
     }
     buf.truncate(want as usize);
     Ok(buf)
@@ -398,12 +413,12 @@ fn numel(t: &TensorRef) -> Option<u64> {
 
 /// Checks that a view lies inside a storage of `storage_numel` elements.
 fn check_view(t: &TensorRef, storage_numel: u64) -> Result<()> {
-    let n = numel(t).ok_or_else(|| anyhow!("shape {:?} overflows", t.size))?;
+    let n = numel(t).ok_or_else(|| err!(Checkpoint, "shape {:?} overflows", t.size))?;
     if n == 0 {
         return Ok(());
     }
     if n > storage_numel {
-        bail!("shape {:?} has {n} elements but its storage only {storage_numel}", t.size);
+        bail!(Checkpoint, "shape {:?} has {n} elements but its storage only {storage_numel}", t.size);
     }
     // Largest element index touched: offset + sum((size_i - 1) * stride_i).
     let mut last = t.offset;
@@ -411,10 +426,11 @@ fn check_view(t: &TensorRef, storage_numel: u64) -> Result<()> {
         last = (d - 1)
             .checked_mul(s)
             .and_then(|x| last.checked_add(x))
-            .ok_or_else(|| anyhow!("view geometry overflows"))?;
+            .ok_or_else(|| err!(Checkpoint, "view geometry overflows"))?;
     }
     if last >= storage_numel {
         bail!(
+            Checkpoint,
             "view (offset {}, shape {:?}, stride {:?}) reaches element {last} of a {storage_numel}-element storage",
             t.offset,
             t.size,
@@ -422,7 +438,7 @@ fn check_view(t: &TensorRef, storage_numel: u64) -> Result<()> {
         );
     }
     if usize::try_from(n).is_err() {
-        bail!("tensor too large for this machine");
+        bail!(Checkpoint, "tensor too large for this machine");
     }
     Ok(())
 }
@@ -434,8 +450,8 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<_, _>>()
-        .map_err(|_| anyhow!("tensor too large for this machine"))?;
-    let n = numel(t).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| anyhow!("shape overflows"))?;
+        .map_err(|_| err!(Checkpoint, "tensor too large for this machine"))?;
+    let n = numel(t).and_then(|n| usize::try_from(n).ok()).ok_or_else(|| err!(Checkpoint, "shape overflows"))?;
     if n == 0 {
         return Ok(Tensor { shape, data: Vec::new() });
     }
@@ -445,8 +461,11 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
     let dec = kind.decoder();
     // After check_view every index is < storage_numel, so it fits in usize and in `bytes`.
     let elem = |i: u64| -> Result<f32> {
-        let start = usize::try_from(i).ok().and_then(|i| i.checked_mul(es)).ok_or_else(|| anyhow!("index overflow"))?;
-        bytes.get(start..start + es).map(dec).ok_or_else(|| anyhow!("index {i} outside storage"))
+        let start = usize::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(es))
+            .ok_or_else(|| err!(Checkpoint, "index overflow"))?;
+        bytes.get(start..start + es).map(dec).ok_or_else(|| err!(Checkpoint, "index {i} outside storage"))
     };
 
     // Fast path: row-major contiguous (dimensions of size 1 may have any stride).
@@ -460,8 +479,8 @@ fn gather(bytes: &[u8], kind: FloatKind, t: &TensorRef) -> Result<Tensor> {
         expect = expect.saturating_mul(d);
     }
     if contiguous {
-        let start = usize::try_from(t.offset).map_err(|_| anyhow!("offset overflow"))? * es;
-        let slice = bytes.get(start..start + n * es).ok_or_else(|| anyhow!("view outside storage"))?;
+        let start = usize::try_from(t.offset).map_err(|_| err!(Checkpoint, "offset overflow"))? * es;
+        let slice = bytes.get(start..start + n * es).ok_or_else(|| err!(Checkpoint, "view outside storage"))?;
         return Ok(Tensor { shape, data: kind.decode_all(slice) });
     }
 

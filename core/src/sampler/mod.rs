@@ -8,10 +8,13 @@
 //! Arena layout (from its first 16-byte aligned address, in f32 elements):
 //! `[forward arena | ᾱ (T) | x_t (N·C·H·W) | x̂₀ (N·C·H·W) | model output (C_out·H·W) | sort scratch (C·H·W)]`.
 
-use crate::blob::{Model, ALIGN};
 use crate::error::RunError;
+use crate::format::{PredictionType, VarianceType, ALIGN};
+use crate::model::Model;
 use crate::rng;
-use crate::schedule::{alphas_cumprod, Timesteps};
+use schedule::{alphas_cumprod, Timesteps};
+
+pub mod schedule;
 
 /// The sampling algorithm.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -183,14 +186,15 @@ impl Steps {
 /// without validating the blob (validation happens at run time in [`Model::new_checked`]); for bytes that are
 /// not a blob the result is meaningless (or a compile-time error when the header is too short).
 pub const fn sampler_arena_bytes(blob: &[u8], batch: usize) -> usize {
-    const fn word(b: &[u8], off: usize) -> usize {
-        (b[off] as u32 | (b[off + 1] as u32) << 8 | (b[off + 2] as u32) << 16 | (b[off + 3] as u32) << 24) as usize
-    }
-    let (cin, cout, h, w) = (word(blob, 40), word(blob, 44), word(blob, 48), word(blob, 52));
-    let forward = word(blob, 60);
-    let train_steps = word(blob, word(blob, 96));
-    let sample = cin * h * w;
-    forward + 4 * (train_steps + 2 * batch * sample + cout * h * w + sample)
+    use crate::format::{header::field as h, read_u32, schedule::field as s};
+    let cin = read_u32(blob, h::IN_CHANNELS) as usize;
+    let cout = read_u32(blob, h::OUT_CHANNELS) as usize;
+    let (height, width) = (read_u32(blob, h::HEIGHT) as usize, read_u32(blob, h::WIDTH) as usize);
+    let forward = read_u32(blob, h::ARENA_BYTES) as usize;
+    let at = read_u32(blob, h::SCHEDULE) as usize + s::NUM_TRAIN_TIMESTEPS.start;
+    let train_steps = read_u32(blob, at..at + 4) as usize;
+    let sample = cin * height * width;
+    forward + 4 * (train_steps + 2 * batch * sample + cout * height * width + sample)
 }
 
 /// A configured sampler for one model.
@@ -229,7 +233,7 @@ impl<'m, 'a> Sampler<'m, 'a> {
             return Err(SampleError::EmptyBatch);
         }
         let (cin, cout) = (model.in_channels(), model.out_channels());
-        let learned_type = matches!(s.variance_type, 4 | 5);
+        let learned_type = s.variance_type.is_learned();
         let learned = cout == 2 * cin && (learned_type || matches!(spec.method, Method::Ddim { .. }));
         let fixed_ok = cout == cin && !learned_type;
         if !fixed_ok && !learned {
@@ -378,11 +382,11 @@ impl<'m, 'a> Sampler<'m, 'a> {
 }
 
 /// x̂₀ from the model output (diffusers' `prediction_type`).
-fn predict_x0(x: f32, m: f32, prediction_type: u32, sqrt_a: f32, sqrt_b: f32) -> f32 {
+fn predict_x0(x: f32, m: f32, prediction_type: PredictionType, sqrt_a: f32, sqrt_b: f32) -> f32 {
     match prediction_type {
-        1 => m,
-        2 => sqrt_a * x - sqrt_b * m,
-        _ => (x - sqrt_b * m) / sqrt_a,
+        PredictionType::Sample => m,
+        PredictionType::VPrediction => sqrt_a * x - sqrt_b * m,
+        PredictionType::Epsilon => (x - sqrt_b * m) / sqrt_a,
     }
 }
 
@@ -455,7 +459,7 @@ fn ddpm_step(
     draw(z);
     match s.variance_type {
         // learned: the model predicts σ_t² directly
-        4 => {
+        VarianceType::Learned => {
             if predicted_variance.len() != x.len() {
                 return Err(SampleError::OutputChannels);
             }
@@ -464,7 +468,7 @@ fn ddpm_step(
             }
         }
         // learned_range: log σ_t² interpolates between log β̃_t and log β_t (Nichol & Dhariwal 2021, eq. 15)
-        5 => {
+        VarianceType::LearnedRange => {
             if predicted_variance.len() != x.len() {
                 return Err(SampleError::OutputChannels);
             }
@@ -475,13 +479,13 @@ fn ddpm_step(
                 *xv += libm::expf(0.5 * log_var) * zv;
             }
         }
-        _ => {
-            let std = match s.variance_type {
-                1 => libm::expf(0.5 * libm::logf(variance)),
-                2 => libm::sqrtf(current_beta_t),
+        fixed => {
+            let std = match fixed {
+                VarianceType::FixedSmallLog => libm::expf(0.5 * libm::logf(variance)),
+                VarianceType::FixedLarge => libm::sqrtf(current_beta_t),
                 // fixed_large_log: diffusers takes the square root of log β_t, a NaN; we use its evident
                 // meaning, σ_t = exp(½ log β_t) = √β_t (see the README).
-                3 => libm::expf(0.5 * libm::logf(current_beta_t)),
+                VarianceType::FixedLargeLog => libm::expf(0.5 * libm::logf(current_beta_t)),
                 _ => libm::sqrtf(variance),
             };
             for (xv, zv) in x.iter_mut().zip(z.iter()) {
@@ -520,9 +524,9 @@ fn ddim_step(
     // direction term before clipping; x is overwritten with it and then completed.
     for (xv, (o, m)) in x.iter_mut().zip(x0.iter().zip(model_out)) {
         let pred_epsilon = match s.prediction_type {
-            1 => (*xv - sqrt_a * *o) / sqrt_b,
-            2 => sqrt_a * *m + sqrt_b * *xv,
-            _ => *m,
+            PredictionType::Sample => (*xv - sqrt_a * *o) / sqrt_b,
+            PredictionType::VPrediction => sqrt_a * *m + sqrt_b * *xv,
+            PredictionType::Epsilon => *m,
         };
         *xv = dir_coeff * pred_epsilon;
     }

@@ -4,8 +4,9 @@
 //! `safetensors` crate; this module converts float tensors to `f32` and skips the rest.
 
 use super::{FloatKind, StateDict, Tensor};
+use crate::error::{Context as _, Result};
+use crate::{bail, err};
 use ::safetensors::{Dtype, SafeTensors};
-use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 
 /// Loads a `.safetensors` file; see [`super::load_safetensors`].
@@ -17,9 +18,9 @@ pub(crate) fn load_safetensors_file(path: &Path) -> Result<StateDict> {
 /// Loads safetensors data held in memory.
 pub(crate) fn load_safetensors_bytes(bytes: &[u8]) -> Result<StateDict> {
     if bytes.is_empty() {
-        bail!("empty file: not a safetensors file");
+        bail!(Checkpoint, "empty file: not a safetensors file");
     }
-    let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e:?}"))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err!(Checkpoint, "not a valid safetensors file: {e:?}"))?;
     let mut out = StateDict::default();
     for (name, view) in st.iter() {
         let kind = match view.dtype() {
@@ -33,10 +34,10 @@ pub(crate) fn load_safetensors_bytes(bytes: &[u8]) -> Result<StateDict> {
         let numel = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| anyhow!("tensor '{name}': shape {shape:?} overflows"))?;
+            .ok_or_else(|| err!(Checkpoint, "tensor '{name}': shape {shape:?} overflows"))?;
         let data = view.data();
         if numel.checked_mul(kind.size()) != Some(data.len()) {
-            bail!("tensor '{name}': {} data bytes for shape {shape:?}", data.len());
+            bail!(Checkpoint, "tensor '{name}': {} data bytes for shape {shape:?}", data.len());
         }
         out.tensors.insert(name.to_owned(), Tensor { shape, data: kind.decode_all(data) });
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the fixtures for host-cli/src/load/*.rs tests.
 
-Run from anywhere:  python3 host-cli/tests/data/load/make.py [--no-torch]
+Run from anywhere:  python3 convert/tests/data/load/make.py [--no-torch]
 
 Only the standard library is required. When `torch` (>= 2.3) is importable the
 torch checkpoints are written by the real `torch.save`; otherwise an equivalent

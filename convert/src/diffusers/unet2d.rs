@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Result};
+use crate::error::Result;
+use crate::{bail, err};
+use ddpm_core::ops::conv_out_len;
 use ddpm_core::ops::Conv2dShape;
-use ddpm_core::program::{conv_out_len, Op};
+use ddpm_core::program::Op;
 
 use super::config::UNetConfig;
-use super::graph::Graph;
+use crate::graph::Graph;
 use crate::load::Tensor;
 
 /// Builds the program, consuming the tensors it uses from `sd`. Returns the graph and its input and output
@@ -85,7 +87,7 @@ pub fn build(cfg: &UNetConfig, sd: &mut BTreeMap<String, Tensor>) -> Result<(Gra
     // Up blocks: each resnet takes the concatenation of the running sample and the latest skip.
     for (i, &out_ch) in cfg.block_out_channels.iter().rev().enumerate() {
         for j in 0..=cfg.layers_per_block {
-            let skip = res_samples.pop().ok_or_else(|| anyhow!("internal: skip stack exhausted"))?;
+            let skip = res_samples.pop().ok_or_else(|| err!(Model, "internal: skip stack exhausted"))?;
             let cat = b.concat(sample, skip);
             sample = b.resnet(&format!("up_blocks.{i}.resnets.{j}"), cat, out_ch, temb, 1.0)?;
             if cfg.up_attn[i] {
@@ -117,10 +119,10 @@ struct Builder<'s> {
 impl Builder<'_> {
     /// Takes a tensor from the state dict, checking its shape (a `[o, i, 1, 1]` kernel serves as `[o, i]`).
     fn weight(&mut self, name: &str, shape: &[usize]) -> Result<u32> {
-        let t = self.sd.remove(name).ok_or_else(|| anyhow!("missing tensor '{name}'"))?;
+        let t = self.sd.remove(name).ok_or_else(|| err!(Model, "missing tensor '{name}'"))?;
         let fits = t.shape == shape || (shape.len() == 2 && t.shape == [shape[0], shape[1], 1, 1]);
         if !fits {
-            bail!("tensor {name}: expected {shape:?}, found {:?}", t.shape);
+            bail!(Model, "tensor {name}: expected {shape:?}, found {:?}", t.shape);
         }
         Ok(self.g.tensor(name, shape.to_vec(), t.data))
     }
@@ -143,7 +145,7 @@ impl Builder<'_> {
         let ho = conv_out_len(s.h, k, stride as usize, pt, pb);
         let wo = conv_out_len(s.w, k, stride as usize, pl, pr);
         let (Some(ho), Some(wo)) = (ho, wo) else {
-            bail!("{prefix}: a {k}x{k} kernel does not fit a {}x{} input", s.h, s.w);
+            bail!(Model, "{prefix}: a {k}x{k} kernel does not fit a {}x{} input", s.h, s.w);
         };
         let o = self.g.value(out, ho, wo);
         let geometry = Conv2dShape {
@@ -175,7 +177,7 @@ impl Builder<'_> {
     fn group_norm_into(&mut self, prefix: &str, out: u32, x: u32, groups: usize, silu: bool) -> Result<()> {
         let c = self.g.shape(x).c;
         if groups == 0 || !c.is_multiple_of(groups) {
-            bail!("{prefix}: {groups} groups do not divide {c} channels");
+            bail!(Model, "{prefix}: {groups} groups do not divide {c} channels");
         }
         let gamma = self.weight(&format!("{prefix}.weight"), &[c])?;
         let beta = self.weight(&format!("{prefix}.bias"), &[c])?;

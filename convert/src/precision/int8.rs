@@ -21,16 +21,17 @@
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, bail, Result};
-use ddpm_core::blob::DType;
+use crate::error::Result;
+use crate::{bail, err};
+use ddpm_core::format::{BetaSchedule, DType};
 use ddpm_core::program::{Op, NO_LUT};
 use ddpm_core::rng::fill_normal;
+use ddpm_core::sampler::schedule::alphas_cumprod;
 use ddpm_core::sampler::{Method, Steps};
-use ddpm_core::schedule::alphas_cumprod;
 use ddpm_core::{Model, Precision};
 
-use super::graph::{Data, Graph, ModelHeader, Shape};
-use crate::blobfile::AlignedBlob;
+use crate::aligned::AlignedBlob;
+use crate::graph::{Data, Graph, ModelHeader, Shape};
 
 /// Calibration settings (`convert --calibration-*`).
 #[derive(Debug, Clone, Copy)]
@@ -193,7 +194,7 @@ fn sdpa(q: &[f32], k: &[f32], v: &[f32], c: usize, n: usize, heads: usize) -> Ve
 fn floats(g: &Graph, t: u32) -> Result<&[f32]> {
     match &g.tensors[t as usize].data {
         Data::F32(d) => Ok(d),
-        _ => bail!("internal: tensor {} is not f32", g.tensors[t as usize].name),
+        _ => bail!(Quantize, "internal: tensor {} is not f32", g.tensors[t as usize].name),
     }
 }
 
@@ -211,7 +212,7 @@ fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<(HashMap
     };
     let schedule = model.schedule();
     let steps = Steps::new(schedule, Method::Ddpm, cal.steps)
-        .ok_or_else(|| anyhow!("calibration: {} steps do not fit the schedule", cal.steps))?;
+        .ok_or_else(|| err!(Quantize, "calibration: {} steps do not fit the schedule", cal.steps))?;
     let mut ac = vec![0f32; schedule.num_train_timesteps as usize];
     alphas_cumprod(&schedule, model.trained_betas(), &mut ac);
     let (n_in, hw) = (model.in_channels() * model.height() * model.width(), model.height() * model.width());
@@ -224,7 +225,7 @@ fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<(HashMap
         let mut x_t = vec![0f32; n_in];
         fill_normal(&mut x_t, cal.seed, k, 0);
         for i in 0..steps.timesteps.len() {
-            let sc = steps.scalars(&ac, i).ok_or_else(|| anyhow!("internal: no step {i}"))?;
+            let sc = steps.scalars(&ac, i).ok_or_else(|| err!(Quantize, "internal: no step {i}"))?;
             let t = sc.t as f32;
             hists.entry(Site::Input).or_insert_with(Hist::new).add(&x_t);
             let mut err = None;
@@ -286,7 +287,7 @@ fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<(HashMap
                         _ => {}
                     }
                 })
-                .map_err(|e| anyhow!("calibration forward: {e}"))?;
+                .map_err(|e| err!(Quantize, "calibration forward: {e}"))?;
             if let Some(e) = err {
                 return Err(e);
             }
@@ -295,7 +296,7 @@ fn calibrate(g: &Graph, model: &Model<'_>, cal: &Calibration) -> Result<(HashMap
                 .step_one(&sc, steps.adds_noise(i), &mut x_t, &mut x0, &eps[..out_c], &mut scratch, &mut |z| {
                     fill_normal(z, cal.seed, k, i as u32 + 1)
                 })
-                .map_err(|e| anyhow!("calibration step: {e:?}"))?;
+                .map_err(|e| err!(Quantize, "calibration step: {e:?}"))?;
         }
     }
     let means = sums.into_iter().map(|(k, (s, n))| (k, s.into_iter().map(|v| v / n).collect())).collect();
@@ -386,7 +387,7 @@ impl Builder<'_> {
         if let Some(&s) = self.scales.get(&site) {
             return Ok(s);
         }
-        let h = self.hists.get(&site).ok_or_else(|| anyhow!("internal: no calibration data for {site:?}"))?;
+        let h = self.hists.get(&site).ok_or_else(|| err!(Quantize, "internal: no calibration data for {site:?}"))?;
         let qmax = f64::from(dtype.qmax());
         // i16 steps are fine enough that clipping never pays: keep the whole range.
         let clip = if dtype == DType::I16 { h.max().max(1e-12) } else { h.clip(qmax).0 };
@@ -408,7 +409,10 @@ impl Builder<'_> {
         let (scale, zero) = match self.asym.get(&site) {
             Some(&p) => p,
             None => {
-                let h = self.hists.get(&site).ok_or_else(|| anyhow!("internal: no calibration data for {site:?}"))?;
+                let h = self
+                    .hists
+                    .get(&site)
+                    .ok_or_else(|| err!(Quantize, "internal: no calibration data for {site:?}"))?;
                 let hi = h.clip(254.0).0.max(1e-6);
                 let scale = (hi - SILU_MIN) / 254.0;
                 let zero = ((-SILU_MIN / scale).round() - 127.0) as i32;
@@ -437,6 +441,7 @@ impl Builder<'_> {
         let q = self.conv_input(v)?;
         if self.info(q).zero != 0 {
             bail!(
+                Quantize,
                 "internal: a post-SiLU value (zero point {}) read by an op other than a convolution",
                 self.info(q).zero
             );
@@ -447,11 +452,11 @@ impl Builder<'_> {
     /// The int8-program value holding f32 value `v`, quantized (a `Quantize` op is added for an f32 one), for a
     /// convolution, which accepts a zero point.
     fn conv_input(&mut self, v: u32) -> Result<u32> {
-        let cur = self.map[v as usize].ok_or_else(|| anyhow!("internal: value {v} read before written"))?;
+        let cur = self.map[v as usize].ok_or_else(|| err!(Quantize, "internal: value {v} read before written"))?;
         if self.info(cur).dtype != DType::F32 {
             return Ok(cur);
         }
-        let site = *self.site_of.get(&cur).ok_or_else(|| anyhow!("internal: f32 value {cur} has no site"))?;
+        let site = *self.site_of.get(&cur).ok_or_else(|| err!(Quantize, "internal: f32 value {cur} has no site"))?;
         let out = self.qvalue(self.info(cur), site)?;
         self.q.push(Op::Quantize { out, x: cur });
         self.map[v as usize] = Some(out);
@@ -584,9 +589,9 @@ impl Builder<'_> {
                 self.define(out, o, None);
             }
             Op::Affine { out, x, mul, add } => {
-                let xq = cur(self, x).ok_or_else(|| anyhow!("internal: value {x} unset"))?;
+                let xq = cur(self, x).ok_or_else(|| err!(Quantize, "internal: value {x} unset"))?;
                 if self.info(xq).dtype != DType::F32 {
-                    bail!("int8: an affine map inside the network is not supported");
+                    bail!(Quantize, "int8: an affine map inside the network is not supported");
                 }
                 let s = shape(out);
                 let o = self.q.value(s.c, s.h, s.w);
@@ -620,7 +625,7 @@ impl Builder<'_> {
             Op::Silu { out, x } => {
                 let xq = self.input(x)?;
                 if self.info(xq).dtype != DType::I8 {
-                    bail!("internal: SiLU of an i16 value");
+                    bail!(Quantize, "internal: SiLU of an i16 value");
                 }
                 let o = self.silu_value(shape(out), Site::Out(i))?;
                 let table = self.silu_lut(self.info(xq).scale, self.info(o).scale, self.info(o).zero);
@@ -749,7 +754,7 @@ impl Builder<'_> {
                 self.q.push(Op::QScaleShift { out: o, x: xq, v: vq });
                 self.define(x, o, Some(xq));
             }
-            _ => bail!("internal: {} in an f32 program", op.name()),
+            _ => bail!(Quantize, "internal: {} in an f32 program", op.name()),
         }
         Ok(())
     }
@@ -764,10 +769,10 @@ pub fn to_int8(
     cal: &Calibration,
 ) -> Result<(Vec<u8>, Vec<String>)> {
     if cal.trajectories == 0 || cal.steps == 0 {
-        bail!("calibration needs at least one trajectory of at least one step");
+        bail!(Quantize, "calibration needs at least one trajectory of at least one step");
     }
     let f32_hdr = ModelHeader { precision: Precision::F32, config_json: hdr.config_json.clone(), ..*hdr };
-    let f32_blob = AlignedBlob::from_bytes(&g.to_blob(&f32_hdr, input, output)?);
+    let f32_blob = AlignedBlob::from_bytes(&crate::emit::blob(g, &f32_hdr, input, output)?);
     let model = f32_blob.model()?;
     let (hists, means) = calibrate(g, &model, cal)?;
 
@@ -793,7 +798,7 @@ pub fn to_int8(
     for (i, op) in g.ops.iter().enumerate() {
         b.op(i, op, output)?;
     }
-    let last = b.map[output as usize].ok_or_else(|| anyhow!("internal: output never written"))?;
+    let last = b.map[output as usize].ok_or_else(|| err!(Quantize, "internal: output never written"))?;
     let s = g.values[output as usize];
     let qout = b.q.value(s.c, s.h, s.w);
     b.q.push(Op::Dequantize { out: qout, x: last });
@@ -836,10 +841,10 @@ pub fn to_int8(
     }
     // The trained-betas table is not read by any op: copy it over explicitly.
     let mut schedule = hdr.schedule;
-    if schedule.beta_schedule == 4 {
+    if schedule.beta_schedule == BetaSchedule::TrainedBetas {
         schedule.trained_betas_tensor = b.float_tensor(schedule.trained_betas_tensor)?;
     }
     let q_hdr = ModelHeader { precision: Precision::Int8, schedule, config_json: hdr.config_json.clone(), ..*hdr };
-    let blob = b.q.to_blob(&q_hdr, qin, qout)?;
+    let blob = crate::emit::blob(&b.q, &q_hdr, qin, qout)?;
     Ok((blob, b.notes))
 }

@@ -6,7 +6,8 @@
 //! spaces and a newline, then the raw array data.
 
 use super::FloatKind;
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Context as _, Result};
+use crate::{bail, err};
 use std::io::Write;
 use std::path::Path;
 
@@ -21,45 +22,52 @@ pub(crate) fn read_npy_file(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// Parses `.npy` bytes held in memory.
 pub(crate) fn parse_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     if bytes.len() < MAGIC.len() + 2 || &bytes[..MAGIC.len()] != MAGIC {
-        bail!("not a .npy file (bad magic)");
+        bail!(Checkpoint, "not a .npy file (bad magic)");
     }
     let major = bytes[6];
     let (header_len, header_start): (usize, usize) = match major {
         1 => {
-            let b = bytes.get(8..10).ok_or_else(|| anyhow!("truncated .npy header"))?;
+            let b = bytes.get(8..10).ok_or_else(|| err!(Checkpoint, "truncated .npy header"))?;
             (usize::from(u16::from_le_bytes([b[0], b[1]])), 10)
         }
         2 | 3 => {
-            let b = bytes.get(8..12).ok_or_else(|| anyhow!("truncated .npy header"))?;
+            let b = bytes.get(8..12).ok_or_else(|| err!(Checkpoint, "truncated .npy header"))?;
             let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            (usize::try_from(n).map_err(|_| anyhow!("header too large"))?, 12)
+            (usize::try_from(n).map_err(|_| err!(Checkpoint, "header too large"))?, 12)
         }
-        v => bail!("unsupported .npy format version {v}.{}", bytes[7]),
+        v => bail!(Checkpoint, "unsupported .npy format version {v}.{}", bytes[7]),
     };
     let header_end = header_start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| anyhow!("truncated .npy header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..header_end]).map_err(|_| anyhow!("non-text .npy header"))?;
+        .ok_or_else(|| err!(Checkpoint, "truncated .npy header"))?;
+    let header =
+        std::str::from_utf8(&bytes[header_start..header_end]).map_err(|_| err!(Checkpoint, "non-text .npy header"))?;
     let h = parse_header(header)?;
     if h.fortran_order {
-        bail!("Fortran-order .npy arrays are not supported (save a C-contiguous array)");
+        bail!(Checkpoint, "Fortran-order .npy arrays are not supported (save a C-contiguous array)");
     }
     let kind = match h.descr.as_str() {
         "<f4" => FloatKind::F32,
         "<f8" => FloatKind::F64,
         "<f2" => FloatKind::F16,
-        d if d.starts_with('>') => bail!("big-endian .npy data ({d}) is not supported"),
-        d => bail!("unsupported .npy dtype {d:?} (expected little-endian float32, float64 or float16)"),
+        d if d.starts_with('>') => bail!(Checkpoint, "big-endian .npy data ({d}) is not supported"),
+        d => bail!(Checkpoint, "unsupported .npy dtype {d:?} (expected little-endian float32, float64 or float16)"),
     };
     let numel = h
         .shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| anyhow!("shape {:?} overflows", h.shape))?;
+        .ok_or_else(|| err!(Checkpoint, "shape {:?} overflows", h.shape))?;
     let data = &bytes[header_end..];
     if numel.checked_mul(kind.size()) != Some(data.len()) {
-        bail!("shape {:?} of {} needs {numel} elements but the file holds {} data bytes", h.shape, h.descr, data.len());
+        bail!(
+            Checkpoint,
+            "shape {:?} of {} needs {numel} elements but the file holds {} data bytes",
+            h.shape,
+            h.descr,
+            data.len()
+        );
     }
     Ok((h.shape, kind.decode_all(data)))
 }
@@ -111,14 +119,14 @@ impl<'a> Cursor<'a> {
         if self.eat(c) {
             Ok(())
         } else {
-            bail!("malformed .npy header: expected '{}' at byte {}", c as char, self.i)
+            bail!(Checkpoint, "malformed .npy header: expected '{}' at byte {}", c as char, self.i)
         }
     }
 
     fn string(&mut self) -> Result<String> {
         let q = match self.peek() {
             Some(q @ (b'\'' | b'"')) => q,
-            _ => bail!("malformed .npy header: expected a string at byte {}", self.i),
+            _ => bail!(Checkpoint, "malformed .npy header: expected a string at byte {}", self.i),
         };
         self.i += 1;
         let start = self.i;
@@ -126,7 +134,7 @@ impl<'a> Cursor<'a> {
             self.i += 1;
         }
         if self.i >= self.s.len() {
-            bail!("malformed .npy header: unterminated string");
+            bail!(Checkpoint, "malformed .npy header: unterminated string");
         }
         let out = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
         self.i += 1;
@@ -158,7 +166,7 @@ impl<'a> Cursor<'a> {
                         .ok()
                         .filter(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
                         .and_then(|d| d.parse::<usize>().ok())
-                        .ok_or_else(|| anyhow!("malformed .npy header: bad dimension at byte {}", self.i))?;
+                        .ok_or_else(|| err!(Checkpoint, "malformed .npy header: bad dimension at byte {}", self.i))?;
                     dims.push(d);
                     if !self.eat(b',') {
                         self.expect(b')')?;
@@ -170,7 +178,7 @@ impl<'a> Cursor<'a> {
             _ => match self.word() {
                 b"True" => Ok(Lit::Bool(true)),
                 b"False" => Ok(Lit::Bool(false)),
-                _ => bail!("malformed .npy header: unexpected value at byte {}", self.i),
+                _ => bail!(Checkpoint, "malformed .npy header: unexpected value at byte {}", self.i),
             },
         }
     }
@@ -192,7 +200,7 @@ fn parse_header(s: &str) -> Result<Header> {
             ("descr", Lit::Str(d)) => descr = Some(d),
             ("fortran_order", Lit::Bool(b)) => fortran = Some(b),
             ("shape", Lit::Tuple(t)) => shape = Some(t),
-            (k, v) => bail!("malformed .npy header: unexpected {k:?}: {v:?}"),
+            (k, v) => bail!(Checkpoint, "malformed .npy header: unexpected {k:?}: {v:?}"),
         }
         if !c.eat(b',') {
             c.expect(b'}')?;
@@ -201,7 +209,7 @@ fn parse_header(s: &str) -> Result<Header> {
     }
     match (descr, fortran, shape) {
         (Some(descr), Some(fortran_order), Some(shape)) => Ok(Header { descr, fortran_order, shape }),
-        _ => bail!("malformed .npy header: missing descr, fortran_order or shape"),
+        _ => bail!(Checkpoint, "malformed .npy header: missing descr, fortran_order or shape"),
     }
 }
 
@@ -209,7 +217,7 @@ fn parse_header(s: &str) -> Result<Header> {
 pub(crate) fn encode_npy(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if numel != Some(data.len()) {
-        bail!("shape {shape:?} does not match {} data elements", data.len());
+        bail!(Checkpoint, "shape {shape:?} does not match {} data elements", data.len());
     }
     let dims = match shape {
         [d] => format!("({d},)"),
@@ -220,7 +228,8 @@ pub(crate) fn encode_npy(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let header_len = u16::try_from(header.len()).map_err(|_| anyhow!("too many dimensions for an .npy v1.0 header"))?;
+    let header_len =
+        u16::try_from(header.len()).map_err(|_| err!(Checkpoint, "too many dimensions for an .npy v1.0 header"))?;
     let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + data.len() * 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{Context as _, Result};
+use crate::{bail, err};
 use serde_json::{json, Map, Value};
 
 use crate::load::StateDict;
@@ -88,36 +89,39 @@ fn opt_usize(m: &Map<String, Value>, k: &str) -> Result<Option<usize>> {
         Some(v) => v
             .as_u64()
             .map(|x| Some(x as usize))
-            .ok_or_else(|| anyhow!("config option '{k}': expected a non-negative integer, found {v}")),
+            .ok_or_else(|| err!(Config, "config option '{k}': expected a non-negative integer, found {v}")),
     }
 }
 
 fn get_usize(m: &Map<String, Value>, k: &str) -> Result<usize> {
-    opt_usize(m, k)?.ok_or_else(|| anyhow!("config option '{k}' is missing (null)"))
+    opt_usize(m, k)?.ok_or_else(|| err!(Config, "config option '{k}' is missing (null)"))
 }
 
 fn get_f32(m: &Map<String, Value>, k: &str) -> Result<f32> {
-    m.get(k).and_then(Value::as_f64).map(|v| v as f32).ok_or_else(|| anyhow!("config option '{k}': expected a number"))
+    m.get(k)
+        .and_then(Value::as_f64)
+        .map(|v| v as f32)
+        .ok_or_else(|| err!(Config, "config option '{k}': expected a number"))
 }
 
 fn get_bool(m: &Map<String, Value>, k: &str) -> Result<bool> {
-    m.get(k).and_then(Value::as_bool).ok_or_else(|| anyhow!("config option '{k}': expected true or false"))
+    m.get(k).and_then(Value::as_bool).ok_or_else(|| err!(Config, "config option '{k}': expected true or false"))
 }
 
 fn get_str<'a>(m: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => bail!("config option '{k}': expected a string, found {v}"),
+        Some(v) => bail!(Config, "config option '{k}': expected a string, found {v}"),
     }
 }
 
 fn get_list<'a>(m: &'a Map<String, Value>, k: &str) -> Result<&'a Vec<Value>> {
-    m.get(k).and_then(Value::as_array).ok_or_else(|| anyhow!("config option '{k}': expected a list"))
+    m.get(k).and_then(Value::as_array).ok_or_else(|| err!(Config, "config option '{k}': expected a list"))
 }
 
-fn unsupported(k: &str, v: impl std::fmt::Display, supported: &str) -> anyhow::Error {
-    anyhow!("unsupported UNet2DModel option {k} = {v} (supported: {supported})")
+fn unsupported(k: &str, v: impl std::fmt::Display, supported: &str) -> crate::ConvertError {
+    err!(Config, "unsupported UNet2DModel option {k} = {v} (supported: {supported})")
 }
 
 impl UNetConfig {
@@ -126,7 +130,7 @@ impl UNetConfig {
         let mut m = defaults();
         if let Some(name) = get_str(user, "_class_name")? {
             if name != "UNet2DModel" {
-                bail!("config is for a '{name}', not a UNet2DModel (the only family supported so far)");
+                bail!(Config, "config is for a '{name}', not a UNet2DModel (the only family supported so far)");
             }
         }
         for (k, v) in user {
@@ -134,38 +138,42 @@ impl UNetConfig {
                 continue;
             }
             if !m.contains_key(k) {
-                bail!("unknown UNet2DModel config option '{k}' (is this a UNet2DModel config?)");
+                bail!(Config, "unknown UNet2DModel config option '{k}' (is this a UNet2DModel config?)");
             }
             m.insert(k.clone(), v.clone());
         }
 
         let (height, width) = match m.get("sample_size") {
             Some(Value::Number(n)) => {
-                let s = n.as_u64().ok_or_else(|| anyhow!("config option 'sample_size' must be a positive integer"))?;
+                let s =
+                    n.as_u64().ok_or_else(|| err!(Config, "config option 'sample_size' must be a positive integer"))?;
                 (s as usize, s as usize)
             }
             Some(Value::Array(a)) if a.len() == 2 => {
                 let d = |i: usize| a[i].as_u64().map(|v| v as usize);
                 match (d(0), d(1)) {
                     (Some(h), Some(w)) => (h, w),
-                    _ => bail!("config option 'sample_size' must be an integer or [height, width]"),
+                    _ => bail!(Config, "config option 'sample_size' must be an integer or [height, width]"),
                 }
             }
-            _ => bail!("config option 'sample_size' is missing: give it in the config or with --set sample_size=N"),
+            _ => bail!(
+                Config,
+                "config option 'sample_size' is missing: give it in the config or with --set sample_size=N"
+            ),
         };
         let block_out_channels: Vec<usize> = get_list(&m, "block_out_channels")?
             .iter()
             .map(|v| v.as_u64().map(|x| x as usize))
             .collect::<Option<_>>()
-            .ok_or_else(|| anyhow!("config option 'block_out_channels' must be a list of integers"))?;
+            .ok_or_else(|| err!(Config, "config option 'block_out_channels' must be a list of integers"))?;
         let levels = block_out_channels.len();
         if levels == 0 || block_out_channels.contains(&0) {
-            bail!("config option 'block_out_channels' must be a non-empty list of positive integers");
+            bail!(Config, "config option 'block_out_channels' must be a non-empty list of positive integers");
         }
         let block_types = |k: &str, plain: &str, attn: &str| -> Result<Vec<bool>> {
             let list = get_list(&m, k)?;
             if list.len() != levels {
-                bail!("config option '{k}' has {} entries but block_out_channels has {levels}", list.len());
+                bail!(Config, "config option '{k}' has {} entries but block_out_channels has {levels}", list.len());
             }
             list.iter()
                 .map(|v| match v.as_str() {
@@ -240,12 +248,13 @@ impl UNetConfig {
     fn check_geometry(&self) -> Result<()> {
         let levels = self.block_out_channels.len();
         if self.in_channels == 0 || self.out_channels == 0 || self.layers_per_block == 0 {
-            bail!("in_channels, out_channels and layers_per_block must be positive");
+            bail!(Config, "in_channels, out_channels and layers_per_block must be positive");
         }
         let step = 1usize << (levels - 1);
         if self.height == 0 || self.width == 0 || !self.height.is_multiple_of(step) || !self.width.is_multiple_of(step)
         {
             bail!(
+                Config,
                 "sample_size {}x{} must be a positive multiple of {step} ({levels} levels halve it {} times)",
                 self.height,
                 self.width,
@@ -253,29 +262,29 @@ impl UNetConfig {
             );
         }
         if self.time_embed_dim == 0 || self.block_out_channels[0] < 2 {
-            bail!("time embedding dimensions must be at least 2");
+            bail!(Config, "time embedding dimensions must be at least 2");
         }
         if !(self.mid_block_scale_factor.is_finite() && self.mid_block_scale_factor != 0.0) {
-            bail!("config option 'mid_block_scale_factor' must be a non-zero number");
+            bail!(Config, "config option 'mid_block_scale_factor' must be a non-zero number");
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
-            bail!("config option 'norm_eps' must be a non-negative number");
+            bail!(Config, "config option 'norm_eps' must be a non-negative number");
         }
         if self.num_class_embeds == Some(0) {
-            bail!("config option 'num_class_embeds' must be positive or null");
+            bail!(Config, "config option 'num_class_embeds' must be positive or null");
         }
         for &c in &self.block_out_channels {
             if c % self.norm_num_groups != 0 {
-                bail!("norm_num_groups = {} does not divide block channels {c}", self.norm_num_groups);
+                bail!(Config, "norm_num_groups = {} does not divide block channels {c}", self.norm_num_groups);
             }
             if let Some(d) = self.attention_head_dim {
                 if d == 0 || c % d != 0 {
-                    bail!("attention_head_dim = {d} does not divide block channels {c}");
+                    bail!(Config, "attention_head_dim = {d} does not divide block channels {c}");
                 }
             }
             if let Some(g) = self.attn_norm_num_groups {
                 if g == 0 || c % g != 0 {
-                    bail!("attn_norm_num_groups = {g} does not divide block channels {c}");
+                    bail!(Config, "attn_norm_num_groups = {g} does not divide block channels {c}");
                 }
             }
         }
@@ -288,6 +297,7 @@ impl UNetConfig {
                 let skip = if j == self.layers_per_block { skip_in } else { out };
                 if (res_in + skip) % self.norm_num_groups != 0 {
                     bail!(
+                        Config,
                         "norm_num_groups = {} does not divide up-block input channels {}",
                         self.norm_num_groups,
                         res_in + skip
@@ -307,11 +317,12 @@ impl UNetConfig {
         let Some(conv_in) = dims("conv_in.weight") else {
             let first: Vec<&str> = t.keys().take(5).map(String::as_str).collect();
             bail!(
+                Config,
                 "no 'conv_in.weight' tensor: not a diffusers UNet2DModel checkpoint (first tensors: {})",
                 first.join(", ")
             );
         };
-        let conv_out = dims("conv_out.weight").ok_or_else(|| anyhow!("missing tensor 'conv_out.weight'"))?;
+        let conv_out = dims("conv_out.weight").ok_or_else(|| err!(Config, "missing tensor 'conv_out.weight'"))?;
         let mut m = Map::new();
         m.insert("in_channels".into(), json!(conv_in.get(1).copied().unwrap_or(0)));
         m.insert("out_channels".into(), json!(conv_out.first().copied().unwrap_or(0)));
@@ -326,7 +337,7 @@ impl UNetConfig {
             ups.push(if attn_up { "AttnUpBlock2D" } else { "UpBlock2D" });
         }
         if boc.is_empty() {
-            bail!("no 'down_blocks.0.resnets.0.conv1.weight' tensor: not a diffusers UNet2DModel checkpoint");
+            bail!(Config, "no 'down_blocks.0.resnets.0.conv1.weight' tensor: not a diffusers UNet2DModel checkpoint");
         }
         let layers = (0..).take_while(|j| t.contains_key(&format!("down_blocks.0.resnets.{j}.conv1.weight"))).count();
         m.insert("block_out_channels".into(), json!(boc));
@@ -350,7 +361,7 @@ impl UNetConfig {
             // With scale_shift, diffusers gives the mid attention a group norm only if attn_norm_num_groups is
             // set; its value is not visible in the shapes.
             if !overrides.contains_key("attn_norm_num_groups") {
-                bail!("cannot infer 'attn_norm_num_groups' (mid-block attention has a group norm): pass --set attn_norm_num_groups=N or --config");
+                bail!(Config, "cannot infer 'attn_norm_num_groups' (mid-block attention has a group norm): pass --set attn_norm_num_groups=N or --config");
             }
         }
         let has_attn = t.keys().any(|k| k.contains(".attentions."));
@@ -362,6 +373,7 @@ impl UNetConfig {
             .collect();
         if !missing.is_empty() {
             bail!(
+                Config,
                 "no config given and these UNet2DModel options cannot be read from the tensors: {} \
                  (pass --config config.json, or --set {}=...)",
                 missing.join(", "),
@@ -397,7 +409,7 @@ impl UNetConfig {
 pub fn parse_overrides(sets: &[String]) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     for s in sets {
-        let (k, v) = s.split_once('=').with_context(|| format!("--set '{s}': expected KEY=VALUE"))?;
+        let (k, v) = s.split_once('=').ok_or_else(|| err!(Config, "--set '{s}': expected KEY=VALUE"))?;
         let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         m.insert(k.trim().to_string(), v);
     }
@@ -409,7 +421,7 @@ pub fn read_json_object(path: &std::path::Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     match serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))? {
         Value::Object(m) => Ok(m),
-        _ => bail!("{} does not hold a JSON object", path.display()),
+        _ => bail!(Config, "{} does not hold a JSON object", path.display()),
     }
 }
 

@@ -72,24 +72,24 @@ impl StateDict {
 /// The pickle is interpreted by a restricted reader that only understands tensors and plain
 /// containers: any other global (e.g. `os.system`, a user class) is an error, and nothing in
 /// the file is ever executed.
-pub fn load_torch(path: &Path, key: Option<&str>) -> anyhow::Result<(StateDict, String)> {
+pub fn load_torch(path: &Path, key: Option<&str>) -> crate::error::Result<(StateDict, String)> {
     torch_zip::load_torch_file(path, key)
 }
 
 /// Load a .safetensors file (f32/f16/bf16/f64 tensors; integer and bool tensors are skipped).
-pub fn load_safetensors(path: &Path) -> anyhow::Result<StateDict> {
+pub fn load_safetensors(path: &Path) -> crate::error::Result<StateDict> {
     safetensors::load_safetensors_file(path)
 }
 
 /// Read a little-endian float32 (or float64/float16, converted) C-order .npy file
 /// (format versions 1.0, 2.0 and 3.0).
-pub fn read_npy(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+pub fn read_npy(path: &Path) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
     npy::read_npy_file(path)
 }
 
 /// Write a float32 little-endian C-order .npy (version 1.0), header padded per the NPY spec
 /// (total header length multiple of 64).
-pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> anyhow::Result<()> {
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> crate::error::Result<()> {
     npy::write_npy_file(path, shape, data)
 }
 

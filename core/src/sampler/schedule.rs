@@ -1,7 +1,8 @@
 //! Noise schedules and inference timesteps, following diffusers' `DDPMScheduler` / `DDIMScheduler`
 //! (`__init__` and `set_timesteps`) option by option, in the same floating-point precision.
 
-use crate::blob::{Schedule, TensorView};
+use crate::format::{BetaSchedule, Schedule, TimestepSpacing};
+use crate::model::TensorView;
 
 /// β_t for `t in 0..T` into `out` (length T), as diffusers computes them in f32:
 /// - linear: `torch.linspace(β_start, β_end, T)` (f32; torch fills the first half from the start and the second
@@ -21,11 +22,11 @@ fn betas(s: &Schedule, trained: Option<TensorView<'_>>, out: &mut [f32]) {
         }
     };
     match s.beta_schedule {
-        1 => {
+        BetaSchedule::ScaledLinear => {
             linspace(out, libm::sqrt(f64::from(s.beta_start)) as f32, libm::sqrt(f64::from(s.beta_end)) as f32);
             out.iter_mut().for_each(|b| *b = *b * *b);
         }
-        2 => {
+        BetaSchedule::SquaredcosCapV2 => {
             let abar = |t: f64| {
                 let c = libm::cos((t + 0.008) / 1.008 * core::f64::consts::PI / 2.0);
                 c * c
@@ -35,17 +36,17 @@ fn betas(s: &Schedule, trained: Option<TensorView<'_>>, out: &mut [f32]) {
                 *o = (1.0 - abar(t2) / abar(t1)).min(0.999) as f32;
             }
         }
-        3 => {
+        BetaSchedule::Sigmoid => {
             linspace(out, -6.0, 6.0);
             let (range, start) = (s.beta_end - s.beta_start, s.beta_start);
             out.iter_mut().for_each(|b| *b = 1.0 / (1.0 + libm::expf(-*b)) * range + start);
         }
-        4 => {
+        BetaSchedule::TrainedBetas => {
             for (i, o) in out.iter_mut().enumerate() {
                 *o = trained.map_or(0.0, |t| t.get_f32(i));
             }
         }
-        _ => linspace(out, s.beta_start, s.beta_end),
+        BetaSchedule::Linear => linspace(out, s.beta_start, s.beta_end),
     }
 }
 
@@ -94,7 +95,7 @@ fn rescale_zero_terminal_snr(betas: &mut [f32]) {
 pub struct Timesteps {
     train: u32,
     k: u32,
-    spacing: u32,
+    spacing: TimestepSpacing,
     offset: u32,
     len: u32,
 }
@@ -108,7 +109,7 @@ impl Timesteps {
             return None;
         }
         // trailing: np.arange(T, 0, -T/k) has ceil(T / (T/k)) entries, computed in f64.
-        let len = if s.timestep_spacing == 2 {
+        let len = if s.timestep_spacing == TimestepSpacing::Trailing {
             let ratio = f64::from(train) / f64::from(k);
             libm::ceil(f64::from(train) / ratio) as u32
         } else {
@@ -126,7 +127,7 @@ impl Timesteps {
         let (t, k, i) = (i64::from(self.train), i64::from(self.k), i64::from(i));
         match self.spacing {
             // np.linspace(0, T-1, k).round()[::-1] (round half to even, like numpy)
-            1 => {
+            TimestepSpacing::Linspace => {
                 let j = (k - 1 - i) as f64;
                 let v = if k == 1 {
                     0.0
@@ -138,12 +139,12 @@ impl Timesteps {
                 round_half_even(v) as i64
             }
             // np.round(np.arange(T, 0, -T/k)) - 1
-            2 => {
+            TimestepSpacing::Trailing => {
                 let ratio = t as f64 / k as f64;
                 round_half_even(t as f64 + i as f64 * -ratio) as i64 - 1
             }
             // leading: arange(k)[::-1] * (T // k) + steps_offset
-            _ => (k - 1 - i) * (t / k) + i64::from(self.offset),
+            TimestepSpacing::Leading => (k - 1 - i) * (t / k) + i64::from(self.offset),
         }
     }
 
@@ -179,7 +180,8 @@ mod tests {
     use super::*;
 
     fn sched(spacing: u32, offset: u32) -> Schedule {
-        Schedule { timestep_spacing: spacing, steps_offset: offset, ..Schedule::DDPM_DEFAULT }
+        let timestep_spacing = TimestepSpacing::from_code(spacing).unwrap();
+        Schedule { timestep_spacing, steps_offset: offset, ..Schedule::DDPM_DEFAULT }
     }
 
     fn collect(ts: &Timesteps) -> [u32; 8] {

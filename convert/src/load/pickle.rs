@@ -34,7 +34,8 @@
 //! [`TensorRef`] describing the view. The zip reader materialises them.
 
 use super::FloatKind;
-use anyhow::{anyhow, Result};
+use crate::err;
+use crate::error::Result;
 use std::collections::HashMap;
 
 /// Index of an object in [`Pickle::objects`].
@@ -457,8 +458,9 @@ fn opcode_name(op: u8) -> Option<&'static str> {
 }
 
 /// Formats the standard error for a global outside the allow-list.
-fn disallowed(module: &str, name: &str) -> anyhow::Error {
-    anyhow!(
+fn disallowed(module: &str, name: &str) -> crate::ConvertError {
+    err!(
+        Checkpoint,
         "checkpoint pickle references disallowed global '{}.{}' (only tensors and plain containers are allowed)",
         module.escape_debug(),
         name.escape_debug()
@@ -500,8 +502,8 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle> {
 
 impl<'a> Machine<'a> {
     /// Error with the current opcode offset appended.
-    fn err(&self, msg: impl std::fmt::Display) -> anyhow::Error {
-        anyhow!("malformed pickle: {msg} (opcode at offset {})", self.op_pos)
+    fn err(&self, msg: impl std::fmt::Display) -> crate::ConvertError {
+        err!(Checkpoint, "malformed pickle: {msg} (opcode at offset {})", self.op_pos)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -722,7 +724,7 @@ impl<'a> Machine<'a> {
         self.charge(copied)?;
         let op_pos = self.op_pos;
         let Some(Object::Dict(dict)) = self.obj_mut(d) else {
-            return Err(anyhow!("malformed pickle: SETITEM on a non-dict (opcode at offset {op_pos})"));
+            return Err(err!(Checkpoint, "malformed pickle: SETITEM on a non-dict (opcode at offset {op_pos})"));
         };
         for (key, kv) in keys.into_iter().zip(items.chunks_exact(2)) {
             match dict.index.get(&key) {
@@ -743,7 +745,7 @@ impl<'a> Machine<'a> {
                 list.extend(items);
                 Ok(())
             }
-            _ => Err(anyhow!("malformed pickle: APPEND/ADDITEMS on a non-list (opcode at offset {op_pos})")),
+            _ => Err(err!(Checkpoint, "malformed pickle: APPEND/ADDITEMS on a non-list (opcode at offset {op_pos})")),
         }
     }
 
@@ -958,7 +960,7 @@ impl<'a> Machine<'a> {
         loop {
             self.op_pos = self.pos;
             let Some(&op) = self.data.get(self.pos) else {
-                return Err(anyhow!("malformed pickle: data ended without a STOP opcode"));
+                return Err(err!(Checkpoint, "malformed pickle: data ended without a STOP opcode"));
             };
             self.pos += 1;
             match op {
@@ -1228,10 +1230,10 @@ impl<'a> Machine<'a> {
                 _ => {
                     return Err(match opcode_name(op) {
                         Some(name) => {
-                            anyhow!("unsupported pickle opcode 0x{op:02x} ({name}) at offset {}", self.op_pos)
+                            err!(Checkpoint, "unsupported pickle opcode 0x{op:02x} ({name}) at offset {}", self.op_pos)
                         }
                         None => {
-                            anyhow!("unknown pickle opcode 0x{op:02x} at offset {}", self.op_pos)
+                            err!(Checkpoint, "unknown pickle opcode 0x{op:02x} at offset {}", self.op_pos)
                         }
                     });
                 }

@@ -1,0 +1,381 @@
+//! Op validation: every op's operands exist, have the types and shapes it needs, alias only where it works in
+//! place, and carry sane parameters. After this the executor can slice without failing.
+
+use crate::format::DType;
+use crate::model::{Model, TensorInfo, TensorView, ValueInfo};
+use crate::ops::{conv_out_len, Conv2dShape};
+use crate::program::{Op, NO_LUT};
+
+const NO_VALUE: &str = "a value operand is not in the value table";
+const NO_TENSOR: &str = "a tensor operand is not in the tensor table";
+const NOT_F32_VALUE: &str = "a value operand is missing or not f32";
+const NOT_FLOAT_TENSOR: &str = "a tensor operand is missing or not f32/f16";
+const NOT_QUANTIZED: &str = "a value operand is missing, not i8/i16, or has a zero point the op does not allow";
+const WRONG_VALUE_TYPE: &str = "a value operand is missing or of the wrong type";
+const WRONG_TENSOR_TYPE: &str = "a tensor operand has the wrong type or shape";
+
+/// The convolution geometry of a `Conv2d` op from its (validated) operands.
+pub fn conv_shape(x: &ValueInfo, out: &ValueInfo, w: &TensorInfo<'_>, stride: u32, pad: [u32; 4]) -> Conv2dShape {
+    Conv2dShape {
+        ci: x.c,
+        h: x.h,
+        w: x.w,
+        co: out.c,
+        kh: w.dims[2],
+        kw: w.dims[3],
+        stride: stride as usize,
+        pad: pad.map(|p| p as usize),
+        ho: out.h,
+        wo: out.w,
+    }
+}
+
+/// A convolution's kernel `[co, ci, kh, kw]`, stride and padding turn `x` into `out`, the padding is narrower
+/// than the kernel, and input and output do not overlap.
+fn conv_geometry_ok(x: &ValueInfo, out: &ValueInfo, dims: [usize; 4], stride: u32, pad: [u32; 4]) -> bool {
+    let [co, ci, kh, kw] = dims;
+    let [pt, pl, pb, pr] = pad.map(|p| p as usize);
+    let s = stride as usize;
+    co == out.c
+        && ci == x.c
+        && conv_out_len(x.h, kh, s, pt, pb) == Some(out.h)
+        && conv_out_len(x.w, kw, s, pl, pr) == Some(out.w)
+        && pt < kh
+        && pb < kh
+        && pl < kw
+        && pr < kw
+        && disjoint(out, x)
+}
+
+/// How two arena ranges relate.
+fn same_or_disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
+    a.byte_range() == b.byte_range() || disjoint(a, b)
+}
+
+fn disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
+    let (ra, rb) = (a.byte_range(), b.byte_range());
+    ra.end <= rb.start || rb.end <= ra.start
+}
+
+fn same_shape(a: &ValueInfo, b: &ValueInfo) -> bool {
+    (a.c, a.h, a.w) == (b.c, b.h, b.w)
+}
+
+fn is_vector(v: &ValueInfo) -> bool {
+    v.h == 1 && v.w == 1
+}
+
+/// Checks one op against the model's tables: operands exist, shapes agree, aliasing is allowed, parameters
+/// are sane. After this the executor can slice without failing.
+pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
+    // Float ops take f32 values only; quantized ops say what they take.
+    let v = |i: u32| m.value(i).filter(|v| v.dtype == DType::F32).ok_or(NOT_F32_VALUE);
+    // Float ops take f32 or f16 tensors.
+    let t = |i: u32| m.tensor_info(i).filter(|ti| matches!(ti.dtype, DType::F32 | DType::F16)).ok_or(NOT_FLOAT_TENSOR);
+    // A 1-D f32 tensor of length n.
+    let vec_f32 = |i: u32, n: usize| -> Result<(), &'static str> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+    };
+    match *op {
+        Op::TimestepEmbed { out, freq_shift, max_period, .. } => {
+            let o = v(out)?;
+            let half = (o.c / 2) as f32;
+            ok(is_vector(&o)
+                && o.c >= 2
+                && freq_shift.is_finite()
+                && half - freq_shift != 0.0
+                && max_period.is_finite()
+                && max_period > 0.0)
+        }
+        Op::Linear { out, x, w, b } => {
+            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+            vec_f32(b, o.c)?;
+            ok(is_vector(&o) && is_vector(&xi) && wi.shape() == [o.c, xi.c] && disjoint(&o, &xi))
+        }
+        Op::Silu { out, x } | Op::Affine { out, x, .. } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            if let Op::Affine { mul, add, .. } = *op {
+                ok(mul.is_finite() && add.is_finite())?;
+            }
+            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+        }
+        Op::ClassEmbed { out, table } => {
+            let (o, ti) = (v(out)?, t(table)?);
+            ok(is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c])
+        }
+        Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
+            let (o, xi, wi, si) = (v(out)?, v(x)?, t(w)?, v(scratch)?);
+            vec_f32(b, wi.dims[0])?;
+            ok(wi.ndim == 4
+                && conv_geometry_ok(&xi, &o, wi.dims, stride, pad)
+                && disjoint(&si, &xi)
+                && disjoint(&si, &o)
+                && {
+                    let g = conv_shape(&xi, &o, &wi, stride, pad);
+                    let (c, h, w) = g.scratch_shape();
+                    c.checked_mul(h).and_then(|n| n.checked_mul(w)).is_some_and(|n| si.numel() >= n)
+                })
+        }
+        Op::GroupNorm { out, x, gamma, beta, groups, eps, .. } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            vec_f32(gamma, o.c)?;
+            vec_f32(beta, o.c)?;
+            let g = groups as usize;
+            ok(g > 0
+                && o.c % g == 0
+                && eps.is_finite()
+                && eps >= 0.0
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi))
+        }
+        Op::AddChannel { x, v: vv } => {
+            let (xi, vi) = (v(x)?, v(vv)?);
+            ok(is_vector(&vi) && vi.c == xi.c && disjoint(&xi, &vi))
+        }
+        Op::ScaleShift { x, v: vv } => {
+            let (xi, vi) = (v(x)?, v(vv)?);
+            ok(is_vector(&vi) && vi.c == 2 * xi.c && disjoint(&xi, &vi))
+        }
+        Op::Add { out, a, b, scale } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            ok(scale.is_finite()
+                && same_shape(&o, &ai)
+                && same_shape(&o, &bi)
+                && same_or_disjoint(&o, &ai)
+                && same_or_disjoint(&o, &bi)
+                && same_or_disjoint(&ai, &bi))
+        }
+        Op::Attention { out, x, xn, scratch, w, heads, scale } => {
+            let (o, xi, ni, si) = (v(out)?, v(x)?, v(xn)?, v(scratch)?);
+            let c = o.c;
+            for pair in w.chunks_exact(2) {
+                let wi = t(pair[0])?;
+                ok(wi.shape() == [c, c])?;
+                vec_f32(pair[1], c)?;
+            }
+            let h = heads as usize;
+            ok(h > 0
+                && c % h == 0
+                && scale.is_finite()
+                && same_shape(&o, &xi)
+                && same_shape(&o, &ni)
+                && si.numel() >= 4 * o.numel()
+                && same_or_disjoint(&o, &xi)
+                && same_or_disjoint(&o, &ni)
+                && same_or_disjoint(&xi, &ni)
+                && disjoint(&si, &o)
+                && disjoint(&si, &xi)
+                && disjoint(&si, &ni))
+        }
+        Op::Upsample2x { out, x } => {
+            let (o, xi) = (m.value(out).ok_or(NO_VALUE)?, m.value(x).ok_or(NO_VALUE)?);
+            ok(o.c == xi.c
+                && Some(o.h) == xi.h.checked_mul(2)
+                && Some(o.w) == xi.w.checked_mul(2)
+                && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
+                && o.dtype != DType::I32
+                && disjoint(&o, &xi))
+        }
+        Op::Concat { out, a, b } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            ok(o.c == ai.c + bi.c
+                && (o.h, o.w) == (ai.h, ai.w)
+                && (o.h, o.w) == (bi.h, bi.w)
+                && disjoint(&o, &ai)
+                && disjoint(&o, &bi))
+        }
+        _ => quantized(m, op),
+    }
+}
+
+/// A requantization pair `(m, s)` the executor can apply to any 32-bit accumulator without overflow.
+fn rq_ok(mult: i32, shift: u32) -> bool {
+    mult >= 0 && shift <= 62
+}
+
+/// Validation of the int8 ops (see the second table of the module docs).
+fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
+    // A quantized value without a zero point; `coded` also allows one (see the op table).
+    let quant = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized() && v.zero == 0).ok_or(NOT_QUANTIZED);
+    let coded = |i: u32| m.value(i).filter(|v| v.dtype.is_quantized()).ok_or(NOT_QUANTIZED);
+    let of = |i: u32, dt: DType| m.value(i).filter(|v| v.dtype == dt && v.zero == 0).ok_or(WRONG_VALUE_TYPE);
+    let t = |i: u32| m.tensor_info(i).ok_or(NO_TENSOR);
+    let i32s = |i: u32| match m.tensor(i) {
+        Some(TensorView::I32(d)) => Ok(d),
+        _ => Err(WRONG_TENSOR_TYPE),
+    };
+    let vec_f32 = |i: u32, n: usize| -> Result<(), &'static str> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+    };
+    let lut = |i: u32| -> Result<(), &'static str> {
+        let ti = t(i)?;
+        ok(ti.dtype == DType::I8 && ti.shape() == [256])
+    };
+    match *op {
+        Op::Quantize { out, x } => {
+            let (o, xi) = (quant(out)?, of(x, DType::F32)?);
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+        }
+        Op::Dequantize { out, x } => {
+            let (o, xi) = (of(out, DType::F32)?, quant(x)?);
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+        }
+        Op::QConv2d { out, x, w, brq, stride, pad } => {
+            let (o, xi, wi) = (quant(out)?, coded(x)?, t(w)?);
+            let [co, ci, kh, kw] = wi.dims;
+            let table = i32s(brq)?;
+            ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3])?;
+            ok(table.chunks_exact(3).all(|p| rq_ok(p[1], p[2] as u32)))?;
+            // The i32 accumulator cannot overflow: every tap at its extreme plus the largest bias.
+            let taps = (ci * kh * kw) as u64;
+            let worst = taps * 128 * (xi.dtype.qmax() as u64 + 1)
+                + table.chunks_exact(3).map(|p| p[0].unsigned_abs() as u64).max().unwrap_or(0);
+            ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad))
+        }
+        Op::QLut { out, x, table } => {
+            let (o, xi) = (coded(out)?, coded(x)?);
+            ok(o.dtype == DType::I8 && xi.dtype == DType::I8)?;
+            lut(table)?;
+            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+        }
+        Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut: table, mid_scale } => {
+            let (o, xi) = (coded(out)?, quant(x)?);
+            ok(o.zero == 0 || table != NO_LUT)?;
+            vec_f32(gamma, o.c)?;
+            vec_f32(beta, o.c)?;
+            if table == NO_LUT {
+                ok(mid_scale.to_bits() == o.scale.to_bits())?;
+            } else {
+                lut(table)?;
+                ok(o.dtype == DType::I8)?;
+            }
+            let g = groups as usize;
+            ok(g > 0
+                && o.c % g == 0
+                && eps.is_finite()
+                && eps >= 0.0
+                && mid_scale.is_finite()
+                && mid_scale > 0.0
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi))
+        }
+        Op::QAdd { out, a, b, shift, .. } => {
+            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
+            let broadcast = is_vector(&bi) && bi.c == ai.c;
+            ok(shift <= 62
+                && same_shape(&o, &ai)
+                && (same_shape(&ai, &bi) || broadcast)
+                && same_or_disjoint(&o, &ai)
+                && same_or_disjoint(&o, &bi)
+                && same_or_disjoint(&ai, &bi))
+        }
+        Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
+            let (o, qi, ki, vi) = (of(out, DType::I8)?, of(q, DType::I8)?, of(k, DType::I8)?, of(v, DType::I8)?);
+            let si = of(scratch, DType::I32)?;
+            let Some(TensorView::I16(table)) = m.tensor(exp) else { return Err(WRONG_TENSOR_TYPE) };
+            let tokens = o.h * o.w;
+            let h = heads as usize;
+            ok(t(exp)?.ndim == 1
+                && table.first().is_some_and(|&e| e > 0)
+                && table.iter().all(|&e| e >= 0)
+                && rq_ok(m_score, s_score)
+                && rq_ok(m_out, s_out)
+                && h > 0
+                && o.c % h == 0
+                && o.c < 1 << 16
+                && tokens <= 1 << 20
+                && si.numel() >= tokens
+                && same_shape(&o, &qi)
+                && same_shape(&o, &ki)
+                && same_shape(&o, &vi)
+                && [qi, ki, vi, si].iter().all(|x| disjoint(&o, x))
+                && [ki, vi, si].iter().all(|x| disjoint(&qi, x))
+                && [vi, si].iter().all(|x| disjoint(&ki, x))
+                && disjoint(&vi, &si))
+        }
+        Op::QConcat { out, a, b, ma, sa, mb, sb } => {
+            let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
+            ok(rq_ok(ma, sa)
+                && rq_ok(mb, sb)
+                && o.c == ai.c + bi.c
+                && (o.h, o.w) == (ai.h, ai.w)
+                && (o.h, o.w) == (bi.h, bi.w)
+                && disjoint(&o, &ai)
+                && disjoint(&o, &bi))
+        }
+        Op::QScaleShift { out, x, v } => {
+            let (o, xi, vi) = (quant(out)?, quant(x)?, quant(v)?);
+            ok(same_shape(&o, &xi)
+                && is_vector(&vi)
+                && Some(vi.c) == xi.c.checked_mul(2)
+                && same_or_disjoint(&o, &xi)
+                && disjoint(&vi, &o)
+                && disjoint(&vi, &xi))
+        }
+        Op::QClassEmbed { out, x, table } => {
+            let (o, xi, ti) = (quant(out)?, quant(x)?, t(table)?);
+            ok(is_vector(&o)
+                && same_shape(&o, &xi)
+                && same_or_disjoint(&o, &xi)
+                && m.num_classes() > 0
+                && ti.dtype == DType::F32
+                && ti.shape() == [m.num_classes() as usize, o.c])
+        }
+        _ => Err("not a quantized op"),
+    }
+}
+
+/// `Ok` when `cond` holds; otherwise the op's shapes, parameters or arena ranges do not fit its definition.
+fn ok(cond: bool) -> Result<(), &'static str> {
+    if cond {
+        Ok(())
+    } else {
+        Err("shapes, parameters or arena overlaps do not fit the op's definition")
+    }
+}
+
+/// Floating-point operations of one op for one sample (a multiply-add counts 2).
+pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
+    let numel = |i: u32| m.value(i).map(|v| v.numel() as u64).unwrap_or(0);
+    let tel = |i: u32| m.tensor_info(i).map(|t| t.numel() as u64).unwrap_or(0);
+    match *op {
+        Op::TimestepEmbed { out, .. } => 4 * numel(out),
+        Op::Linear { w, .. } => 2 * tel(w),
+        Op::Conv2d { out, w, .. } => {
+            // Each output element takes one multiply-add per kernel element over all input channels.
+            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
+            2 * numel(out) * (tel(w) / co)
+        }
+        Op::GroupNorm { out, silu, .. } => numel(out) * if silu { 10 } else { 6 },
+        Op::Attention { out, .. } => {
+            let Some(o) = m.value(out) else { return 0 };
+            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
+            // q, k, v and output projections, then q·kᵀ and p·v over all heads.
+            4 * 2 * n * c * c + 2 * 2 * n * n * c
+        }
+        Op::Silu { out, .. } => 4 * numel(out),
+        Op::ClassEmbed { out, .. } | Op::AddChannel { x: out, .. } | Op::Add { out, .. } | Op::Affine { out, .. } => {
+            numel(out)
+        }
+        Op::ScaleShift { x, .. } => 2 * numel(x),
+        Op::Upsample2x { .. } | Op::Concat { .. } | Op::QConcat { .. } => 0,
+        Op::QConv2d { out, w, .. } => {
+            let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);
+            2 * numel(out) * (tel(w) / co)
+        }
+        Op::QSdpa { out, .. } => {
+            let Some(o) = m.value(out) else { return 0 };
+            let (c, n) = (o.c as u64, (o.h * o.w) as u64);
+            2 * 2 * n * n * c
+        }
+        Op::QGroupNorm { out, .. } => 4 * numel(out),
+        Op::Quantize { out, .. }
+        | Op::Dequantize { out, .. }
+        | Op::QLut { out, .. }
+        | Op::QAdd { out, .. }
+        | Op::QClassEmbed { out, .. } => numel(out),
+        Op::QScaleShift { out, .. } => 2 * numel(out),
+    }
+}
