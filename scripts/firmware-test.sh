@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Firmware check (issue 5, point 5): ddpm-core samples an image on a Cortex-M4F under QEMU (mps2-an386),
+# Firmware check: ddpm-core samples an image on a Cortex-M4F under QEMU (mps2-an386),
 # bit-identical to the host. For each model, precision (f32, f16, int8) and sampler (ddim, ddpm) it converts the
 # model with host-cli, builds firmware/ with that blob embedded, runs it under qemu-system-arm, and requires the
 # firmware's `checksum` line to equal `host-cli sample`'s for the same seed and steps. Idempotent: installs the

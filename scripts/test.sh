@@ -22,11 +22,15 @@ cargo build -p ddpm-core --target thumbv7em-none-eabihf --release
 echo "== ddpm-core with the std feature (rayon)"
 cargo test -p ddpm-core --features std --lib
 
-if cargo clippy --version >/dev/null 2>&1; then
-    echo "== clippy"
-    cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy -p host-cli --all-targets --features gpu -- -D warnings
-fi
+echo "== rustfmt and clippy"
+for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+        rustup component add "$component"
+    fi
+done
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p host-cli --all-targets --features gpu -- -D warnings
 
 echo "== firmware: sample on an emulated Cortex-M4F (QEMU mps2-an386), bit-identical to the host"
 bash scripts/firmware-test.sh

@@ -15,6 +15,8 @@
 //! [`convert`] works in memory (state dict and configs in, blob bytes out); [`convert_path`] reads a file or a
 //! diffusers folder first. Errors are [`ConvertError`]s that say what kind of thing went wrong and where.
 
+#![forbid(unsafe_code)]
+
 pub mod aligned;
 pub mod diffusers;
 pub mod emit;

@@ -1,4 +1,4 @@
-// Shared declarations of every compute shader: the one descriptor set (see `src/pipelines.rs`) and helpers.
+// Shared declarations of every compute shader: the one descriptor set (see `src/kernels.rs`) and helpers.
 //
 // Every shader runs over a batch: workgroup z is the sample index, and sample n's forward arena starts at
 // float n * p.stride of `a`. Value offsets in push constants are in floats, relative to that start.

@@ -1,5 +1,5 @@
 // The noise stream of ddpm_core::rng, exactly: Philox4x32-10, uniforms ((x >> 8) + 1)·2⁻²⁴, Box–Muller.
-// Only sqrt, log, sin and cos differ from the CPU's libm (in the last bits; measured in tests/noise.rs).
+// Only sqrt, log, sin and cos differ from the CPU's libm (in the last bits; measured in tests/parity.rs).
 
 uvec4 philox4x32_10(uvec4 c, uvec2 k) {
     for (int round = 0; round < 10; round++) {

@@ -1,19 +1,18 @@
-//! End-to-end golden run of the shipped MNIST model (tests/fixtures/golden, made by make_golden.py there):
-//! - the built-in default model, seed 0, 4 images, 20 DDIM steps, gives exactly the committed output (f32), and
-//!   the shipped f16 blob exactly its committed output: the engine promises the same bits on every machine;
-//! - the f32 output agrees with diffusers' DDIM loop on the same model and the same noise to 1e-3 max abs
-//!   (measured 5.8e-4 on the step-60,356 model, 2.4e-4 on the step-47,522 one: one stroke-edge pixel);
-//! - the f16 output agrees with it on average: mean abs ≤ 5e-3 (measured 3.6e-3 on the step-60,356 model, 6.6e-4
-//!   on the step-47,522 one). Not pixel for pixel: f16 weights differ from f32 by ~1e-3 relative per forward
-//!   (bounded per forward in tests/parity.rs), and the deterministic DDIM trajectory amplifies that where it
-//!   forks: on this model image 0 takes another turn at one stroke (19 pixels off by more than 0.1, max 1.03;
-//!   its mean abs 1.2e-2), while the other three images stay within 5e-4 to 1.1e-3 mean abs. The bound leaves
-//!   room for about one such image in four; an error that is not a fork shows in every image.
-//! - the shipped int8 blob gives exactly its committed output, and agrees with diffusers on average: mean abs
-//!   ≤ 0.1 in model space [-1, 1] (measured 0.022; 0.025 on the step-47,522 model). int8 errs by about 2 %
-//!   (relative RMS) per forward pass (tests/int8.rs), and the η = 0 trajectory carries that along, so a few
-//!   pixels differ a lot (14 of 3,136 by more than 0.5; 9.1 before clamping to [-1, 1]: a Gaussian-tail x_T
-//!   pixel that int8 lets run out of range, see the README's int8 section).
+//! End-to-end golden run of the shipped MNIST model (tests/fixtures/golden, made by make_golden.py there): seed 0,
+//! 4 images, 20 DDIM steps.
+//! - The built-in default model gives exactly the committed f32 output, and the shipped f16 and int8 blobs exactly
+//!   theirs: the engine promises the same bits on every machine.
+//! - f32 agrees with diffusers' DDIM loop on the same model and the same noise to 1e-3 max abs.
+//! - f16 agrees with it on average: mean abs ≤ 5e-3. Not pixel for pixel: f16 weights differ from f32 by ~1e-3
+//!   relative per forward (bounded per forward in tests/parity.rs), and the deterministic DDIM trajectory amplifies
+//!   that where it forks (an image can take another turn at one stroke). The bound leaves room for about one such
+//!   image in four; an error that is not a fork shows in every image.
+//! - int8 agrees with it on average: mean abs ≤ 0.1 in model space [-1, 1]. int8 errs by about 2 % (relative RMS)
+//!   per forward pass (tests/int8.rs) and the η = 0 trajectory carries that along, so a few pixels differ a lot
+//!   (a Gaussian-tail x_T pixel can run out of the calibrated range; docs/int8.md).
+//!
+//! Measured by `cargo test -p host-cli --test golden -- --nocapture` (prints each error against diffusers);
+//! make_golden.py records the same figures in tests/fixtures/golden/case.json.
 
 mod common;
 

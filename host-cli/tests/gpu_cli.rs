@@ -1,6 +1,6 @@
 //! `--backend gpu` through the CLI. Without the `gpu` feature the flag gives a clear error naming the fix;
-//! with it (`cargo test -p host-cli --features gpu`), the GPU forward pass and sampler agree with the CPU path
-//! (forward ≤ 1e-4 × max |ref|, same-seed samples ≤ 1e-3: the bounds).
+//! with it (`cargo test -p host-cli --features gpu --test gpu_cli`), the GPU forward pass and sampler agree with
+//! the CPU path: forward ≤ 1e-4 × max |ref|, same-seed samples ≤ 1e-3 max abs.
 
 mod common;
 

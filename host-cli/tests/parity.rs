@@ -2,11 +2,12 @@
 //! from diffusers itself) is converted through the CLI from its own file format and run at several timesteps
 //! (and classes); the output must match diffusers' `UNet2DModel(x, t, class_labels).sample`.
 //!
-//! Tolerances (relative to max |reference|), from the foundation issue: f32 ≤ 1e-4, f16 ≤ 5e-3. f32 differs
-//! from PyTorch only in summation order (measured ~2e-6); f16 adds weight rounding (2^-11 relative per weight,
-//! measured ~7e-4 through a whole UNet). int8 (calibrated here on 2 short trajectories) rounds every
-//! activation to 1/127 of its calibrated range (about 0.4 % of it per tensor, ~30 tensors deep), so its bound is
-//! INT8_TOL; the int8 figures on a trained model are in `tests/int8.rs` and the README.
+//! Bounds (max abs error relative to max |reference|): f32 ≤ 1e-4, f16 ≤ 5e-3. f32 differs from PyTorch only in
+//! summation order; f16 adds weight rounding (2^-11 relative per weight). int8 (calibrated here on 2 short
+//! trajectories) rounds every activation to 1/127 of its calibrated range (about 0.4 % of it per tensor, ~30
+//! tensors deep), so its bound is INT8_TOL, which catches wiring mistakes only; the int8 bounds on a trained
+//! model are in `tests/int8.rs`. Measured by `cargo test -p host-cli --test parity -- --nocapture` (prints the
+//! error of each fixture).
 
 mod common;
 

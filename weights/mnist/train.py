@@ -15,6 +15,9 @@ Output layout (diffusers pipeline layout; every file replaced atomically):
   CKPT/ema_0.999/, CKPT/ema_0.9995/, CKPT/ema_0.9999/         every EMA copy (unet folders)
   CKPT/state.pt                                                raw model + optimizer + EMA (resume)
 
+CKPT is not shipped: the repository has the exported model only, so --resume needs a CKPT/state.pt from your
+own run (without one it starts from step 0).
+
 Example:
   nice -n 19 python3 train.py --minutes 100 --batch-size 64 --lr 2e-3 --threads 1
 """
