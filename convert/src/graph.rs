@@ -2,7 +2,10 @@
 //! the blob bytes. Family builders (see `unet.rs`) emit ops through this; the executor in `ddpm-core` runs them.
 
 use ddpm_core::format::{DType, Precision, Schedule};
-use ddpm_core::program::Op;
+use ddpm_core::program::{Op, Role};
+
+/// An op's scratch operand before [`Graph::push`] sizes it.
+pub const SCRATCH: u32 = u32::MAX;
 
 /// An activation value `(c, h, w)` of type `dtype` (i8/i16 values stand for `(q − zero) × scale`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,7 +103,21 @@ impl Graph {
         (self.tensors.len() - 1) as u32
     }
 
-    pub fn push(&mut self, op: Op) {
+    /// Appends `op`. A [`SCRATCH`] operand becomes a new value of the size the executor needs for it
+    /// ([`crate::plan::scratch_shape`]): family builders say that an op needs scratch, not how much.
+    pub fn push(&mut self, mut op: Op) {
+        let mut needs = false;
+        op.for_each_value(|v, role| needs |= role == Role::Scratch && v == SCRATCH);
+        if needs {
+            let s = crate::plan::scratch_shape(self, &op);
+            self.values.push(s);
+            let v = (self.values.len() - 1) as u32;
+            op.map_operands(&mut |w, role| {
+                if role == Role::Scratch && *w == SCRATCH {
+                    *w = v;
+                }
+            });
+        }
         self.ops.push(op);
     }
 }

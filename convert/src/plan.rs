@@ -1,8 +1,45 @@
 //! The arena planner: every activation value gets a byte offset in one forward arena, by liveness.
 
-use ddpm_core::format::ALIGN;
+use ddpm_core::format::{DType, ALIGN};
+use ddpm_core::ops::Conv2dShape;
+use ddpm_core::program::Op;
 
-use crate::graph::Graph;
+use crate::graph::{Graph, Shape};
+
+/// The scratch value the executor needs for `op` (what `ddpm_core`'s op validation requires of it):
+/// a convolution's zero-padded copy of its input, attention's four `(c, h, w)` buffers (q, k, v and the
+/// core output), the int8 attention core's one i32 per token. Other ops need none: a zero-sized f32 value.
+pub fn scratch_shape(g: &Graph, op: &Op) -> Shape {
+    let f32s = |c, h, w| Shape { c, h, w, dtype: DType::F32, scale: 0.0, zero: 0 };
+    match *op {
+        Op::Conv2d { out, x, w, stride, pad, .. } => {
+            let (x, o, dims) = (g.shape(x), g.shape(out), &g.tensors[w as usize].dims);
+            let geometry = Conv2dShape {
+                ci: x.c,
+                h: x.h,
+                w: x.w,
+                co: o.c,
+                kh: dims[2],
+                kw: dims[3],
+                stride: stride as usize,
+                pad: pad.map(|p| p as usize),
+                ho: o.h,
+                wo: o.w,
+            };
+            let (c, h, w) = geometry.scratch_shape();
+            f32s(c, h, w)
+        }
+        Op::Attention { x, .. } => {
+            let s = g.shape(x);
+            f32s(4 * s.c, s.h, s.w)
+        }
+        Op::QSdpa { q, .. } => {
+            let s = g.shape(q);
+            Shape { c: s.h * s.w, h: 1, w: 1, dtype: DType::I32, scale: 0.0, zero: 0 }
+        }
+        _ => f32s(0, 0, 0),
+    }
+}
 
 /// Where each value lives in the forward arena.
 #[derive(Debug, Clone, PartialEq, Eq)]

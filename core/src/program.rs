@@ -77,6 +77,17 @@ trait Operand: Sized + Copy {
     fn put(self, r: &mut [u32; OP_WORDS], at: &mut usize);
     fn get(r: &[u32; OP_WORDS], at: &mut usize) -> Option<Self>;
     fn each(self, f: &mut dyn FnMut(u32));
+    /// Lets `f` rewrite each stored word.
+    fn each_mut(&mut self, f: &mut dyn FnMut(&mut u32)) {
+        let mut r = [0u32; OP_WORDS];
+        let mut at = 0;
+        self.put(&mut r, &mut at);
+        r[..at].iter_mut().for_each(&mut *f);
+        let mut back = 0;
+        if let Some(v) = Self::get(&r, &mut back) {
+            *self = v;
+        }
+    }
 }
 
 fn next(r: &[u32; OP_WORDS], at: &mut usize) -> Option<u32> {
@@ -206,6 +217,16 @@ macro_rules! op_table {
                     return None;
                 }
                 Some(op)
+            }
+
+            /// Lets `f` rewrite every operand word, with its role, in table order (array operands word by word).
+            /// A rewrite that makes a flag other than 0 or 1 is dropped.
+            pub fn map_operands(&mut self, f: &mut dyn FnMut(&mut u32, Role)) {
+                match self {
+                    $(Op::$name { $($field),* } => {
+                        $(Operand::each_mut($field, &mut |w| f(w, Role::$role));)*
+                    })*
+                }
             }
 
             /// Calls `f` with every operand word and its role, in table order (array operands word by word).
@@ -383,5 +404,12 @@ mod tests {
         });
         assert_eq!(seen[..n], [(1, Role::Out), (2, Role::In), (10, Role::Scratch)]);
         assert_eq!(Op::AddChannel { x: 7, v: 8 }.result(), 7);
+        let mut op = op;
+        op.map_operands(&mut |w, role| {
+            if role == Role::Scratch {
+                *w = 99
+            }
+        });
+        assert_eq!(op, Op::Conv2d { out: 1, x: 2, w: 3, b: 4, stride: 5, pad: [6, 7, 8, 9], scratch: 99 });
     }
 }

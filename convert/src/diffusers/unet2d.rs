@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::{bail, err};
 use ddpm_core::ops::conv_out_len;
-use ddpm_core::ops::Conv2dShape;
 use ddpm_core::program::Op;
 
 use super::config::UNetConfig;
-use crate::graph::Graph;
+use crate::graph::{Graph, SCRATCH};
 use crate::load::Tensor;
 
 /// Builds the program, consuming the tensors it uses from `sd`. Returns the graph and its input and output
@@ -148,21 +147,7 @@ impl Builder<'_> {
             bail!(Model, "{prefix}: a {k}x{k} kernel does not fit a {}x{} input", s.h, s.w);
         };
         let o = self.g.value(out, ho, wo);
-        let geometry = Conv2dShape {
-            ci: s.c,
-            h: s.h,
-            w: s.w,
-            co: out,
-            kh: k,
-            kw: k,
-            stride: stride as usize,
-            pad: [pt, pl, pb, pr],
-            ho,
-            wo,
-        };
-        let (sc, sh, sw) = geometry.scratch_shape();
-        let scratch = self.g.value(sc, sh, sw);
-        self.g.push(Op::Conv2d { out: o, x, w, b: bias, stride, pad, scratch });
+        self.g.push(Op::Conv2d { out: o, x, w, b: bias, stride, pad, scratch: SCRATCH });
         Ok(o)
     }
 
@@ -234,12 +219,11 @@ impl Builder<'_> {
             w[2 * k] = self.weight(&format!("{p}.{name}.weight"), &[c, c])?;
             w[2 * k + 1] = self.weight(&format!("{p}.{name}.bias"), &[c])?;
         }
-        let scratch = self.g.value(4 * c, s.h, s.w);
         self.g.push(Op::Attention {
             out: x,
             x,
             xn,
-            scratch,
+            scratch: SCRATCH,
             w,
             heads: heads as u32,
             scale: 1.0 / rescale_output_factor,

@@ -75,7 +75,10 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
     // A 1-D f32 tensor of length n.
     let vec_f32 = |i: u32, n: usize| -> Result<(), &'static str> {
         let ti = t(i)?;
-        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+        ok(
+            ti.dtype == DType::F32 && ti.shape() == [n],
+            "a bias or norm parameter is not a 1-D f32 tensor of the channel count",
+        )
     };
     match *op {
         Op::TimestepEmbed { out, freq_shift, max_period, .. } => {
@@ -86,23 +89,35 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && freq_shift.is_finite()
                 && half - freq_shift != 0.0
                 && max_period.is_finite()
-                && max_period > 0.0)
+                && max_period > 0.0, "TimestepEmbed needs a vector output of at least 2 channels and finite freq_shift (not half the channels) and max_period > 0")
         }
         Op::Linear { out, x, w, b } => {
             let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
             vec_f32(b, o.c)?;
-            ok(is_vector(&o) && is_vector(&xi) && wi.shape() == [o.c, xi.c] && disjoint(&o, &xi))
+            ok(
+                is_vector(&o) && is_vector(&xi) && wi.shape() == [o.c, xi.c] && disjoint(&o, &xi),
+                "Linear needs vector x and out, w of shape [out, in], and out apart from x",
+            )
         }
         Op::Silu { out, x } | Op::Affine { out, x, .. } => {
             let (o, xi) = (v(out)?, v(x)?);
             if let Op::Affine { mul, add, .. } = *op {
-                ok(mul.is_finite() && add.is_finite())?;
+                ok(
+                    mul.is_finite() && add.is_finite(),
+                    "the op needs finite parameters, out of x's shape, and out equal to or apart from x",
+                )?;
             }
-            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+            ok(
+                same_shape(&o, &xi) && same_or_disjoint(&o, &xi),
+                "the op needs finite parameters, out of x's shape, and out equal to or apart from x",
+            )
         }
         Op::ClassEmbed { out, table } => {
             let (o, ti) = (v(out)?, t(table)?);
-            ok(is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c])
+            ok(
+                is_vector(&o) && m.num_classes() > 0 && ti.shape() == [m.num_classes() as usize, o.c],
+                "ClassEmbed needs a vector output, a class-conditioned model and a [classes, channels] table",
+            )
         }
         Op::Conv2d { out, x, w, b, stride, pad, scratch } => {
             let (o, xi, wi, si) = (v(out)?, v(x)?, t(w)?, v(scratch)?);
@@ -115,7 +130,7 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                     let g = conv_shape(&xi, &o, &wi, stride, pad);
                     let (c, h, w) = g.scratch_shape();
                     c.checked_mul(h).and_then(|n| n.checked_mul(w)).is_some_and(|n| si.numel() >= n)
-                })
+                }, "Conv2d's kernel, stride and padding do not map x to out, or the padding scratch is too small or overlaps")
         }
         Op::GroupNorm { out, x, gamma, beta, groups, eps, .. } => {
             let (o, xi) = (v(out)?, v(x)?);
@@ -127,31 +142,40 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && eps.is_finite()
                 && eps >= 0.0
                 && same_shape(&o, &xi)
-                && same_or_disjoint(&o, &xi))
+                && same_or_disjoint(&o, &xi), "GroupNorm needs groups dividing the channels, a finite eps >= 0, and out of x's shape, equal to or apart from it")
         }
         Op::AddChannel { x, v: vv } => {
             let (xi, vi) = (v(x)?, v(vv)?);
-            ok(is_vector(&vi) && vi.c == xi.c && disjoint(&xi, &vi))
+            ok(
+                is_vector(&vi) && vi.c == xi.c && disjoint(&xi, &vi),
+                "AddChannel needs a vector of x's channels, apart from x",
+            )
         }
         Op::ScaleShift { x, v: vv } => {
             let (xi, vi) = (v(x)?, v(vv)?);
-            ok(is_vector(&vi) && vi.c == 2 * xi.c && disjoint(&xi, &vi))
+            ok(
+                is_vector(&vi) && vi.c == 2 * xi.c && disjoint(&xi, &vi),
+                "ScaleShift needs a vector of twice x's channels, apart from x",
+            )
         }
         Op::Add { out, a, b, scale } => {
             let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
-            ok(scale.is_finite()
-                && same_shape(&o, &ai)
-                && same_shape(&o, &bi)
-                && same_or_disjoint(&o, &ai)
-                && same_or_disjoint(&o, &bi)
-                && same_or_disjoint(&ai, &bi))
+            ok(
+                scale.is_finite()
+                    && same_shape(&o, &ai)
+                    && same_shape(&o, &bi)
+                    && same_or_disjoint(&o, &ai)
+                    && same_or_disjoint(&o, &bi)
+                    && same_or_disjoint(&ai, &bi),
+                "Add needs a finite scale and three values of one shape, pairwise equal or apart",
+            )
         }
         Op::Attention { out, x, xn, scratch, w, heads, scale } => {
             let (o, xi, ni, si) = (v(out)?, v(x)?, v(xn)?, v(scratch)?);
             let c = o.c;
             for pair in w.chunks_exact(2) {
                 let wi = t(pair[0])?;
-                ok(wi.shape() == [c, c])?;
+                ok(wi.shape() == [c, c], "Attention needs [c, c] projections, heads dividing c, a finite scale, one shape for out, x and xn, and a scratch of 4 values apart from them")?;
                 vec_f32(pair[1], c)?;
             }
             let h = heads as usize;
@@ -166,24 +190,30 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && same_or_disjoint(&xi, &ni)
                 && disjoint(&si, &o)
                 && disjoint(&si, &xi)
-                && disjoint(&si, &ni))
+                && disjoint(&si, &ni), "Attention needs [c, c] projections, heads dividing c, a finite scale, one shape for out, x and xn, and a scratch of 4 values apart from them")
         }
         Op::Upsample2x { out, x } => {
             let (o, xi) = (m.value(out).ok_or(NO_VALUE)?, m.value(x).ok_or(NO_VALUE)?);
-            ok(o.c == xi.c
-                && Some(o.h) == xi.h.checked_mul(2)
-                && Some(o.w) == xi.w.checked_mul(2)
-                && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
-                && o.dtype != DType::I32
-                && disjoint(&o, &xi))
+            ok(
+                o.c == xi.c
+                    && Some(o.h) == xi.h.checked_mul(2)
+                    && Some(o.w) == xi.w.checked_mul(2)
+                    && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
+                    && o.dtype != DType::I32
+                    && disjoint(&o, &xi),
+                "Upsample2x needs out twice x's size with x's type and scale, apart from x",
+            )
         }
         Op::Concat { out, a, b } => {
             let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
-            ok(o.c == ai.c + bi.c
-                && (o.h, o.w) == (ai.h, ai.w)
-                && (o.h, o.w) == (bi.h, bi.w)
-                && disjoint(&o, &ai)
-                && disjoint(&o, &bi))
+            ok(
+                o.c == ai.c + bi.c
+                    && (o.h, o.w) == (ai.h, ai.w)
+                    && (o.h, o.w) == (bi.h, bi.w)
+                    && disjoint(&o, &ai)
+                    && disjoint(&o, &bi),
+                "Concat needs out's channels to be the sum of a's and b's at one size, apart from both",
+            )
         }
         _ => quantized(m, op),
     }
@@ -207,59 +237,77 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
     };
     let vec_f32 = |i: u32, n: usize| -> Result<(), &'static str> {
         let ti = t(i)?;
-        ok(ti.dtype == DType::F32 && ti.shape() == [n])
+        ok(
+            ti.dtype == DType::F32 && ti.shape() == [n],
+            "a bias or norm parameter is not a 1-D f32 tensor of the channel count",
+        )
     };
     let lut = |i: u32| -> Result<(), &'static str> {
         let ti = t(i)?;
-        ok(ti.dtype == DType::I8 && ti.shape() == [256])
+        ok(ti.dtype == DType::I8 && ti.shape() == [256], "the lookup table is not an i8 tensor of 256 entries")
     };
     match *op {
         Op::Quantize { out, x } => {
             let (o, xi) = (quant(out)?, of(x, DType::F32)?);
-            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi), "the op needs out of x's shape, apart from x")
         }
         Op::Dequantize { out, x } => {
             let (o, xi) = (of(out, DType::F32)?, quant(x)?);
-            ok(same_shape(&o, &xi) && disjoint(&o, &xi))
+            ok(same_shape(&o, &xi) && disjoint(&o, &xi), "the op needs out of x's shape, apart from x")
         }
         Op::QConv2d { out, x, w, brq, stride, pad } => {
             let (o, xi, wi) = (quant(out)?, coded(x)?, t(w)?);
             let [co, ci, kh, kw] = wi.dims;
             let table = i32s(brq)?;
-            ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3])?;
-            ok(table.chunks_exact(3).all(|p| rq_ok(p[1], p[2] as u32)))?;
+            ok(wi.dtype == DType::I8 && wi.ndim == 4 && t(brq)?.shape() == [co, 3], "QConv2d needs an i8 [o, i, kh, kw] kernel, an i32 [o, 3] requantization table, an accumulator that cannot overflow and a geometry mapping x to out")?;
+            ok(table.chunks_exact(3).all(|p| rq_ok(p[1], p[2] as u32)), "QConv2d needs an i8 [o, i, kh, kw] kernel, an i32 [o, 3] requantization table, an accumulator that cannot overflow and a geometry mapping x to out")?;
             // The i32 accumulator cannot overflow: every tap at its extreme plus the largest bias.
             let taps = (ci * kh * kw) as u64;
             let worst = taps * 128 * (xi.dtype.qmax() as u64 + 1)
                 + table.chunks_exact(3).map(|p| p[0].unsigned_abs() as u64).max().unwrap_or(0);
-            ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad))
+            ok(worst < 1 << 31 && conv_geometry_ok(&xi, &o, wi.dims, stride, pad), "QConv2d needs an i8 [o, i, kh, kw] kernel, an i32 [o, 3] requantization table, an accumulator that cannot overflow and a geometry mapping x to out")
         }
         Op::QLut { out, x, table } => {
             let (o, xi) = (coded(out)?, coded(x)?);
-            ok(o.dtype == DType::I8 && xi.dtype == DType::I8)?;
+            ok(
+                o.dtype == DType::I8 && xi.dtype == DType::I8,
+                "QLut maps i8 to i8 of one shape, out equal to or apart from x",
+            )?;
             lut(table)?;
-            ok(same_shape(&o, &xi) && same_or_disjoint(&o, &xi))
+            ok(
+                same_shape(&o, &xi) && same_or_disjoint(&o, &xi),
+                "QLut maps i8 to i8 of one shape, out equal to or apart from x",
+            )
         }
         Op::QGroupNorm { out, x, gamma, beta, groups, eps, lut: table, mid_scale } => {
             let (o, xi) = (coded(out)?, quant(x)?);
-            ok(o.zero == 0 || table != NO_LUT)?;
+            ok(
+                o.zero == 0 || table != NO_LUT,
+                "QGroupNorm's groups, eps, mid_scale, lookup table or shapes do not fit",
+            )?;
             vec_f32(gamma, o.c)?;
             vec_f32(beta, o.c)?;
             if table == NO_LUT {
-                ok(mid_scale.to_bits() == o.scale.to_bits())?;
+                ok(
+                    mid_scale.to_bits() == o.scale.to_bits(),
+                    "QGroupNorm's groups, eps, mid_scale, lookup table or shapes do not fit",
+                )?;
             } else {
                 lut(table)?;
-                ok(o.dtype == DType::I8)?;
+                ok(o.dtype == DType::I8, "QGroupNorm's groups, eps, mid_scale, lookup table or shapes do not fit")?;
             }
             let g = groups as usize;
-            ok(g > 0
-                && o.c % g == 0
-                && eps.is_finite()
-                && eps >= 0.0
-                && mid_scale.is_finite()
-                && mid_scale > 0.0
-                && same_shape(&o, &xi)
-                && same_or_disjoint(&o, &xi))
+            ok(
+                g > 0
+                    && o.c % g == 0
+                    && eps.is_finite()
+                    && eps >= 0.0
+                    && mid_scale.is_finite()
+                    && mid_scale > 0.0
+                    && same_shape(&o, &xi)
+                    && same_or_disjoint(&o, &xi),
+                "QGroupNorm's groups, eps, mid_scale, lookup table or shapes do not fit",
+            )
         }
         Op::QAdd { out, a, b, shift, .. } => {
             let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
@@ -269,7 +317,7 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && (same_shape(&ai, &bi) || broadcast)
                 && same_or_disjoint(&o, &ai)
                 && same_or_disjoint(&o, &bi)
-                && same_or_disjoint(&ai, &bi))
+                && same_or_disjoint(&ai, &bi), "QAdd needs shift <= 62, b of a's shape or a per-channel vector, and the values pairwise equal or apart")
         }
         Op::QSdpa { out, q, k, v, scratch, heads, exp, m_score, s_score, m_out, s_out } => {
             let (o, qi, ki, vi) = (of(out, DType::I8)?, of(q, DType::I8)?, of(k, DType::I8)?, of(v, DType::I8)?);
@@ -277,23 +325,26 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             let Some(TensorView::I16(table)) = m.tensor(exp) else { return Err(WRONG_TENSOR_TYPE) };
             let tokens = o.h * o.w;
             let h = heads as usize;
-            ok(t(exp)?.ndim == 1
-                && table.first().is_some_and(|&e| e > 0)
-                && table.iter().all(|&e| e >= 0)
-                && rq_ok(m_score, s_score)
-                && rq_ok(m_out, s_out)
-                && h > 0
-                && o.c % h == 0
-                && o.c < 1 << 16
-                && tokens <= 1 << 20
-                && si.numel() >= tokens
-                && same_shape(&o, &qi)
-                && same_shape(&o, &ki)
-                && same_shape(&o, &vi)
-                && [qi, ki, vi, si].iter().all(|x| disjoint(&o, x))
-                && [ki, vi, si].iter().all(|x| disjoint(&qi, x))
-                && [vi, si].iter().all(|x| disjoint(&ki, x))
-                && disjoint(&vi, &si))
+            ok(
+                t(exp)?.ndim == 1
+                    && table.first().is_some_and(|&e| e > 0)
+                    && table.iter().all(|&e| e >= 0)
+                    && rq_ok(m_score, s_score)
+                    && rq_ok(m_out, s_out)
+                    && h > 0
+                    && o.c % h == 0
+                    && o.c < 1 << 16
+                    && tokens <= 1 << 20
+                    && si.numel() >= tokens
+                    && same_shape(&o, &qi)
+                    && same_shape(&o, &ki)
+                    && same_shape(&o, &vi)
+                    && [qi, ki, vi, si].iter().all(|x| disjoint(&o, x))
+                    && [ki, vi, si].iter().all(|x| disjoint(&qi, x))
+                    && [vi, si].iter().all(|x| disjoint(&ki, x))
+                    && disjoint(&vi, &si),
+                "QSdpa's exp table, requantization pairs, heads, token count, shapes or scratch do not fit",
+            )
         }
         Op::QConcat { out, a, b, ma, sa, mb, sb } => {
             let (o, ai, bi) = (quant(out)?, quant(a)?, quant(b)?);
@@ -303,16 +354,19 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && (o.h, o.w) == (ai.h, ai.w)
                 && (o.h, o.w) == (bi.h, bi.w)
                 && disjoint(&o, &ai)
-                && disjoint(&o, &bi))
+                && disjoint(&o, &bi), "QConcat needs valid requantization pairs and out's channels to be the sum of a's and b's at one size, apart from both")
         }
         Op::QScaleShift { out, x, v } => {
             let (o, xi, vi) = (quant(out)?, quant(x)?, quant(v)?);
-            ok(same_shape(&o, &xi)
-                && is_vector(&vi)
-                && Some(vi.c) == xi.c.checked_mul(2)
-                && same_or_disjoint(&o, &xi)
-                && disjoint(&vi, &o)
-                && disjoint(&vi, &xi))
+            ok(
+                same_shape(&o, &xi)
+                    && is_vector(&vi)
+                    && Some(vi.c) == xi.c.checked_mul(2)
+                    && same_or_disjoint(&o, &xi)
+                    && disjoint(&vi, &o)
+                    && disjoint(&vi, &xi),
+                "QScaleShift needs out of x's shape and a vector of twice x's channels, apart from both",
+            )
         }
         Op::QClassEmbed { out, x, table } => {
             let (o, xi, ti) = (quant(out)?, quant(x)?, t(table)?);
@@ -321,18 +375,18 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && same_or_disjoint(&o, &xi)
                 && m.num_classes() > 0
                 && ti.dtype == DType::F32
-                && ti.shape() == [m.num_classes() as usize, o.c])
+                && ti.shape() == [m.num_classes() as usize, o.c], "QClassEmbed needs a vector of x's shape, a class-conditioned model and an f32 [classes, channels] table")
         }
         _ => Err("not a quantized op"),
     }
 }
 
-/// `Ok` when `cond` holds; otherwise the op's shapes, parameters or arena ranges do not fit its definition.
-fn ok(cond: bool) -> Result<(), &'static str> {
+/// `Ok` when `cond` holds, else `why`.
+fn ok(cond: bool, why: &'static str) -> Result<(), &'static str> {
     if cond {
         Ok(())
     } else {
-        Err("shapes, parameters or arena overlaps do not fit the op's definition")
+        Err(why)
     }
 }
 
