@@ -1,15 +1,17 @@
 //! Network ops: free functions over slices, output first, one file each.
 //!
 //! Float ops: weights come as `&[W]` with `W:` [`Weight`] (`f32` or `f16`), activations are `f32`, and every
-//! sum accumulates in `f32`. The integer kernels of int8 programs are in `quant.rs`. Shapes are stated in a comment above each function; callers pass slices of exactly
-//! those lengths (the executor derives them from a validated blob).
+//! sum accumulates in `f32`. The integer kernels of int8 programs are their siblings in `int8/`, with the same
+//! file names (`int8/conv2d.rs` beside `conv2d.rs`, and so on) and the shared integer types in `int8/mod.rs`.
+//! Shapes are stated in a comment above each function; callers pass slices of exactly those lengths (the
+//! executor derives them from a validated blob).
 
 mod attention;
 mod conv2d;
 mod elementwise;
 mod group_norm;
+mod int8;
 mod linear;
-mod quant;
 mod resample;
 mod timestep;
 
@@ -17,11 +19,11 @@ pub use attention::{attention_core, attention_output, attention_project};
 pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::group_norm;
-pub use linear::{dot, linear_rows};
-pub use quant::{
+pub use int8::{
     dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
     QElem, QMut, QNorm, QRef, Src,
 };
+pub use linear::{dot, linear_rows};
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;
 

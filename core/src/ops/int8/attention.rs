@@ -1,0 +1,118 @@
+//! Integer multi-head attention core (the q, k, v and output projections are 1×1 [`super::qconv2d`]s).
+
+use super::{rq, QElem};
+
+/// Parameters of [`qsdpa`].
+pub struct QAttention<'a> {
+    /// Channels (all heads).
+    pub c: usize,
+    /// Tokens.
+    pub n: usize,
+    /// Heads (divides `c`).
+    pub heads: usize,
+    /// `exp[z] ∝ e^(−z/Z)` for the converter's step `Z`.
+    pub exp: &'a [i16],
+    /// Score difference → table index.
+    pub m_score: i32,
+    /// Shift of `m_score`.
+    pub s_score: u32,
+    /// `Σ p·v` → output.
+    pub m_out: i32,
+    /// Shift of `m_out`.
+    pub s_out: u32,
+}
+
+/// Multi-head attention core in integers: scores, a table-driven softmax with 15-bit probabilities, and the
+/// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32.
+pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
+    let (c, n) = (p.c, p.n);
+    if p.heads == 0 || !c.is_multiple_of(p.heads) || n == 0 || p.exp.is_empty() {
+        return;
+    }
+    let (Some(s), Some(last)) = (scores.get_mut(..n), p.exp.len().checked_sub(1)) else { return };
+    if [out.len(), q.len(), k.len(), v.len()].iter().any(|&l| l < c * n) {
+        return;
+    }
+    let dh = c / p.heads;
+    for head in 0..p.heads {
+        let chans = head * dh..(head + 1) * dh;
+        for i in 0..n {
+            s.fill(0);
+            for d in chans.clone() {
+                let qv = i32::from(q[d * n + i]);
+                for (e, &kv) in s.iter_mut().zip(&k[d * n..(d + 1) * n]) {
+                    *e += qv * i32::from(kv);
+                }
+            }
+            let mx = s.iter().copied().max().unwrap_or(0);
+            let mut sum = 0i64;
+            for e in s.iter_mut() {
+                let z = rq(i64::from(mx) - i64::from(*e), p.m_score, p.s_score).clamp(0, last as i64) as usize;
+                *e = i32::from(p.exp[z]);
+                sum += i64::from(*e);
+            }
+            let sum = sum.max(1);
+            for e in s.iter_mut() {
+                *e = ((i64::from(*e) << 15) + sum / 2).wrapping_div(sum) as i32;
+            }
+            for d in chans.clone() {
+                let acc: i64 =
+                    s.iter().zip(&v[d * n..(d + 1) * n]).map(|(&pj, &vj)| i64::from(pj) * i64::from(vj)).sum();
+                out[d * n + i] = i8::sat(rq(acc, p.m_out, p.s_out));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::ops::int8::tests::ints;
+    use std::{vec, vec::Vec};
+
+    #[test]
+    fn qsdpa_matches_float_attention() {
+        let (c, n, heads) = (8, 10, 2);
+        let q: Vec<i8> = ints(c * n, 127, 5).map(|v| v as i8).collect();
+        let k: Vec<i8> = ints(c * n, 127, 6).map(|v| v as i8).collect();
+        let v: Vec<i8> = ints(c * n, 127, 7).map(|v| v as i8).collect();
+        let (sq, sk, sv, so) = (0.02f64, 0.03f64, 0.05f64, 0.04f64);
+        let dh = (c / heads) as f64;
+        let steps = 64.0;
+        let exp: Vec<i16> = (0..1024).map(|z| (32767.0 * (-(z as f64) / steps).exp()).round() as i16).collect();
+        let fixed = |r: f64| {
+            let s = (30 - r.log2().floor() as i32) as u32;
+            ((r * 2f64.powi(s as i32)).round() as i32, s)
+        };
+        let (m_score, s_score) = fixed(sq * sk / dh.sqrt() * steps);
+        let (m_out, s_out) = fixed(sv / (32768.0 * so));
+        let p = QAttention { c, n, heads, exp: &exp, m_score, s_score, m_out, s_out };
+        let mut out = vec![0i8; c * n];
+        let mut scratch = vec![0i32; n];
+        qsdpa(&mut out, &q, &k, &v, &mut scratch, &p);
+        for h in 0..heads {
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (h * 4..h * 4 + 4)
+                            .map(|d| f64::from(q[d * n + i]) * sq * f64::from(k[d * n + j]) * sk)
+                            .sum::<f64>()
+                            / dh.sqrt()
+                    })
+                    .collect();
+                let mx = s.iter().copied().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in h * 4..h * 4 + 4 {
+                    let y = (0..n).map(|j| e[j] / sum * f64::from(v[d * n + j]) * sv).sum::<f64>() / so;
+                    let got = f64::from(out[d * n + i]);
+                    assert!(
+                        (got - y.round().clamp(-127.0, 127.0)).abs() <= 2.0,
+                        "head {h} query {i} ch {d}: {got} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Integer group normalisation, optionally fused with an i8 → i8 lookup table (SiLU).
+
+use super::{channel_affine, QMut, Src};
+
+/// Parameters of [`qgroup_norm`].
+pub struct QNorm<'a> {
+    /// Channels.
+    pub c: usize,
+    /// Pixels per channel.
+    pub hw: usize,
+    /// Groups (divides `c`).
+    pub groups: usize,
+    /// Per-channel scale.
+    pub gamma: &'a [f32],
+    /// Per-channel shift.
+    pub beta: &'a [f32],
+    /// Variance epsilon.
+    pub eps: f32,
+    /// The input's scale.
+    pub x_scale: f32,
+    /// The scale of the normalised result (before the lookup table).
+    pub mid_scale: f32,
+    /// SiLU (or any i8 → i8 map) applied to the normalised result.
+    pub lut: Option<&'a [i8; 256]>,
+}
+
+/// Group normalisation: statistics exact in integers, then per channel `y = (x·A + B) >> 24` with the
+/// fixed-point coefficients `A`, `B` computed once per channel in f32. Works in place when `x` is `Src::Out`.
+pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
+    let (c, hw) = (p.c, p.hw);
+    if p.groups == 0 || !c.is_multiple_of(p.groups) || hw == 0 || p.gamma.len() < c || p.beta.len() < c {
+        return;
+    }
+    let cg = c / p.groups;
+    let n = (cg * hw) as i64;
+    let ymax = i64::from(if p.lut.is_some() { 127 } else { out.max() });
+    for g in 0..p.groups {
+        let base = g * cg * hw;
+        let (mut s1, mut s2) = (0i64, 0i64);
+        for i in base..base + cg * hw {
+            let q = i64::from(x.get(out, i));
+            s1 += q;
+            s2 += q * q;
+        }
+        // n·Σq² − (Σq)² ≥ 0 exactly; mean and variance in units of the input's integer step.
+        let var_n2 = i128::from(n) * i128::from(s2) - i128::from(s1) * i128::from(s1);
+        let mean = (s1 as f64 / n as f64) as f32;
+        let var = (var_n2 as f64 / (n as f64 * n as f64)) as f32;
+        let inv = 1.0 / libm::sqrtf(var * p.x_scale * p.x_scale + p.eps);
+        for ch in g * cg..(g + 1) * cg {
+            let gi = p.gamma[ch] * inv;
+            let a = p.x_scale * gi / p.mid_scale;
+            let b = (p.beta[ch] - mean * p.x_scale * gi) / p.mid_scale;
+            channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::ops::int8::tests::ints;
+    use crate::ops::int8::QRef;
+    use std::{vec, vec::Vec};
+
+    #[test]
+    fn qgroup_norm_matches_float_within_one_step() {
+        let (c, hw, groups) = (6, 20, 3);
+        let x: Vec<i16> = ints(c * hw, 3000, 4).map(|v| (v + 500) as i16).collect();
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.2 * i as f32).collect();
+        let beta: Vec<f32> = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
+        let (xs, mid) = (0.001f32, 0.03f32);
+        let p = QNorm { c, hw, groups, gamma: &gamma, beta: &beta, eps: 1e-5, x_scale: xs, mid_scale: mid, lut: None };
+        let mut out = [0i8; 120];
+        qgroup_norm(&mut QMut::I8(&mut out), Src::Other(QRef::I16(&x)), &p);
+        let cg = c / groups;
+        for g in 0..groups {
+            let part = &x[g * cg * hw..(g + 1) * cg * hw];
+            let n = part.len() as f64;
+            let mean = part.iter().map(|&v| f64::from(v) * f64::from(xs)).sum::<f64>() / n;
+            let var = part.iter().map(|&v| (f64::from(v) * f64::from(xs) - mean).powi(2)).sum::<f64>() / n;
+            for i in g * cg * hw..(g + 1) * cg * hw {
+                let ch = i / hw;
+                let y = (f64::from(x[i]) * f64::from(xs) - mean) / (var + 1e-5).sqrt() * f64::from(gamma[ch])
+                    + f64::from(beta[ch]);
+                let want = (y / f64::from(mid)).round().clamp(-127.0, 127.0);
+                assert!((f64::from(out[i]) - want).abs() <= 1.0, "{i}: {} vs {want}", out[i]);
+            }
+        }
+        // In place gives the same bits.
+        let mut inplace: Vec<i16> = x.clone();
+        let p16 = QNorm { mid_scale: mid, ..p };
+        qgroup_norm(&mut QMut::I16(&mut inplace), Src::Out, &p16);
+        let mut apart = vec![0i16; x.len()];
+        qgroup_norm(&mut QMut::I16(&mut apart), Src::Other(QRef::I16(&x)), &p16);
+        assert_eq!(inplace, apart);
+    }
+}
