@@ -7,7 +7,7 @@ use super::calibrate::{silu_range, symmetric_scale, Hist, InputMeans, Site};
 use super::floats;
 use super::fold::{exp_table, fixed, fixed_pair, fold_conv, silu_table, Kernel, EXP_LEN, EXP_STEPS};
 use crate::error::Result;
-use crate::graph::{Data, Graph, Shape};
+use crate::graph::{Data, Graph, Shape, SCRATCH};
 use crate::{bail, err};
 use ddpm_core::format::DType;
 use ddpm_core::program::{Op, NO_LUT};
@@ -273,7 +273,7 @@ impl Builder<'_> {
             Op::Attention { out, x, xn, w, heads, scale, .. } => {
                 let (xq, nq) = (self.input(x)?, self.input(xn)?);
                 let s = shape(x);
-                let (c, n) = (s.c, s.h * s.w);
+                let c = s.c;
                 let (xn_mean, att_mean) = (self.means.get(&(i, 0)).cloned(), self.means.get(&(i, 1)).cloned());
                 let mut qkv = [0u32; 3];
                 for (k, site) in [Site::Q(i), Site::K(i), Site::V(i)].into_iter().enumerate() {
@@ -292,7 +292,6 @@ impl Builder<'_> {
                     )?;
                 }
                 let att = self.qvalue(s, Site::Attn(i))?;
-                let scratch = self.q.typed_value(n, 1, 1, DType::I32, 0.0);
                 let sc = |v: u32, b: &Self| f64::from(b.info(v).scale);
                 let dh = (c / heads as usize) as f64;
                 let (m_score, s_score) = fixed(sc(qkv[0], self) * sc(qkv[1], self) / dh.sqrt() * EXP_STEPS);
@@ -303,7 +302,7 @@ impl Builder<'_> {
                     q: qkv[0],
                     k: qkv[1],
                     v: qkv[2],
-                    scratch,
+                    scratch: SCRATCH,
                     heads,
                     exp,
                     m_score,
