@@ -3,8 +3,10 @@
 //! Environment (all optional):
 //! - `DDPM_BLOB`: path of the blob to embed (default `target/blobs/a_ddpm_f16.blob`, relative to this crate,
 //!   which `scripts/firmware-test.sh` makes with `host-cli convert`; this script never runs host-cli).
-//! - `DDPM_SEED` (default 7), `DDPM_STEPS` (default 10), `DDPM_SAMPLER` (`ddim` or `ddpm`, default `ddim`),
-//!   `DDPM_ETA` (DDIM's η, default 0), `DDPM_CLASS` (class label for class-conditional models, default none).
+//! - `DDPM_SEED` (default 7), `DDPM_STEPS` (default 10), `DDPM_SAMPLER` (`ddim`, `ddpm` or `dpm-solver`,
+//!   default `ddim`), `DDPM_ETA` (DDIM's η, default 0), `DDPM_SOLVER_ORDER` (DPM-Solver++'s `solver_order`,
+//!   1 or 2, default 2; `lower_order_final` and a zero final σ as diffusers' defaults), `DDPM_CLASS` (class
+//!   label for class-conditional models, default none).
 //! - `DDPM_PROFILE=1`: also time one forward pass op by op (the `ddpm_profile` cfg).
 //!
 //! They become constants in `$OUT_DIR/config.rs`; the blob's absolute path goes to `include_bytes!` through
@@ -52,10 +54,15 @@ fn main() {
     let steps: u32 = parse("DDPM_STEPS", 10);
     let eta: f32 = parse("DDPM_ETA", 0.0);
     let class: Option<u32> = var("DDPM_CLASS").map(|v| v.parse().expect("DDPM_CLASS must be an integer"));
+    let order: u8 = parse("DDPM_SOLVER_ORDER", 2);
     let method = match var("DDPM_SAMPLER").as_deref().unwrap_or("ddim") {
         "ddim" => format!("Method::Ddim {{ eta: {eta:?}_f32 }}"),
         "ddpm" => "Method::Ddpm".to_string(),
-        other => panic!("DDPM_SAMPLER={other:?}: expected ddim or ddpm"),
+        "dpm-solver" => format!(
+            "Method::DpmSolver {{ order: {order}, lower_order_final: true, \
+             final_sigmas: ddpm_core::sampler::FinalSigmas::Zero }}"
+        ),
+        other => panic!("DDPM_SAMPLER={other:?}: expected ddim, ddpm or dpm-solver"),
     };
     // DDPM_PROFILE=1 adds a per-op profile of one forward pass (uses `Model::forward_observed`).
     println!("cargo:rustc-check-cfg=cfg(ddpm_profile)");

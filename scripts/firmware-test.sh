@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Firmware check: ddpm-core samples an image on a Cortex-M4F under QEMU (mps2-an386),
-# bit-identical to the host. For each model, precision (f32, f16, int8) and sampler (ddim, ddpm) it converts the
-# model with host-cli, builds firmware/ with that blob embedded, runs it under qemu-system-arm, and requires the
-# firmware's `checksum` line to equal `host-cli sample`'s for the same seed and steps. Idempotent: installs the
-# bare-metal target and QEMU only when missing.
+# bit-identical to the host. For each model, precision (f32, f16, int8) and sampler (ddim, ddpm, and dpm-solver:
+# DPM-Solver++ 2M with diffusers' defaults) it converts the model with host-cli, builds firmware/ with that blob
+# embedded, runs it under qemu-system-arm, and requires the firmware's `checksum` line to equal `host-cli sample`'s
+# for the same seed and steps. Idempotent: installs the bare-metal target and QEMU only when missing.
 #
 # Environment (optional):
 #   FIRMWARE_MODELS   space-separated checkpoints/diffusers folders (default: the a_ddpm fixture and the shipped MNIST model)
 #   FIRMWARE_PRECISIONS  space-separated precisions (default: f32 f16 int8)
+#   FIRMWARE_SAMPLERS space-separated samplers (default: ddim ddpm dpm-solver)
 #   DDPM_SEED         seed (default 7)
 #   DDPM_STEPS        inference steps (default 10)
 #   FIRMWARE_TIMEOUT  seconds per QEMU run (default 300)
@@ -21,6 +22,7 @@ MODELS=${FIRMWARE_MODELS:-tests/fixtures/unet/a_ddpm weights/mnist/model}
 SEED=${DDPM_SEED:-7}
 STEPS=${DDPM_STEPS:-10}
 PRECISIONS=${FIRMWARE_PRECISIONS:-f32 f16 int8}
+SAMPLERS=${FIRMWARE_SAMPLERS:-ddim ddpm dpm-solver}
 TIMEOUT=${FIRMWARE_TIMEOUT:-300}
 FW=firmware
 BLOBS=$FW/target/blobs          # converted blobs (firmware/build.rs defaults to a_ddpm_f16.blob here)
@@ -72,7 +74,7 @@ for model in $MODELS; do
             fail "$name $precision" "host-cli convert failed"
             continue
         fi
-        for sampler in ddim ddpm; do
+        for sampler in $SAMPLERS; do
             case="${name} ${precision} ${sampler} seed ${SEED} steps ${STEPS}"
             tag=${name}_${precision}_${sampler}
             echo "== $case"

@@ -159,6 +159,12 @@ fn main() -> ! {
     match config::METHOD {
         Method::Ddim { eta } => hprint!("sampler   ddim (eta {})", eta),
         Method::Ddpm => hprint!("sampler   ddpm"),
+        Method::DpmSolver { order, lower_order_final, final_sigmas } => hprint!(
+            "sampler   dpm-solver (order {}, lower_order_final {}, final sigma {})",
+            order,
+            lower_order_final,
+            final_sigmas.name()
+        ),
     }
     hprintln!(", {} steps, seed {}, class {:?}", s.num_steps(), config::SEED, config::CLASS);
 

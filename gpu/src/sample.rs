@@ -42,10 +42,14 @@ pub(crate) fn step_table(
     in_channels: usize,
     out_channels: usize,
 ) -> Result<Vec<StepRow>, Error> {
-    if let Method::Ddim { eta } = method {
-        if !(eta.is_finite() && eta >= 0.0) {
-            return Err(SampleError::BadEta.into());
+    match method {
+        Method::Ddim { eta } if !(eta.is_finite() && eta >= 0.0) => return Err(SampleError::BadEta.into()),
+        Method::DpmSolver { .. } => {
+            return Err(Error::Unsupported(
+                "DPM-Solver++ (a multistep solver, not in the shaders yet); sample it with --backend cpu",
+            ))
         }
+        _ => {}
     }
     if s.thresholding {
         return Err(Error::Unsupported(
@@ -95,6 +99,8 @@ pub(crate) fn step_table(
                 r[5] = alpha_prod_t_prev.sqrt();
                 r[6] = std_dev_t;
             }
+            // refused above
+            Method::DpmSolver { .. } => {}
         }
         rows.push(r);
     }
@@ -130,6 +136,7 @@ mod tests {
         let s = Schedule::DDPM_DEFAULT;
         assert_eq!(table(&s, Method::Ddim { eta: -1.0 }, 5).unwrap_err(), Error::Sample(SampleError::BadEta));
         assert_eq!(table(&s, Method::Ddpm, 0).unwrap_err(), Error::Sample(SampleError::BadSteps));
+        assert!(matches!(table(&s, Method::DPM_SOLVER, 5), Err(Error::Unsupported(_))));
         let mut ac = vec![0f32; 1000];
         ddpm_core::sampler::schedule::alphas_cumprod(&s, None, &mut ac);
         let learned_without_type = step_table(&s, &ac, Method::Ddpm, 5, 3, 6).unwrap_err();

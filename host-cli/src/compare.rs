@@ -241,11 +241,12 @@ fn explain(m: &Model<'_>, option: &str, steps: u32, e: SampleError) -> anyhow::E
     }
 }
 
-/// `sample`'s default number of steps: the training steps for DDPM, 50 for DDIM.
+/// `sample`'s default number of steps: the training steps for DDPM, 50 for DDIM, 20 for DPM-Solver++.
 fn default_steps(m: &Model<'_>, method: Method) -> u32 {
     match method {
         Method::Ddpm => m.schedule().num_train_timesteps,
         Method::Ddim { .. } => 50,
+        Method::DpmSolver { .. } => 20,
     }
 }
 
@@ -404,6 +405,10 @@ fn method_name(m: Method) -> String {
     match m {
         Method::Ddpm => "DDPM".to_string(),
         Method::Ddim { eta } => format!("DDIM (eta {eta})"),
+        Method::DpmSolver { order, lower_order_final, final_sigmas } => format!(
+            "DPM-Solver++ (order {order}, lower_order_final {lower_order_final}, final sigma {})",
+            final_sigmas.name()
+        ),
     }
 }
 
@@ -467,6 +472,7 @@ impl Report {
         let (sampler, eta) = match self.method {
             Method::Ddpm => ("ddpm", 0.0),
             Method::Ddim { eta } => ("ddim", eta),
+            Method::DpmSolver { .. } => ("dpm-solver", 0.0),
         };
         let worst = f.worst();
         let (min, at) = p.min_psnr();

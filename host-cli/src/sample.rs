@@ -82,6 +82,7 @@ pub fn run(m: &Model<'_>, a: &SampleArgs) -> Result<()> {
     let default_steps = match a.method {
         Method::Ddpm => m.schedule().num_train_timesteps,
         Method::Ddim { .. } => 50,
+        Method::DpmSolver { .. } => 20,
     };
     let steps = a.steps.unwrap_or(default_steps);
     let replay = a.noise.as_deref().map(load::read_npy).transpose()?;

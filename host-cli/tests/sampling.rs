@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fixtures, host_cli, host_cli_ok};
-use ddpm_core::sampler::{Method, SampleSpec, Sampler};
+use ddpm_core::sampler::{FinalSigmas, Method, SampleError, SampleSpec, Sampler};
 use host_cli::blobfile::{arena, AlignedBlob};
 
 fn convert_d(dir: &std::path::Path) -> std::path::PathBuf {
@@ -88,12 +88,11 @@ fn const_arena_size_matches_the_sampler() {
     let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
     let m = blob.model().unwrap();
     for batch in [1, 3] {
-        let s = Sampler::new(
-            &m,
-            SampleSpec { method: Method::Ddpm, steps: 5, batch, seed: 0, class: None, first_image: 0 },
-        )
-        .unwrap();
-        assert_eq!(ddpm_core::sampler::sampler_arena_bytes(blob.bytes(), batch as usize), s.arena_bytes());
+        for method in [Method::Ddpm, Method::Ddim { eta: 0.0 }, Method::DPM_SOLVER] {
+            let s =
+                Sampler::new(&m, SampleSpec { method, steps: 5, batch, seed: 0, class: None, first_image: 0 }).unwrap();
+            assert_eq!(ddpm_core::sampler::sampler_arena_bytes(blob.bytes(), batch as usize), s.arena_bytes());
+        }
     }
 }
 
@@ -102,7 +101,9 @@ fn stop_and_resume_gives_the_uninterrupted_result() {
     let tmp = tempfile::tempdir().unwrap();
     let blob = AlignedBlob::read(&convert_d(tmp.path())).unwrap();
     let m = blob.model().unwrap();
-    for method in [Method::Ddpm, Method::Ddim { eta: 0.3 }] {
+    let dpm_sigma_min = Method::DpmSolver { order: 2, lower_order_final: false, final_sigmas: FinalSigmas::SigmaMin };
+    let dpm_first_order = Method::DpmSolver { order: 1, lower_order_final: true, final_sigmas: FinalSigmas::Zero };
+    for method in [Method::Ddpm, Method::Ddim { eta: 0.3 }, Method::DPM_SOLVER, dpm_sigma_min, dpm_first_order] {
         let spec = SampleSpec { method, steps: 10, batch: 2, seed: 3, class: None, first_image: 0 };
         let s = Sampler::new(&m, spec).unwrap();
         let mut a1 = arena(s.arena_bytes());
@@ -112,7 +113,8 @@ fn stop_and_resume_gives_the_uninterrupted_result() {
             s.step(a1, &mut st, None).unwrap();
         }
         let straight = s.samples(a1).to_vec();
-        // Stop after 4 steps, keep only x_t and the step count, resume in a fresh arena.
+        // Stop after 4 steps, keep only x_t, x̂₀ (DPM-Solver++'s multistep state) and the step count, resume in a
+        // fresh arena.
         let mut a2 = arena(s.arena_bytes());
         let a2: &mut [u8] = bytemuck::cast_slice_mut(&mut a2);
         let mut st = s.start(a2, None).unwrap();
@@ -120,14 +122,63 @@ fn stop_and_resume_gives_the_uninterrupted_result() {
             s.step(a2, &mut st, None).unwrap();
         }
         let saved = s.samples(a2).to_vec();
+        let saved_x0 = s.pred_original(a2).to_vec();
         let mut a3 = arena(s.arena_bytes());
         let a3: &mut [u8] = bytemuck::cast_slice_mut(&mut a3);
-        let mut st = s.resume(a3, &saved, st.done).unwrap();
+        let multistep = s.steps().reads_previous_x0(st.done);
+        assert_eq!(multistep, matches!(method, Method::DpmSolver { order: 2, .. }), "{method:?}");
+        if multistep {
+            assert_eq!(s.resume(a3, &saved, None, st.done), Err(SampleError::NeedsHistory), "{method:?}");
+        }
+        let x0 = multistep.then_some(&saved_x0[..]);
+        let mut st = s.resume(a3, &saved, x0, st.done).unwrap();
         while st.done < s.num_steps() {
             s.step(a3, &mut st, None).unwrap();
         }
         assert_eq!(s.samples(a3), &straight[..], "{method:?}: resumed run differs");
         assert!(s.step(a3, &mut st, None).is_err(), "stepping past the end must be an error");
+    }
+}
+
+/// A saved `DPMSolverMultistepScheduler` config converts (Python's `-Infinity` included), and the options the
+/// engine cannot follow are errors naming them.
+#[test]
+fn dpm_solver_scheduler_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = fixtures().join("unet/a_ddpm");
+    let cfg = |extra: &str| {
+        let path = tmp.path().join("scheduler_config.json");
+        let text = format!(
+            r#"{{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++", "solver_order": 2,
+                "solver_type": "midpoint", "lambda_min_clipped": -Infinity, "variance_type": null,
+                "use_karras_sigmas": false, "final_sigmas_type": "zero", "lower_order_final": true{extra}}}"#
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let blob = tmp.path().join("dpm.blob");
+    let (b, o) = (blob.to_str().unwrap(), tmp.path().join("x.png"));
+    let convert = |extra: &str| {
+        let c = cfg(extra);
+        host_cli(&["convert", d.to_str().unwrap(), "--scheduler", c.to_str().unwrap(), "-o", b])
+    };
+    let out = convert("");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspect = String::from_utf8_lossy(&host_cli(&["inspect", b]).stdout).into_owned();
+    assert!(inspect.contains("linspace"), "a DPMSolverMultistepScheduler config defaults to linspace: {inspect}");
+    host_cli_ok(&["sample", b, "-n", "1", "--sampler", "dpm-solver", "--steps", "4", "-o", o.to_str().unwrap()]);
+    for (extra, needle) in [
+        (r#", "algorithm_type": "sde-dpmsolver++""#, "algorithm_type"),
+        (r#", "solver_type": "heun""#, "solver_type"),
+        (r#", "use_karras_sigmas": true"#, "use_karras_sigmas"),
+        (r#", "solver_order": 3"#, "solver_order"),
+        (r#", "lambda_min_clipped": -5.1"#, "lambda_min_clipped"),
+        (r#", "euler_at_final": true"#, "euler_at_final"),
+    ] {
+        let out = convert(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra}: {err}");
+        assert!(err.contains(needle) && err.contains("unsupported"), "{extra}: {err}");
     }
 }
 
@@ -152,6 +203,10 @@ fn bad_sampling_input_is_a_clear_error() {
     fails(&["sample", b, "--seed", "abc", "-o", o], 2, "seed");
     fails(&["sample", b, "-n", "0", "-o", o], 1, "batch");
     fails(&["sample", b, "--sampler", "ddim", "--eta", "-1", "-o", o], 1, "eta");
+    fails(&["sample", b, "--sampler", "dpm-solver", "--solver-order", "3", "-o", o], 2, "solver-order");
+    fails(&["sample", b, "--sampler", "dpm-solver", "--final-sigmas", "karras", "-o", o], 2, "final-sigmas");
+    // DPM-Solver++ on linspace with k = T would repeat a timestep: refused like any impossible --steps.
+    fails(&["sample", b, "--sampler", "dpm-solver", "--steps", "1000", "-o", o], 1, "steps");
     // A noise file of the wrong shape: the model's x.npy is [2, 3, 16, 16], not [K, N, 3, 16, 16].
     let x = fixtures().join("unet/a_ddpm/x.npy");
     fails(&["sample", b, "--steps", "4", "--noise", x.to_str().unwrap(), "-o", o], 1, "noise file");

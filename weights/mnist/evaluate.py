@@ -6,7 +6,9 @@ Input: samples [N,1,28,28] float32 in model space ([-1, 1]), either
                                   --sampler ddpm|ddim --npy OUT.npy`, or
   --diffusers MODEL_DIR --steps S sampled here with diffusers from a pipeline folder
                                   (MODEL_DIR/unet + MODEL_DIR/scheduler, or a bare unet folder);
-                                  S = 1000 (DDPM, every step) or ddimK (DDIM, K steps, eta 0).
+                                  S = 1000 (DDPM, every step), ddimK (DDIM, K steps, eta 0) or dpmK
+                                  (DPM-Solver++ 2M, K steps: DPMSolverMultistepScheduler with its
+                                  defaults, solver_order 2, lower_order_final, final sigma zero).
 Figures, for the samples and for the yardstick (N real training digits, seeded):
   (a) share classified with max softmax >= 0.9
   (b) how many of the 10 digits appear as argmax (histogram printed)
@@ -18,6 +20,7 @@ move it), so hold the goal against the means over several seeds (--seed 0,1,2,3)
 
   nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --seed 0
   nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --seed 0,1,2,3 --json out.json
+  nice -n 19 python3 evaluate.py --diffusers model --steps dpm15 -n 500 --seed 0,1,2,3
   nice -n 19 python3 evaluate.py --npy out.npy
   host-cli noise mnist-f32.blob -n 500 --steps 50 --seed 1 -o n1.npy    # the engine's seed-1 noise, then
   nice -n 19 python3 evaluate.py --diffusers model --steps ddim50 -n 500 --noise n1.npy   # its samples
@@ -90,15 +93,23 @@ def load_pipeline_parts(model_dir):
 
 @torch.no_grad()
 def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0, noise=None):
-    """noise: the engine's [K+1, N, 1, 28, 28] array (`host-cli noise`), x_T then each step's noise (DDIM only)."""
-    from diffusers import DDIMScheduler
+    """noise: the engine's [K+1, N, 1, 28, 28] array (`host-cli noise`), x_T then each step's noise (DDIM and
+    DPM-Solver++, which uses x_T only)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
     unet, sched = load_pipeline_parts(model_dir)
-    if noise is not None and not steps.startswith("ddim"):
-        sys.exit("--noise replays DDIM (--steps ddimK) only")
+    dpm = steps.startswith("dpm")
+    if noise is not None and not (steps.startswith("ddim") or dpm):
+        sys.exit("--noise replays DDIM (--steps ddimK) and DPM-Solver++ (--steps dpmK) only")
     if steps.startswith("ddim"):
         sched = DDIMScheduler.from_config(sched.config)
         sched.set_timesteps(int(steps[4:]))
         kw = dict(eta=eta)
+    elif dpm:
+        # DPM-Solver++ (2M) as diffusers users pick it: from the pipeline's scheduler config (its spacing and
+        # betas), with DPMSolverMultistepScheduler's defaults for the solver options.
+        sched = DPMSolverMultistepScheduler.from_config(sched.config)
+        sched.set_timesteps(int(steps[3:]))
+        kw = {}
     else:
         k = int(steps)
         sched.set_timesteps(k)
@@ -118,9 +129,14 @@ def sample_diffusers(model_dir, n, steps, seed, batch, eta=0.0, noise=None):
     for i in range(0, n, batch):
         b = min(batch, n - i)
         x = torch.randn((b, c, h, h), generator=g) if noise is None else frame(0, i, b)
+        if dpm:
+            sched.set_timesteps(int(steps[3:]))  # a multistep scheduler keeps state: restart it for each batch
         for k, t in enumerate(sched.timesteps):
             eps = unet(x, t).sample
-            step_noise = dict(generator=g) if noise is None else dict(variance_noise=frame(k + 1, i, b))
+            if dpm:
+                step_noise = {}
+            else:
+                step_noise = dict(generator=g) if noise is None else dict(variance_noise=frame(k + 1, i, b))
             x = sched.step(eps, t, x, **step_noise, **kw).prev_sample
         out.append(x.clamp(-1, 1))
     return torch.cat(out).numpy().astype(np.float32)
@@ -183,7 +199,7 @@ def main():
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--npy", help="samples [N,1,28,28] float32 in [-1,1]")
     src.add_argument("--diffusers", metavar="MODEL_DIR", help="sample with diffusers from this folder")
-    ap.add_argument("--steps", default="ddim50", help="1000 (DDPM) or ddimK (with --diffusers)")
+    ap.add_argument("--steps", default="ddim50", help="1000 (DDPM), ddimK or dpmK (DPM-Solver++) (with --diffusers)")
     ap.add_argument("-n", type=int, default=500, help="samples to draw (--diffusers)")
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM's eta (--diffusers with ddimK)")
     ap.add_argument("--seed", default="0",
@@ -191,7 +207,7 @@ def main():
                          "repeats the whole evaluation per seed and also reports the means")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--noise", help="with --diffusers ddimK: replay the engine's noise (`host-cli noise MODEL -n N "
+    ap.add_argument("--noise", help="with --diffusers ddimK or dpmK: replay the engine's noise (`host-cli noise MODEL -n N "
                     "--steps K --seed S -o FILE`) instead of torch's, to score the engine's samples faster")
     ap.add_argument("--save-npy", help="also write the diffusers samples here")
     ap.add_argument("--grid", help="write a PNG grid of (up to 200) samples here")

@@ -328,9 +328,11 @@ impl UNetConfig {
         m.insert("out_channels".into(), json!(conv_out.first().copied().unwrap_or(0)));
         let mut boc = Vec::new();
         let (mut downs, mut ups) = (Vec::new(), Vec::new());
+        // A tensor's leading dimension; 0 for a zero-dimensional one (which the config checks then refuse).
+        let lead = |d: &Vec<usize>| d.first().copied().unwrap_or(0);
         while let Some(d) = dims(&format!("down_blocks.{}.resnets.0.conv1.weight", boc.len())) {
             let i = boc.len();
-            boc.push(d[0]);
+            boc.push(lead(d));
             let attn = t.keys().any(|k| k.starts_with(&format!("down_blocks.{i}.attentions.")));
             downs.push(if attn { "AttnDownBlock2D" } else { "DownBlock2D" });
             let attn_up = t.keys().any(|k| k.starts_with(&format!("up_blocks.{i}.attentions.")));
@@ -344,18 +346,18 @@ impl UNetConfig {
         m.insert("down_block_types".into(), json!(downs));
         m.insert("up_block_types".into(), json!(ups));
         m.insert("layers_per_block".into(), json!(layers));
-        let temb = dims("time_embedding.linear_1.weight").map(|d| d[0]).unwrap_or(4 * boc[0]);
+        let temb = dims("time_embedding.linear_1.weight").map(lead).unwrap_or(4 * boc[0]);
         if temb != 4 * boc[0] {
             m.insert("time_embedding_dim".into(), json!(temb));
         }
-        let proj = dims("down_blocks.0.resnets.0.time_emb_proj.weight").map(|d| d[0]);
+        let proj = dims("down_blocks.0.resnets.0.time_emb_proj.weight").map(lead);
         let shift = if proj == Some(2 * boc[0]) { "scale_shift" } else { "default" };
         m.insert("resnet_time_scale_shift".into(), json!(shift));
         let mid = t.keys().any(|k| k.starts_with("mid_block."));
         m.insert("mid_block_type".into(), if mid { json!("UNetMidBlock2D") } else { Value::Null });
         m.insert("add_attention".into(), json!(t.keys().any(|k| k.starts_with("mid_block.attentions."))));
         if let Some(d) = dims("class_embedding.weight") {
-            m.insert("num_class_embeds".into(), json!(d[0]));
+            m.insert("num_class_embeds".into(), json!(lead(d)));
         }
         if shift == "scale_shift" && t.contains_key("mid_block.attentions.0.group_norm.weight") {
             // With scale_shift, diffusers gives the mid attention a group norm only if attn_norm_num_groups is
@@ -419,10 +421,40 @@ pub fn parse_overrides(sets: &[String]) -> Result<Map<String, Value>> {
 /// Reads a JSON object from a file.
 pub fn read_json_object(path: &std::path::Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    match serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))? {
+    // Python's json module writes non-finite floats as bare `Infinity`, `-Infinity` and `NaN` (diffusers'
+    // DPMSolverMultistepScheduler saves `"lambda_min_clipped": -Infinity`); read them as the strings "inf",
+    // "-inf" and "nan", which the readers of such options accept.
+    let parsed =
+        serde_json::from_str(&text).or_else(|e| serde_json::from_str(&python_floats_as_strings(&text)).map_err(|_| e));
+    match parsed.with_context(|| format!("{} is not valid JSON", path.display()))? {
         Value::Object(m) => Ok(m),
         _ => bail!(Config, "{} does not hold a JSON object", path.display()),
     }
+}
+
+/// `text` with Python's bare non-finite float tokens outside strings replaced by JSON strings.
+fn python_floats_as_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            (in_string, escaped) = (escaped || c != '"', !escaped && c == '\\');
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some((token, as_string)) =
+            [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")]
+                .into_iter()
+                .find(|(t, _)| rest.starts_with(t))
+        {
+            out.push_str(as_string);
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 /// Renames legacy diffusers names to current ones: the old attention block's `query`, `key`, `value`,
@@ -443,4 +475,47 @@ pub fn normalize_names(sd: &mut StateDict) {
         new.insert(k, v);
     }
     sd.tensors = new;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Tensor;
+
+    /// A checkpoint whose tensors [`UNetConfig::infer`] reads by their leading dimension.
+    const BASE: [(&str, &[usize]); 4] = [
+        ("conv_in.weight", &[32, 1, 3, 3]),
+        ("conv_out.weight", &[1, 32, 3, 3]),
+        ("down_blocks.0.resnets.0.conv1.weight", &[32, 32, 3, 3]),
+        ("time_embedding.linear_1.weight", &[128, 32]),
+    ];
+
+    fn state_dict(tensors: &[(&str, &[usize])]) -> StateDict {
+        let mut sd = StateDict::default();
+        for &(name, shape) in tensors {
+            let data = vec![0.0; shape.iter().product()];
+            sd.tensors.insert(name.into(), Tensor { shape: shape.to_vec(), data });
+        }
+        sd
+    }
+
+    /// Fuzz finding (`config` target): a zero-dimensional tensor under a name whose leading dimension `infer`
+    /// reads indexed an empty shape and panicked. Each one now gives a config that `from_json` refuses, or, for
+    /// `time_emb_proj`, the default time-scale shift.
+    #[test]
+    fn infer_zero_dimensional_tensors() {
+        let overrides = parse_overrides(&["sample_size=8".into(), "norm_num_groups=4".into()]).unwrap();
+        for (name, refused) in [
+            ("down_blocks.0.resnets.0.conv1.weight", true),
+            ("time_embedding.linear_1.weight", true),
+            ("class_embedding.weight", true),
+            ("down_blocks.0.resnets.0.time_emb_proj.weight", false),
+        ] {
+            let mut tensors: Vec<(&str, &[usize])> = BASE.iter().copied().filter(|t| t.0 != name).collect();
+            tensors.push((name, &[]));
+            let (mut m, _) = UNetConfig::infer(&state_dict(&tensors), &overrides).unwrap();
+            m.extend(overrides.clone());
+            assert_eq!(UNetConfig::from_json(&m).is_err(), refused, "{name}: {m:?}");
+        }
+    }
 }

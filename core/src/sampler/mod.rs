@@ -1,5 +1,7 @@
-//! Sampling: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), respaced, and DDIM (Song et al. 2021),
-//! following diffusers' `DDPMScheduler.step` and `DDIMScheduler.step` operation by operation in f32.
+//! Sampling: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), respaced, DDIM (Song et al. 2021) and
+//! DPM-Solver++ (Lu et al. 2022, multistep orders 1 and 2: [`dpm_solver`]), following diffusers'
+//! `DDPMScheduler.step`, `DDIMScheduler.step` and `DPMSolverMultistepScheduler.step` operation by operation in
+//! f32.
 //!
 //! A run is step by step: [`Sampler::start`] puts x_T in the caller's arena, each [`Sampler::step`] denoises
 //! the whole batch by one step, and [`Sampler::samples`] reads the current x_t. Everything lives in the arena,
@@ -7,6 +9,9 @@
 //!
 //! Arena layout (from its first 16-byte aligned address, in f32 elements):
 //! `[forward arena | ᾱ (T) | x_t (N·C·H·W) | x̂₀ (N·C·H·W) | model output (C_out·H·W) | sort scratch (C·H·W)]`.
+//! The x̂₀ region holds each image's x̂₀ of the last step; DPM-Solver++ reads it back at the next step as the
+//! previous data prediction of its multistep update (diffusers' `model_outputs[-2]`), so the multistep state
+//! needs no buffer of its own: with the step count ([`State`]) it is the whole state of every method.
 
 use crate::error::RunError;
 use crate::format::{PredictionType, VarianceType, ALIGN};
@@ -14,6 +19,7 @@ use crate::model::Model;
 use crate::rng;
 use schedule::{alphas_cumprod, Timesteps};
 
+pub mod dpm_solver;
 pub mod schedule;
 
 /// The sampling algorithm.
@@ -26,6 +32,43 @@ pub enum Method {
         /// η of Song et al. 2021, eq. 16.
         eta: f32,
     },
+    /// DPM-Solver++ (`DPMSolverMultistepScheduler` with `algorithm_type="dpmsolver++"`, `solver_type=
+    /// "midpoint"`): deterministic, multistep. Its options are not in the blob's schedule record, so they are
+    /// chosen here; [`Method::DPM_SOLVER`] has diffusers' defaults.
+    DpmSolver {
+        /// `solver_order`: 1 or 2 (3 is not supported).
+        order: u8,
+        /// `lower_order_final`: first order at the last step when the run has fewer than 15 steps.
+        lower_order_final: bool,
+        /// `final_sigmas_type`.
+        final_sigmas: FinalSigmas,
+    },
+}
+
+impl Method {
+    /// DPM-Solver++ (2M) with diffusers' defaults: `solver_order=2`, `lower_order_final=True`,
+    /// `final_sigmas_type="zero"`.
+    pub const DPM_SOLVER: Method =
+        Method::DpmSolver { order: 2, lower_order_final: true, final_sigmas: FinalSigmas::Zero };
+}
+
+/// DPM-Solver++'s `final_sigmas_type`: the σ the last step lands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSigmas {
+    /// `"zero"`: σ = 0, the clean sample (the last step is then always first order, as in diffusers).
+    Zero,
+    /// `"sigma_min"`: σ of training timestep 0, √((1 − ᾱ_0)/ᾱ_0).
+    SigmaMin,
+}
+
+impl FinalSigmas {
+    /// diffusers' name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FinalSigmas::Zero => "zero",
+            FinalSigmas::SigmaMin => "sigma_min",
+        }
+    }
 }
 
 /// What to sample.
@@ -60,6 +103,10 @@ pub enum SampleError {
     OutputChannels,
     /// A noise slice given to the sampler has the wrong length, or a step that adds noise got none.
     BadNoise,
+    /// DPM-Solver++'s `solver_order` is not 1 or 2.
+    BadSolverOrder,
+    /// Resuming a multistep (DPM-Solver++) run needs the previous step's x̂₀ as well as x_t.
+    NeedsHistory,
     /// The run already finished, or a resume point is past the end.
     Finished,
     /// The forward pass failed.
@@ -74,6 +121,10 @@ impl core::fmt::Display for SampleError {
             SampleError::BadEta => f.write_str("eta must be a finite number >= 0"),
             SampleError::OutputChannels => f.write_str("model output channels do not fit the schedule's variance type"),
             SampleError::BadNoise => f.write_str("noise has the wrong size, or a noisy step got no noise"),
+            SampleError::BadSolverOrder => f.write_str("DPM-Solver++ solver_order must be 1 or 2"),
+            SampleError::NeedsHistory => {
+                f.write_str("resuming a DPM-Solver++ run needs the previous step's x0 prediction as well as x_t")
+            }
             SampleError::Finished => f.write_str("the sampling run is already finished"),
             SampleError::Run(e) => write!(f, "{e}"),
         }
@@ -103,8 +154,11 @@ pub struct StepScalars {
     pub t: u32,
     /// ᾱ_t (`alpha_prod_t`).
     pub alpha_prod_t: f32,
-    /// ᾱ_{prev} (`alpha_prod_t_prev`): 1 (or ᾱ_0 for DDIM without `set_alpha_to_one`) past the end.
+    /// ᾱ_{prev} (`alpha_prod_t_prev`): 1 (or ᾱ_0 for DDIM without `set_alpha_to_one`, or for DPM-Solver++
+    /// with `final_sigmas_type="sigma_min"`) past the end.
     pub alpha_prod_t_prev: f32,
+    /// DPM-Solver++ only: the solver's scalars of this step.
+    pub dpm: Option<dpm_solver::DpmScalars>,
 }
 
 /// The stepping of a schedule, without a model: which timesteps, which ᾱ, which steps add noise.
@@ -119,45 +173,59 @@ pub struct Steps {
 }
 
 impl Steps {
-    /// `set_timesteps(k)` for `method`; `None` for an impossible `k` (see [`Timesteps::new`]) or a bad η.
+    /// `set_timesteps(k)` for `method`; `None` for an impossible `k` (see [`Timesteps::new`] and
+    /// [`Timesteps::new_dpm`]), a bad η or a DPM-Solver++ order other than 1 and 2.
     pub fn new(schedule: crate::Schedule, method: Method, k: u32) -> Option<Self> {
-        if let Method::Ddim { eta } = method {
-            if !(eta.is_finite() && eta >= 0.0) {
-                return None;
-            }
-        }
-        Some(Steps { schedule, method, timesteps: Timesteps::new(&schedule, k)? })
+        let timesteps = match method {
+            Method::Ddim { eta } if !(eta.is_finite() && eta >= 0.0) => return None,
+            Method::DpmSolver { order, .. } if !(1..=2).contains(&order) => return None,
+            Method::DpmSolver { .. } => Timesteps::new_dpm(&schedule, k)?,
+            _ => Timesteps::new(&schedule, k)?,
+        };
+        Some(Steps { schedule, method, timesteps })
     }
 
-    /// Whether step `i` adds noise (DDPM: t > 0; DDIM: η > 0), as diffusers decides.
+    /// Whether step `i` adds noise (DDPM: t > 0; DDIM: η > 0; DPM-Solver++: never), as diffusers decides.
     pub fn adds_noise(&self, i: usize) -> bool {
         match self.method {
             Method::Ddpm => self.timesteps.get(i).is_some_and(|t| t > 0),
             Method::Ddim { eta } => eta > 0.0,
+            Method::DpmSolver { .. } => false,
         }
     }
 
-    /// The scalars of step `i`, given ᾱ (`alphas_cumprod`, length T). DDPM steps to the next inference
-    /// timestep; DDIM to `t − T // k`, as diffusers does whatever the spacing.
+    /// Whether step `i` reads the x̂₀ of step `i − 1` (a second-order DPM-Solver++ step), so that resuming a
+    /// run at `i` needs it.
+    pub fn reads_previous_x0(&self, i: usize) -> bool {
+        i < self.timesteps.len() && dpm_solver::order_at(self.method, i, self.timesteps.len()) == 2
+    }
+
+    /// The scalars of step `i`, given ᾱ (`alphas_cumprod`, length T). DDPM and DPM-Solver++ step to the next
+    /// inference timestep; DDIM to `t − T // k`, as diffusers does whatever the spacing.
     pub fn scalars(&self, alphas_cumprod: &[f32], i: usize) -> Option<StepScalars> {
         let t = self.timesteps.get(i)?;
         let s = &self.schedule;
         let prev: i64 = match self.method {
-            Method::Ddpm => self.timesteps.get(i + 1).map_or(-1, i64::from),
+            Method::Ddpm | Method::DpmSolver { .. } => self.timesteps.get(i + 1).map_or(-1, i64::from),
             Method::Ddim { .. } => i64::from(t) - i64::from(s.num_train_timesteps / self.timesteps.requested()),
         };
         let alpha_prod_t = *alphas_cumprod.get(t as usize)?;
         let final_alpha = match self.method {
             Method::Ddim { .. } if !s.set_alpha_to_one => *alphas_cumprod.first()?,
+            Method::DpmSolver { final_sigmas: FinalSigmas::SigmaMin, .. } => *alphas_cumprod.first()?,
             _ => 1.0,
         };
         let alpha_prod_t_prev = if prev >= 0 { *alphas_cumprod.get(prev as usize)? } else { final_alpha };
-        Some(StepScalars { t, alpha_prod_t, alpha_prod_t_prev })
+        let dpm = match self.method {
+            Method::DpmSolver { .. } => Some(dpm_solver::scalars(self, alphas_cumprod, i)?),
+            _ => None,
+        };
+        Some(StepScalars { t, alpha_prod_t, alpha_prod_t_prev, dpm })
     }
 
-    /// Step `i` for one image: `x` (x_t in, x_{t−1} out), `x0` (x̂₀ out), the model output (ε, x₀ or v; for
-    /// learned variance followed by the variance channels), `scratch` of x's length, and `noise` filling a
-    /// buffer with z when the step adds noise.
+    /// Step `i` for one image: `x` (x_t in, x_{t−1} out), `x0` (x̂₀ out; for DPM-Solver++ also in: the
+    /// previous step's x̂₀), the model output (ε, x₀ or v; for learned variance followed by the variance
+    /// channels), `scratch` of x's length, and `noise` filling a buffer with z when the step adds noise.
     #[allow(clippy::too_many_arguments)]
     pub fn step_one(
         &self,
@@ -177,6 +245,10 @@ impl Steps {
         match self.method {
             Method::Ddpm => ddpm_step(x, x0, eps, var, scratch, &self.schedule, sc, adds_noise, noise),
             Method::Ddim { eta } => ddim_step(x, x0, eps, scratch, &self.schedule, sc, eta, noise),
+            Method::DpmSolver { .. } => {
+                let dpm = sc.dpm.as_ref().ok_or(SampleError::BadSteps)?;
+                dpm_solver::step(x, x0, eps, scratch, &self.schedule, dpm)
+            }
         }
     }
 }
@@ -184,7 +256,8 @@ impl Steps {
 /// [`Sampler::arena_bytes`] computed from the blob's bytes in a `const` context, so firmware can size a static
 /// arena at compile time: `static mut ARENA: [u8; sampler_arena_bytes(BLOB, 1)]`. It reads the header fields
 /// without validating the blob (validation happens at run time in [`Model::new_checked`]); for bytes that are
-/// not a blob the result is meaningless (or a compile-time error when the header is too short).
+/// not a blob the result is meaningless (or a compile-time error when the header is too short). The same for
+/// every method: DPM-Solver++ keeps its multistep state in the x̂₀ region that every run has.
 pub const fn sampler_arena_bytes(blob: &[u8], batch: usize) -> usize {
     use crate::format::{header::field as h, read_u32, schedule::field as s};
     let cin = read_u32(blob, h::IN_CHANNELS) as usize;
@@ -223,10 +296,10 @@ impl<'m, 'a> Sampler<'m, 'a> {
     /// Checks a sampling request against the model and its schedule.
     pub fn new(model: &'m Model<'a>, spec: SampleSpec) -> Result<Self, SampleError> {
         let s = model.schedule();
-        if let Method::Ddim { eta } = spec.method {
-            if !(eta.is_finite() && eta >= 0.0) {
-                return Err(SampleError::BadEta);
-            }
+        match spec.method {
+            Method::Ddim { eta } if !(eta.is_finite() && eta >= 0.0) => return Err(SampleError::BadEta),
+            Method::DpmSolver { order, .. } if !(1..=2).contains(&order) => return Err(SampleError::BadSolverOrder),
+            _ => {}
         }
         let steps = Steps::new(s, spec.method, spec.steps).ok_or(SampleError::BadSteps)?;
         if spec.batch == 0 {
@@ -234,7 +307,8 @@ impl<'m, 'a> Sampler<'m, 'a> {
         }
         let (cin, cout) = (model.in_channels(), model.out_channels());
         let learned_type = s.variance_type.is_learned();
-        let learned = cout == 2 * cin && (learned_type || matches!(spec.method, Method::Ddim { .. }));
+        // DDIM and DPM-Solver++ read the first C channels of a learned-variance output and ignore the rest.
+        let learned = cout == 2 * cin && (learned_type || !matches!(spec.method, Method::Ddpm));
         let fixed_ok = cout == cin && !learned_type;
         if !fixed_ok && !learned {
             return Err(SampleError::OutputChannels);
@@ -315,12 +389,25 @@ impl<'m, 'a> Sampler<'m, 'a> {
         Ok(State { done: 0 })
     }
 
-    /// Resumes a run `done` steps in, from its saved x_t (N·C·H·W).
-    pub fn resume(&self, arena: &mut [u8], x_t: &[f32], done: usize) -> Result<State, SampleError> {
+    /// Resumes a run `done` steps in, from its saved x_t ([`Sampler::samples`], N·C·H·W) and, for a
+    /// DPM-Solver++ run whose next step is second order ([`Steps::reads_previous_x0`]), its saved x̂₀
+    /// ([`Sampler::pred_original`], N·C·H·W): [`SampleError::NeedsHistory`] without it. A given x̂₀ is
+    /// restored for every method.
+    pub fn resume(&self, arena: &mut [u8], x_t: &[f32], x0: Option<&[f32]>, done: usize) -> Result<State, SampleError> {
         if done > self.num_steps() {
             return Err(SampleError::Finished);
         }
+        if x0.is_none() && self.steps.reads_previous_x0(done) {
+            return Err(SampleError::NeedsHistory);
+        }
+        let [_, x, x0s, mo, ..] = self.offsets();
+        if x0.is_some_and(|v| v.len() != mo - x0s) || x_t.len() != x0s - x {
+            return Err(SampleError::BadNoise);
+        }
         self.start(arena, Some(x_t))?;
+        if let Some(v) = x0 {
+            self.arena(arena)?[x0s..mo].copy_from_slice(v);
+        }
         Ok(State { done })
     }
 
@@ -374,7 +461,8 @@ impl<'m, 'a> Sampler<'m, 'a> {
         split_f32_ref(arena).get(x..x0).unwrap_or(&[])
     }
 
-    /// The prediction of x_0 made by the last step (after clipping or thresholding), N·C·H·W.
+    /// The prediction of x_0 made by the last step (after clipping or thresholding), N·C·H·W. For DPM-Solver++
+    /// it is the data prediction its next step reads: save it with [`Sampler::samples`] to resume a run.
     pub fn pred_original<'b>(&self, arena: &'b [u8]) -> &'b [f32] {
         let [_, _, x0, mo, ..] = self.offsets();
         split_f32_ref(arena).get(x0..mo).unwrap_or(&[])
@@ -396,26 +484,33 @@ fn predict_x0(x: f32, m: f32, prediction_type: PredictionType, sqrt_a: f32, sqrt
 fn clip_or_threshold(x0: &mut [f32], sort: &mut [f32], s: &crate::Schedule) {
     if s.thresholding {
         let n = x0.len().min(sort.len());
-        if n == 0 {
-            return;
+        sort[..n].copy_from_slice(&x0[..n]);
+        if let Some(t) = threshold_scale(&mut sort[..n], s) {
+            x0.iter_mut().for_each(|v| *v = v.max(-t).min(t) / t);
         }
-        for (d, v) in sort.iter_mut().zip(x0.iter()) {
-            *d = libm::fabsf(*v);
-        }
-        let sorted = &mut sort[..n];
-        sorted.sort_unstable_by(f32::total_cmp);
-        let rank = s.dynamic_thresholding_ratio * (n - 1) as f32;
-        let lo = (libm::floorf(rank).max(0.0) as usize).min(n - 1);
-        let hi = (lo + 1).min(n - 1);
-        let w = rank - lo as f32;
-        let (a, b) = (sorted[lo], sorted[hi]);
-        let q = if w < 0.5 { a + w * (b - a) } else { b - (b - a) * (1.0 - w) };
-        let t = q.max(1.0).min(s.sample_max_value);
-        x0.iter_mut().for_each(|v| *v = v.max(-t).min(t) / t);
     } else if s.clip_sample {
         let r = s.clip_sample_range;
         x0.iter_mut().for_each(|v| *v = v.max(-r).min(r));
     }
+}
+
+/// The dynamic-thresholding scale s of x̂₀ (`values`, replaced by its sorted absolute values): the
+/// `dynamic_thresholding_ratio` quantile of |x̂₀|, interpolated like `torch.quantile`, clamped to
+/// `[1, sample_max_value]`. `None` for an empty slice.
+fn threshold_scale(values: &mut [f32], s: &crate::Schedule) -> Option<f32> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    values.iter_mut().for_each(|v| *v = libm::fabsf(*v));
+    values.sort_unstable_by(f32::total_cmp);
+    let rank = s.dynamic_thresholding_ratio * (n - 1) as f32;
+    let lo = (libm::floorf(rank).max(0.0) as usize).min(n - 1);
+    let hi = (lo + 1).min(n - 1);
+    let w = rank - lo as f32;
+    let (a, b) = (values[lo], values[hi]);
+    let q = if w < 0.5 { a + w * (b - a) } else { b - (b - a) * (1.0 - w) };
+    Some(q.max(1.0).min(s.sample_max_value))
 }
 
 /// One DDPM step for one image (diffusers `DDPMScheduler.step`):

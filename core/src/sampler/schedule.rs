@@ -1,5 +1,6 @@
-//! Noise schedules and inference timesteps, following diffusers' `DDPMScheduler` / `DDIMScheduler`
-//! (`__init__` and `set_timesteps`) option by option, in the same floating-point precision.
+//! Noise schedules and inference timesteps, following diffusers' `DDPMScheduler` / `DDIMScheduler` and
+//! `DPMSolverMultistepScheduler` (`__init__` and `set_timesteps`) option by option, in the same floating-point
+//! precision.
 
 use crate::format::{BetaSchedule, Schedule, TimestepSpacing};
 use crate::model::TensorView;
@@ -98,12 +99,28 @@ pub struct Timesteps {
     spacing: TimestepSpacing,
     offset: u32,
     len: u32,
+    /// `DPMSolverMultistepScheduler.set_timesteps`, whose linspace and leading spacings differ (below).
+    dpm: bool,
 }
 
 impl Timesteps {
-    /// `set_timesteps(k)` for a schedule. `None` if `k` is 0 or exceeds the training steps, or if a timestep
-    /// would fall outside `0..T` (diffusers would index out of range).
+    /// `set_timesteps(k)` of `DDPMScheduler` / `DDIMScheduler` for a schedule. `None` if `k` is 0 or exceeds
+    /// the training steps, or if a timestep would fall outside `0..T` (diffusers would index out of range).
     pub fn new(s: &Schedule, k: u32) -> Option<Self> {
+        Self::make(s, k, false)
+    }
+
+    /// `set_timesteps(k)` of `DPMSolverMultistepScheduler` (with its default `lambda_min_clipped = -inf`, so
+    /// the last timestep is T): linspace takes `k + 1` points and drops the last (t = 0), leading steps by
+    /// `T // (k + 1)`, trailing is as [`Timesteps::new`]. `None` where [`Timesteps::new`] would be, and also
+    /// when two timesteps coincide (linspace with k = T, leading with k ≥ T): diffusers' solver would divide
+    /// by a zero step there.
+    pub fn new_dpm(s: &Schedule, k: u32) -> Option<Self> {
+        let ts = Self::make(s, k, true)?;
+        (1..ts.len).all(|i| ts.raw(i) < ts.raw(i - 1)).then_some(ts)
+    }
+
+    fn make(s: &Schedule, k: u32, dpm: bool) -> Option<Self> {
         let train = s.num_train_timesteps;
         if k == 0 || k > train {
             return None;
@@ -115,7 +132,7 @@ impl Timesteps {
         } else {
             k
         };
-        let ts = Timesteps { train, k, spacing: s.timestep_spacing, offset: s.steps_offset, len };
+        let ts = Timesteps { train, k, spacing: s.timestep_spacing, offset: s.steps_offset, len, dpm };
         if (0..len).all(|i| ts.raw(i) >= 0 && ts.raw(i) < i64::from(train)) {
             Some(ts)
         } else {
@@ -125,6 +142,9 @@ impl Timesteps {
 
     fn raw(&self, i: u32) -> i64 {
         let (t, k, i) = (i64::from(self.train), i64::from(self.k), i64::from(i));
+        if self.dpm {
+            return self.raw_dpm(t, k, i);
+        }
         match self.spacing {
             // np.linspace(0, T-1, k).round()[::-1] (round half to even, like numpy)
             TimestepSpacing::Linspace => {
@@ -145,6 +165,26 @@ impl Timesteps {
             }
             // leading: arange(k)[::-1] * (T // k) + steps_offset
             TimestepSpacing::Leading => (k - 1 - i) * (t / k) + i64::from(self.offset),
+        }
+    }
+
+    /// `DPMSolverMultistepScheduler.set_timesteps`: step `i` of `k` (T = `num_train_timesteps`).
+    fn raw_dpm(&self, t: i64, k: i64, i: i64) -> i64 {
+        // index into the k + 1 points before `[::-1][:-1]` drops the last (smallest) one
+        let j = k - i;
+        match self.spacing {
+            // np.linspace(0, T - 1, k + 1).round()[::-1][:-1] (numpy: j · ((T − 1)/k), the endpoint exact)
+            TimestepSpacing::Linspace => {
+                let v = if j == k { (t - 1) as f64 } else { j as f64 * ((t - 1) as f64 / k as f64) };
+                round_half_even(v) as i64
+            }
+            // (np.arange(0, k + 1) * (T // (k + 1))).round()[::-1][:-1] + steps_offset
+            TimestepSpacing::Leading => j * (t / (k + 1)) + i64::from(self.offset),
+            // np.arange(T, 0, -T/k).round() - 1, as DDPMScheduler
+            TimestepSpacing::Trailing => {
+                let ratio = t as f64 / k as f64;
+                round_half_even(t as f64 + i as f64 * -ratio) as i64 - 1
+            }
         }
     }
 
@@ -204,6 +244,24 @@ mod tests {
         assert!(Timesteps::new(&sched(0, 0), 0).is_none());
         assert!(Timesteps::new(&sched(0, 0), 1001).is_none());
         assert!(Timesteps::new(&sched(0, 1), 1000).is_none(), "999 + offset 1 is outside 0..1000");
+    }
+
+    /// Values from diffusers 0.42 `DPMSolverMultistepScheduler(timestep_spacing=...).set_timesteps(k)`.
+    #[test]
+    fn dpm_spacings_match_diffusers() {
+        let m = u32::MAX;
+        let dpm = |spacing, offset, k| collect(&Timesteps::new_dpm(&sched(spacing, offset), k).unwrap());
+        assert_eq!(dpm(0, 0, 5), [830, 664, 498, 332, 166, m, m, m]);
+        assert_eq!(dpm(0, 1, 5), [831, 665, 499, 333, 167, m, m, m]);
+        assert_eq!(dpm(1, 0, 5), [999, 799, 599, 400, 200, m, m, m]);
+        assert_eq!(dpm(2, 0, 5), [999, 799, 599, 399, 199, m, m, m]);
+        assert_eq!(dpm(2, 0, 3), [999, 666, 332, m, m, m, m, m]);
+        let ts = Timesteps::new_dpm(&sched(1, 0), 999).unwrap();
+        assert_eq!((ts.len(), ts.get(0), ts.get(998)), (999, Some(999), Some(1)));
+        // linspace with k = T repeats a timestep, leading with k = T has step 0: refused.
+        assert!(Timesteps::new_dpm(&sched(1, 0), 1000).is_none());
+        assert!(Timesteps::new_dpm(&sched(0, 0), 1000).is_none());
+        assert!(Timesteps::new_dpm(&sched(0, 0), 0).is_none());
     }
 
     #[test]
