@@ -16,6 +16,7 @@
 //! diffusers folder first. Errors are [`ConvertError`]s that say what kind of thing went wrong and where.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod aligned;
 pub mod diffusers;

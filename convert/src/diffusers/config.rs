@@ -54,30 +54,49 @@ const MUST_GIVE: [&str; 3] = ["sample_size", "norm_num_groups", "attention_head_
 /// A validated `UNet2DModel` config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UNetConfig {
+    /// Sample height (`sample_size`).
     pub height: usize,
+    /// Sample width (`sample_size`).
     pub width: usize,
+    /// `in_channels`.
     pub in_channels: usize,
+    /// `out_channels` (twice `in_channels` with learned variance).
     pub out_channels: usize,
+    /// `center_input_sample`: the network sees `2x − 1`.
     pub center_input_sample: bool,
+    /// Width of the time embedding MLP (`time_embedding_dim`, default 4 × the first block width).
     pub time_embed_dim: usize,
+    /// `freq_shift` of the sinusoidal timestep embedding.
     pub freq_shift: f32,
+    /// `flip_sin_to_cos` of the sinusoidal timestep embedding.
     pub flip_sin_to_cos: bool,
     /// Per level: does the down block have attention.
     pub down_attn: Vec<bool>,
     /// Per level, in up order: does the up block have attention.
     pub up_attn: Vec<bool>,
+    /// Whether there is a mid block (`mid_block_type` not null).
     pub mid_block: bool,
+    /// `block_out_channels`, one per level.
     pub block_out_channels: Vec<usize>,
+    /// `layers_per_block` (the up blocks have one more).
     pub layers_per_block: usize,
+    /// `mid_block_scale_factor`: the mid block's residual outputs are divided by it.
     pub mid_block_scale_factor: f32,
+    /// `downsample_padding` of the strided down-sampling convolutions.
     pub downsample_padding: usize,
     /// `attention_head_dim`; `None` = one head per attention layer.
     pub attention_head_dim: Option<usize>,
+    /// `norm_num_groups` of every group norm.
     pub norm_num_groups: usize,
+    /// `attn_norm_num_groups`: the attention blocks' group count, when it differs.
     pub attn_norm_num_groups: Option<usize>,
+    /// `norm_eps` of every group norm.
     pub norm_eps: f32,
+    /// `resnet_time_scale_shift` is `scale_shift` (else `default`).
     pub scale_shift: bool,
+    /// `add_attention`: the mid block has attention.
     pub add_attention: bool,
+    /// `num_class_embeds` of a class-conditional model.
     pub num_class_embeds: Option<usize>,
     /// The full config (defaults filled in), stored in the blob for `inspect`.
     pub json: Map<String, Value>,
