@@ -34,3 +34,6 @@ cargo clippy -p host-cli --all-targets --features gpu -- -D warnings
 
 echo "== firmware: sample on an emulated Cortex-M4F (QEMU mps2-an386), bit-identical to the host"
 bash scripts/firmware-test.sh
+
+echo "== firmware-riscv: sample on an emulated FPU-less RV32IMAC core (QEMU virt), bit-identical to the host"
+bash scripts/firmware-riscv-test.sh
