@@ -5,6 +5,9 @@
 //! * [`load_safetensors`]: `.safetensors` files;
 //! * [`read_npy`] / [`write_npy`]: NumPy `.npy` arrays.
 //!
+//! Each reader also takes bytes held in memory ([`load_torch_bytes`], [`load_safetensors_bytes`], [`parse_npy`],
+//! and [`unpickle_bytes`] for a bare pickle stream); the path readers are these plus the file read.
+//!
 //! Every reader converts float tensors (f32, f16, bf16, f64) to row-major `f32`.
 //! Non-float tensors (integer step counters, `num_batches_tracked`, masks) are skipped.
 
@@ -91,6 +94,29 @@ pub fn read_npy(path: &Path) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
 /// (total header length multiple of 64).
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> crate::error::Result<()> {
     npy::write_npy_file(path, shape, data)
+}
+
+/// Loads a `torch.save` zip archive held in memory; `key` and the result are as for [`load_torch`].
+pub fn load_torch_bytes(bytes: &[u8], key: Option<&str>) -> crate::error::Result<(StateDict, String)> {
+    torch_zip::load_torch_reader(std::io::Cursor::new(bytes), key)
+}
+
+/// Parses a bare pickle stream (e.g. the `data.pkl` of a `torch.save` archive) with the restricted
+/// unpickler that [`load_torch`] uses: nothing is executed, any global outside its allow-list is an error.
+/// Returns the object graph (an arena of objects and the root value); storages are only referenced, not
+/// read.
+pub fn unpickle_bytes(bytes: &[u8]) -> crate::error::Result<pickle::Pickle> {
+    pickle::unpickle(bytes)
+}
+
+/// Loads `.safetensors` data held in memory; see [`load_safetensors`].
+pub fn load_safetensors_bytes(bytes: &[u8]) -> crate::error::Result<StateDict> {
+    safetensors::load_safetensors_bytes(bytes)
+}
+
+/// Parses `.npy` bytes held in memory; see [`read_npy`]. Returns the shape and the row-major f32 data.
+pub fn parse_npy(bytes: &[u8]) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
+    npy::parse_npy(bytes)
 }
 
 /// Float element encodings shared by the readers (all little-endian).

@@ -83,7 +83,7 @@ pub enum StorageDtype {
 
 impl StorageDtype {
     /// The float encoding the loader converts from, or `None` for types it skips.
-    pub fn float_kind(self) -> Option<FloatKind> {
+    pub(crate) fn float_kind(self) -> Option<FloatKind> {
         match self {
             StorageDtype::F32 => Some(FloatKind::F32),
             StorageDtype::F16 => Some(FloatKind::F16),
