@@ -2,6 +2,9 @@
 f32, f16 and int8), small enough for libFuzzer's default input sizes.
 
     python3 fuzz/make_seeds.py        # needs torch + diffusers, and a built host-cli (cargo build -p host-cli)
+
+The parser targets' seeds (pickle, torch_zip, safetensors, npy, config, scheduler) come from
+fuzz/make_parser_seeds.py, which needs only the standard library.
 """
 import os, subprocess, tempfile
 
