@@ -24,6 +24,7 @@ pub mod emit;
 mod error;
 pub mod graph;
 pub mod load;
+pub mod onnx;
 pub mod plan;
 pub mod precision;
 
@@ -145,6 +146,9 @@ fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
 
 /// Converts a checkpoint file or diffusers folder. Nothing is written; the caller stores [`Converted::blob`].
 pub fn convert_path(a: &ConvertArgs) -> Result<Converted> {
+    if a.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return convert_onnx_path(a);
+    }
     let Loaded { sd, config: found_config, scheduler: found_sched, mut notes } = load_input(a)?;
     let config_path = a.config.clone().or(found_config);
     let config = match &config_path {
@@ -168,6 +172,27 @@ pub fn convert_path(a: &ConvertArgs) -> Result<Converted> {
     let mut out = convert(request)?;
     notes.append(&mut out.notes);
     out.notes = notes;
+    Ok(out)
+}
+
+/// Converts an ONNX file: `--set` gives the import options, `--scheduler`/`--scheduler-set` the schedule.
+fn convert_onnx_path(a: &ConvertArgs) -> Result<Converted> {
+    if a.key.is_some() || a.config.is_some() {
+        bail!(Config, "--key and --config apply to checkpoints, not to an ONNX graph");
+    }
+    let model = onnx::read_onnx(&a.input)?;
+    let scheduler = a.scheduler.as_deref().map(read_json_object).transpose()?;
+    let mut out = onnx::convert_onnx(onnx::OnnxRequest {
+        model,
+        options: parse_overrides(&a.sets)?,
+        scheduler,
+        scheduler_overrides: parse_overrides(&a.scheduler_sets)?,
+        precision: a.precision,
+        calibration: a.calibration,
+    })?;
+    if let Some(s) = &a.scheduler {
+        out.notes.insert(0, format!("scheduler config: {}", s.display()));
+    }
     Ok(out)
 }
 
@@ -207,34 +232,7 @@ pub fn convert(r: Request) -> Result<Converted> {
         );
     }
 
-    let has_scheduler = scheduler.is_some();
-    let mut sched_json = scheduler.unwrap_or_default();
-    if !has_scheduler {
-        notes.push(if scheduler_overrides.is_empty() {
-            "no scheduler config: using DDPMScheduler defaults (1000 linear betas 1e-4..0.02, epsilon)".into()
-        } else {
-            "no scheduler config: DDPMScheduler defaults with the --scheduler-set options".into()
-        });
-    }
-    sched_json.extend(scheduler_overrides);
-    let (schedule, warn) = scheduler::from_json(&sched_json, &mut graph)?;
-    notes.extend(warn);
-    let learned = schedule.variance_type.is_learned();
-    if cfg.out_channels == 2 * cfg.in_channels && !learned {
-        notes.push(format!(
-            "the model predicts {} channels for {}-channel images (learned variance?) but variance_type is fixed: \
-             DDPM sampling will refuse it; pass --scheduler-set variance_type=learned_range if it was trained so",
-            cfg.out_channels, cfg.in_channels
-        ));
-    }
-    if learned && cfg.out_channels != 2 * cfg.in_channels {
-        bail!(
-            Config,
-            "scheduler variance_type is learned but the model predicts {} channels, not 2 x {}",
-            cfg.out_channels,
-            cfg.in_channels
-        );
-    }
+    let schedule = schedule(scheduler, scheduler_overrides, &mut graph, cfg.in_channels, cfg.out_channels, &mut notes)?;
     let hdr = ModelHeader {
         precision,
         in_channels: cfg.in_channels,
@@ -245,19 +243,73 @@ pub fn convert(r: Request) -> Result<Converted> {
         schedule,
         config_json: serde_json::to_string(&Value::Object(with_class(cfg.json.clone())))?,
     };
-    let blob = if precision == Precision::Int8 {
-        let (blob, n) = precision::int8::to_int8(&graph, &hdr, input, output, &calibration)?;
-        notes.extend(n);
-        blob
-    } else {
-        emit::blob(&graph, &hdr, input, output)?
-    };
-    // Check what we wrote with the same validator the target uses.
-    AlignedBlob::from_bytes(&blob).model().context("internal error: the converter produced an invalid blob")?;
+    let blob = emit_checked(&graph, &hdr, input, output, &calibration, &mut notes)?;
     Ok(Converted { blob, notes })
 }
 
 fn with_class(mut m: Map<String, Value>) -> Map<String, Value> {
     m.insert("_class_name".into(), Value::String("UNet2DModel".into()));
     m
+}
+
+/// The schedule of a blob: the scheduler config (diffusers' `DDPMScheduler()` defaults without one) with its
+/// overrides, checked against the model's output channels (learned variance predicts twice the input's).
+fn schedule(
+    scheduler: Option<Map<String, Value>>,
+    overrides: Map<String, Value>,
+    graph: &mut graph::Graph,
+    in_channels: usize,
+    out_channels: usize,
+    notes: &mut Vec<String>,
+) -> Result<ddpm_core::Schedule> {
+    let has_scheduler = scheduler.is_some();
+    let mut sched_json = scheduler.unwrap_or_default();
+    if !has_scheduler {
+        notes.push(if overrides.is_empty() {
+            "no scheduler config: using DDPMScheduler defaults (1000 linear betas 1e-4..0.02, epsilon)".into()
+        } else {
+            "no scheduler config: DDPMScheduler defaults with the --scheduler-set options".into()
+        });
+    }
+    sched_json.extend(overrides);
+    let (schedule, warn) = scheduler::from_json(&sched_json, graph)?;
+    notes.extend(warn);
+    let learned = schedule.variance_type.is_learned();
+    if out_channels == 2 * in_channels && !learned {
+        notes.push(format!(
+            "the model predicts {} channels for {}-channel images (learned variance?) but variance_type is fixed: \
+             DDPM sampling will refuse it; pass --scheduler-set variance_type=learned_range if it was trained so",
+            out_channels, in_channels
+        ));
+    }
+    if learned && out_channels != 2 * in_channels {
+        bail!(
+            Config,
+            "scheduler variance_type is learned but the model predicts {} channels, not 2 x {}",
+            out_channels,
+            in_channels
+        );
+    }
+    Ok(schedule)
+}
+
+/// Writes the blob of a finished program in the header's precision (int8: calibrated and lowered first) and
+/// checks it with the same validator the target uses.
+fn emit_checked(
+    graph: &graph::Graph,
+    hdr: &ModelHeader,
+    input: u32,
+    output: u32,
+    calibration: &Calibration,
+    notes: &mut Vec<String>,
+) -> Result<Vec<u8>> {
+    let blob = if hdr.precision == Precision::Int8 {
+        let (blob, n) = precision::int8::to_int8(graph, hdr, input, output, calibration)?;
+        notes.extend(n);
+        blob
+    } else {
+        emit::blob(graph, hdr, input, output)?
+    };
+    AlignedBlob::from_bytes(&blob).model().context("internal error: the converter produced an invalid blob")?;
+    Ok(blob)
 }

@@ -84,6 +84,11 @@ pub enum RunError {
     },
     /// The timestep is not finite.
     BadTimestep,
+    /// The model looks its timestep up in a table, and the timestep is not an integer row of it.
+    TimestepNotInTable {
+        /// Rows of the table: the timesteps it was built for.
+        rows: u32,
+    },
     /// An op's operands do not fit the arena. Validation rules this out; seeing it means a bug in this crate.
     Inconsistent,
 }
@@ -103,6 +108,9 @@ impl fmt::Display for RunError {
                 write!(f, "class label {class} out of range (model has {num_classes} classes)")
             }
             RunError::BadTimestep => f.write_str("timestep is not a finite number"),
+            RunError::TimestepNotInTable { rows } => {
+                write!(f, "the model takes integer timesteps 0..{rows}, as its table was built for")
+            }
             RunError::Inconsistent => f.write_str("internal error: op operands do not fit the arena"),
         }
     }

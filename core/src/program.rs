@@ -18,7 +18,13 @@
 //! | 10 | `Attention` | v out, v x, v xn, v scratch, t wq, bq, wk, bk, wv, bv, wo, bo, heads, f32 scale | `out = (x + wo·MHA(wq·xn, wk·xn, wv·xn) + bo)·scale` |
 //! | 11 | `Upsample2x` | v out, v x | nearest-neighbour ×2 |
 //! | 12 | `Concat` | v out, v a, v b | channel concatenation `[a; b]` |
-//! | 13 | `Affine` | v out, v x, f32 mul, f32 add | `out = x·mul + add` |
+//! | 13 | `Affine` | v out, v x, f32 mul, f32 add | `out = x·mul + add`; `out` may have another shape of as many elements (a reshape) |
+//! | 14 | `LayerNorm` | v out, v x, t gamma, t beta, f32 eps | each run of `n = len(gamma)` consecutive elements normalised (biased variance), then `·gamma + beta`; gamma, beta f32 `[n]` |
+//! | 15 | `ConvTranspose2d` | v out, v x, t w, t b, stride, pad top, left | transposed convolution: input pixel `(y, x)`, tap `(ky, kx)` lands on `(y·stride + ky − top, x·stride + kx − left)` of `out`, if inside; w `[ci, co, kh, kw]` |
+//! | 16 | `TimestepTable` | v out, t table | `out = table[t]`, table `[T, len(out)]`; the timestep must be an integer below `T` |
+//! | 17 | `Unary` | v out, v x, kind, f32 a, f32 b | `out = f(x)`, `f` = [`UnaryFn`](crate::ops::UnaryFn) of code `kind` with parameters `a`, `b` |
+//! | 18 | `Binary` | v out, v a, v b, d0, d1, d2, bcast, kind | `out = a ∘ b` over `[d0, d1, d2]`, `∘` = [`BinaryFn`](crate::ops::BinaryFn) of code `kind`; bit `i` of `bcast` broadcasts `a` along dimension `i`, bit `3 + i` broadcasts `b` |
+//! | 19 | `BinaryConst` | v out, v a, t t, d0, d1, d2, bcast, kind, swap | `Binary` with a stored f32 tensor as `b` (as `a` when `swap` = 1: `out = t ∘ a`) |
 //!
 //! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
 //! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
@@ -42,7 +48,7 @@
 //! | 29 | `QClassEmbed` | v out, v x, t table | `out = x + table[class]` on the embedding vector, table f32 (float arithmetic: one vector per forward pass) |
 //!
 //! Aliasing: an op's output may be the same value as an input only where the table's op works in place
-//! (`Silu`, `GroupNorm`, `Add`, `Affine`, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
+//! (`Silu`, `GroupNorm`, `Add`, `Affine`, `LayerNorm`, `Unary`, `Binary` and `BinaryConst` where that operand is not broadcast, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
 //! overlaps, the arena ranges must be disjoint. Validation enforces this, so the executor never needs to copy
 //! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
 
@@ -264,6 +270,15 @@ op_table! {
     11 Upsample2x { out: u32 = Out, x: u32 = In }
     12 Concat { out: u32 = Out, a: u32 = In, b: u32 = In }
     13 Affine { out: u32 = Out, x: u32 = In, mul: f32 = Param, add: f32 = Param }
+    14 LayerNorm { out: u32 = Out, x: u32 = In, gamma: u32 = Tensor, beta: u32 = Tensor, eps: f32 = Param }
+    15 ConvTranspose2d { out: u32 = Out, x: u32 = In, w: u32 = Tensor, b: u32 = Tensor, stride: u32 = Param, pad: [u32; 2] = Param }
+    16 TimestepTable { out: u32 = Out, table: u32 = Tensor }
+    17 Unary { out: u32 = Out, x: u32 = In, kind: u32 = Param, a: f32 = Param, b: f32 = Param }
+    18 Binary { out: u32 = Out, a: u32 = In, b: u32 = In, dims: [u32; 3] = Param, bcast: u32 = Param, kind: u32 = Param }
+    19 BinaryConst {
+        out: u32 = Out, a: u32 = In, t: u32 = Tensor, dims: [u32; 3] = Param, bcast: u32 = Param, kind: u32 = Param,
+        swap: bool = Param,
+    }
     20 Quantize { out: u32 = Out, x: u32 = In }
     21 Dequantize { out: u32 = Out, x: u32 = In }
     22 QConv2d {
@@ -317,7 +332,7 @@ mod tests {
     use super::*;
 
     /// One op of every kind, each operand a distinct word, so that a swapped or dropped operand shows.
-    fn every_op() -> [Op; 23] {
+    fn every_op() -> [Op; 29] {
         let f = |i: u32| i as f32 + 0.5;
         [
             Op::TimestepEmbed { out: 1, flip_sin_to_cos: true, freq_shift: f(3), max_period: f(4) },
@@ -333,6 +348,12 @@ mod tests {
             Op::Upsample2x { out: 1, x: 2 },
             Op::Concat { out: 1, a: 2, b: 3 },
             Op::Affine { out: 1, x: 2, mul: f(3), add: f(4) },
+            Op::LayerNorm { out: 1, x: 2, gamma: 3, beta: 4, eps: f(5) },
+            Op::ConvTranspose2d { out: 1, x: 2, w: 3, b: 4, stride: 5, pad: [6, 7] },
+            Op::TimestepTable { out: 1, table: 2 },
+            Op::Unary { out: 1, x: 2, kind: 3, a: f(4), b: f(5) },
+            Op::Binary { out: 1, a: 2, b: 3, dims: [4, 5, 6], bcast: 7, kind: 8 },
+            Op::BinaryConst { out: 1, a: 2, t: 3, dims: [4, 5, 6], bcast: 7, kind: 8, swap: true },
             Op::Quantize { out: 1, x: 2 },
             Op::Dequantize { out: 1, x: 2 },
             Op::QConv2d { out: 1, x: 2, w: 3, brq: 4, stride: 5, pad: [6, 7, 8, 9] },
@@ -386,7 +407,7 @@ mod tests {
             assert_ne!(op.result(), u32::MAX, "{}", op.name());
         }
         let mut r = [0u32; OP_WORDS];
-        r[0] = 14;
+        r[0] = 30;
         assert_eq!(Op::decode(&r), None, "unknown opcode");
         let mut flag = Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: 0.0, silu: true }.encode();
         flag[7] = 2;

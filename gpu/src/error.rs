@@ -40,6 +40,8 @@ pub enum Error {
     },
     /// A model or sampler option the GPU backend does not implement (the CPU path does).
     Unsupported(&'static str),
+    /// The program has an op the GPU backend has no kernel for yet (the CPU runs it).
+    UnsupportedOp(&'static str),
     /// An argument has the wrong size or value.
     BadInput(String),
     /// The request is invalid for this model (checked by `ddpm-core`).
@@ -73,6 +75,9 @@ impl fmt::Display for Error {
             ),
             Error::TooLarge { what, need, limit } => write!(f, "{what} is {need}, over the device limit {limit}"),
             Error::Unsupported(what) => write!(f, "not supported by the GPU backend: {what}"),
+            Error::UnsupportedOp(op) => {
+                write!(f, "not supported by the GPU backend: the {op} op (this model runs on the CPU backend)")
+            }
             Error::BadInput(what) => f.write_str(what),
             Error::Run(e) => write!(f, "{e}"),
             Error::Sample(e) => write!(f, "{e}"),

@@ -24,7 +24,9 @@
 //! `exp`/`log`/`sqrt`/`sin`/`cos`: SiLU, softmax, group norm and the Box–Muller transform of the noise, so results
 //! differ from the CPU in the last bits; the tests bound the difference.
 //!
-//! Not supported (clear errors): dynamic thresholding in the sampler and int8 blobs ([`Error::Unsupported`]).
+//! Not supported (clear errors, before any work): dynamic thresholding in the sampler and int8 blobs
+//! ([`Error::Unsupported`]), and the ops of imported ONNX graphs that have no shader yet (layer norm, transposed
+//! convolution, timestep tables, unary and broadcasting binary maps: [`Error::UnsupportedOp`]).
 //!
 //! # Use
 //!

@@ -190,6 +190,9 @@ impl GpuModel {
         if model.precision() == ddpm_core::Precision::Int8 {
             return Err(Error::Unsupported("int8 blobs (run them on the CPU, or convert the model to f32 or f16)"));
         }
+        if let Some(op) = (0..model.num_ops()).filter_map(|i| model.op(i)).find(|op| !crate::plan::has_kernel(op)) {
+            return Err(Error::UnsupportedOp(op.name()));
+        }
         let plan = Plan::new(model, batch)?;
         let (c_in, c_out) = (model.in_channels(), model.out_channels());
         let hw = model.height() * model.width();

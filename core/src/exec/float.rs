@@ -18,6 +18,21 @@ macro_rules! with_weights {
     };
 }
 
+/// `out` and up to two disjoint read ranges of the arena (an empty range stands for "not needed"; `same`: the
+/// two read ranges are one, carved once).
+fn carve3(
+    bytes: &mut [u8],
+    out: core::ops::Range<usize>,
+    l: core::ops::Range<usize>,
+    r: core::ops::Range<usize>,
+    same: bool,
+) -> Option<[&mut [u8]; 3]> {
+    let r = if same { r.start..r.start } else { r };
+    let l = if l.is_empty() { out.start..out.start } else { l };
+    let r = if r.is_empty() { out.start..out.start } else { r };
+    carve(bytes, [out, l, r])
+}
+
 impl Exec<'_, '_> {
     /// Runs one float op on the f32 view of the arena.
     pub(super) fn run(&self, a: &mut [f32], op: &Op) -> Result<(), RunError> {
@@ -131,6 +146,94 @@ impl Exec<'_, '_> {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 Self::copy(a, &o, &xi)?;
                 ops::affine(a.get_mut(o.range()).ok_or(bad)?, mul, add);
+            }
+            Op::LayerNorm { out, x, gamma, beta, eps } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                Self::copy(a, &o, &xi)?;
+                let (g, bt) = (self.vector(gamma)?, self.vector(beta)?);
+                ops::layer_norm(a.get_mut(o.range()).ok_or(bad)?, g, bt, eps);
+            }
+            Op::ConvTranspose2d { out, x, w, b, stride, pad } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let info = self.m.tensor_info(w).ok_or(bad)?;
+                let g = ops::ConvTransposeShape {
+                    ci: xi.c,
+                    h: xi.h,
+                    w: xi.w,
+                    co: o.c,
+                    kh: info.dims[2],
+                    kw: info.dims[3],
+                    stride: stride as usize,
+                    pad_top: pad[0] as usize,
+                    pad_left: pad[1] as usize,
+                    ho: o.h,
+                    wo: o.w,
+                };
+                let (wv, bv) = (self.weights(w)?, self.vector(b)?);
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                with_weights!(wv, w => ops::conv_transpose2d(od, xd, w, bv, &g));
+            }
+            Op::TimestepTable { out, table } => {
+                let o = self.value(out)?;
+                let info = self.m.tensor_info(table).ok_or(bad)?;
+                let rows = info.dims[0];
+                let t = self.t;
+                if t < 0.0 || t != libm::floorf(t) || t as usize >= rows {
+                    return Err(RunError::TimestepNotInTable { rows: rows as u32 });
+                }
+                let tv = self.weights(table)?;
+                let od = a.get_mut(o.range()).ok_or(bad)?;
+                let base = t as usize * od.len();
+                for (k, v) in od.iter_mut().enumerate() {
+                    *v = tv.get_f32(base + k);
+                }
+            }
+            Op::Unary { out, x, kind, a: pa, b: pb } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                Self::copy(a, &o, &xi)?;
+                let f = ops::UnaryFn::from_code(kind).ok_or(bad)?;
+                ops::unary(a.get_mut(o.range()).ok_or(bad)?, f, pa, pb);
+            }
+            Op::Binary { out, a: lhs, b: rhs, dims, bcast, kind } => {
+                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
+                let f = ops::BinaryFn::from_code(kind).ok_or(bad)?;
+                let (bl, br) = (ops::Broadcast(bcast & 7), ops::Broadcast(bcast >> 3));
+                let d = dims.map(|d| d as usize);
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
+                let (lr, rr) = (l.byte_range(), r.byte_range());
+                let (or, same_l, same_r) = (o.byte_range(), lr == o.byte_range(), rr == o.byte_range());
+                // Operands that are `out` itself are read from it; the others are disjoint from it (validated).
+                let far = |same: bool, x: &core::ops::Range<usize>| if same { 0..0 } else { x.clone() };
+                let [od, ld, rd] = carve3(bytes, or, far(same_l, &lr), far(same_r, &rr), lr == rr).ok_or(bad)?;
+                let ld: Option<&[f32]> = if same_l { None } else { Some(cast(ld)?) };
+                let rd: Option<&[f32]> = if same_r {
+                    None
+                } else if lr == rr {
+                    ld
+                } else {
+                    Some(cast(rd)?)
+                };
+                let od = cast_mut(od)?;
+                ops::binary(od, ops::Operand { data: ld, bc: bl }, ops::Operand { data: rd, bc: br }, d, f);
+            }
+            Op::BinaryConst { out, a: lhs, t, dims, bcast, kind, swap } => {
+                let (o, l) = (self.value(out)?, self.value(lhs)?);
+                let f = ops::BinaryFn::from_code(kind).ok_or(bad)?;
+                let (bl, bt) = (ops::Broadcast(bcast & 7), ops::Broadcast(bcast >> 3));
+                let d = dims.map(|d| d as usize);
+                let tv = self.vector(t)?;
+                let tsrc = ops::Operand { data: Some(tv), bc: bt };
+                if o.range() == l.range() {
+                    let od = a.get_mut(o.range()).ok_or(bad)?;
+                    let lsrc = ops::Operand { data: None, bc: bl };
+                    let (x, y) = if swap { (tsrc, lsrc) } else { (lsrc, tsrc) };
+                    ops::binary(od, x, y, d, f);
+                } else {
+                    let (od, ld) = split_pair(a, o.range(), l.range()).ok_or(bad)?;
+                    let lsrc = ops::Operand { data: Some(ld), bc: bl };
+                    let (x, y) = if swap { (tsrc, lsrc) } else { (lsrc, tsrc) };
+                    ops::binary(od, x, y, d, f);
+                }
             }
             _ => self.run_quantized(bytemuck::cast_slice_mut(a), op)?,
         }

@@ -99,17 +99,90 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 "Linear needs vector x and out, w of shape [out, in], and out apart from x",
             )
         }
-        Op::Silu { out, x } | Op::Affine { out, x, .. } => {
+        Op::Silu { out, x } => {
             let (o, xi) = (v(out)?, v(x)?);
-            if let Op::Affine { mul, add, .. } = *op {
-                ok(
-                    mul.is_finite() && add.is_finite(),
-                    "the op needs finite parameters, out of x's shape, and out equal to or apart from x",
-                )?;
-            }
             ok(
                 same_shape(&o, &xi) && same_or_disjoint(&o, &xi),
-                "the op needs finite parameters, out of x's shape, and out equal to or apart from x",
+                "Silu needs out of x's shape, equal to or apart from x",
+            )
+        }
+        Op::Affine { out, x, mul, add } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(
+                mul.is_finite() && add.is_finite() && o.numel() == xi.numel() && same_or_disjoint(&o, &xi),
+                "Affine needs finite parameters and out of x's size, equal to or apart from x",
+            )
+        }
+        Op::LayerNorm { out, x, gamma, beta, eps } => {
+            let (o, xi, gi) = (v(out)?, v(x)?, t(gamma)?);
+            let n = gi.numel();
+            vec_f32(gamma, n)?;
+            vec_f32(beta, n)?;
+            ok(
+                n > 0
+                    && o.numel() % n == 0
+                    && eps.is_finite()
+                    && eps >= 0.0
+                    && same_shape(&o, &xi)
+                    && same_or_disjoint(&o, &xi),
+                "LayerNorm needs gamma and beta of a length dividing x's size, a finite eps >= 0, and out of x's shape, equal to or apart from it",
+            )
+        }
+        Op::ConvTranspose2d { out, x, w, b, stride, pad } => {
+            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+            vec_f32(b, o.c)?;
+            let [ci, co, kh, kw] = wi.dims;
+            let s = stride as usize;
+            let [pt, pl] = pad.map(|p| p as usize);
+            // The output may reach past the last tap by less than one stride (ONNX `output_padding`).
+            let fits = |n: usize, k: usize, p: usize, on: usize| {
+                n > 0 && (n - 1).checked_mul(s).and_then(|l| l.checked_add(k + s - 1)).is_some_and(|l| on + p <= l)
+            };
+            ok(
+                wi.ndim == 4
+                    && ci == xi.c
+                    && co == o.c
+                    && s > 0
+                    && s <= 64
+                    && pt < kh
+                    && pl < kw
+                    && o.h > 0
+                    && o.w > 0
+                    && fits(xi.h, kh, pt, o.h)
+                    && fits(xi.w, kw, pl, o.w)
+                    && disjoint(&o, &xi),
+                "ConvTranspose2d's kernel [ci, co, kh, kw], stride and padding do not map x to out, or out overlaps x",
+            )
+        }
+        Op::TimestepTable { out, table } => {
+            let (o, ti) = (v(out)?, t(table)?);
+            ok(
+                ti.ndim == 2 && ti.dims[0] > 0 && ti.dims[1] == o.numel(),
+                "TimestepTable needs a [timesteps, n] table for an output of n elements",
+            )
+        }
+        Op::Unary { out, x, kind, a, b } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(
+                crate::ops::UnaryFn::from_code(kind).is_some()
+                    && a.is_finite()
+                    && b.is_finite()
+                    && same_shape(&o, &xi)
+                    && same_or_disjoint(&o, &xi),
+                "Unary needs a known function, finite parameters, and out of x's shape, equal to or apart from x",
+            )
+        }
+        Op::Binary { out, a, b, dims, bcast, kind } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            binary_ok(&o, &ai, Some(&bi), dims, bcast, kind)
+        }
+        Op::BinaryConst { out, a, t: c, dims, bcast, kind, .. } => {
+            let (o, ai, ci) = (v(out)?, v(a)?, t(c)?);
+            binary_ok(&o, &ai, None, dims, bcast, kind)?;
+            let n = crate::ops::Broadcast(bcast >> 3).numel(dims.map(|d| d as usize));
+            ok(
+                ci.dtype == DType::F32 && ci.numel() == n,
+                "BinaryConst needs an f32 tensor of the broadcast operand's size",
             )
         }
         Op::ClassEmbed { out, table } => {
@@ -381,6 +454,32 @@ fn quantized(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
     }
 }
 
+/// A `Binary`'s shape `dims` holds `out`, each operand has the size its broadcast bits give, and `out` is
+/// either apart from an operand or that operand itself, unbroadcast.
+fn binary_ok(
+    o: &ValueInfo,
+    a: &ValueInfo,
+    b: Option<&ValueInfo>,
+    dims: [u32; 3],
+    bcast: u32,
+    kind: u32,
+) -> Result<(), &'static str> {
+    let d = dims.map(|d| d as usize);
+    let n = d[0].checked_mul(d[1]).and_then(|n| n.checked_mul(d[2]));
+    let (ba, bb) = (crate::ops::Broadcast(bcast & 7), crate::ops::Broadcast(bcast >> 3));
+    let operand_ok = |x: &ValueInfo, bc: crate::ops::Broadcast| {
+        x.numel() == bc.numel(d) && (disjoint(o, x) || (o.byte_range() == x.byte_range() && bc.0 == 0))
+    };
+    ok(
+        crate::ops::BinaryFn::from_code(kind).is_some()
+            && bcast < 64
+            && n == Some(o.numel())
+            && operand_ok(a, ba)
+            && b.is_none_or(|b| operand_ok(b, bb)),
+        "Binary needs a known function, a shape of out's size, operands of their broadcast sizes, and out apart from an operand or that operand unbroadcast",
+    )
+}
+
 /// `Ok` when `cond` holds, else `why`.
 fn ok(cond: bool, why: &'static str) -> Result<(), &'static str> {
     if cond {
@@ -414,6 +513,14 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
             numel(out)
         }
         Op::ScaleShift { x, .. } => 2 * numel(x),
+        Op::LayerNorm { out, .. } => 6 * numel(out),
+        Op::ConvTranspose2d { x, w, .. } => {
+            // Each input element meets every kernel element of every output channel once.
+            let ci = m.value(x).map(|v| v.c as u64).unwrap_or(1).max(1);
+            2 * numel(x) * (tel(w) / ci)
+        }
+        Op::TimestepTable { .. } => 0,
+        Op::Unary { out, .. } | Op::Binary { out, .. } | Op::BinaryConst { out, .. } => numel(out),
         Op::Upsample2x { .. } | Op::Concat { .. } | Op::QConcat { .. } => 0,
         Op::QConv2d { out, w, .. } => {
             let co = m.value(out).map(|v| v.c as u64).unwrap_or(1).max(1);

@@ -8,22 +8,28 @@
 
 mod attention;
 mod conv2d;
+mod conv_transpose;
 mod elementwise;
 mod group_norm;
 mod int8;
+mod layer_norm;
 mod linear;
+mod pointwise;
 mod resample;
 mod timestep;
 
 pub use attention::{attention_core, attention_output, attention_project};
 pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
+pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::group_norm;
 pub use int8::{
     dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
     QElem, QMut, QNorm, QRef, Src,
 };
+pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows};
+pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;
 

@@ -78,6 +78,20 @@ pub fn to_int8(
     if cal.trajectories == 0 || cal.steps == 0 {
         bail!(Quantize, "calibration needs at least one trajectory of at least one step");
     }
+    let float_only = |op: &Op| {
+        matches!(
+            op,
+            Op::LayerNorm { .. }
+                | Op::ConvTranspose2d { .. }
+                | Op::TimestepTable { .. }
+                | Op::Unary { .. }
+                | Op::Binary { .. }
+                | Op::BinaryConst { .. }
+        )
+    };
+    if let Some(op) = g.ops.iter().find(|op| float_only(op)) {
+        bail!(Quantize, "int8 has no kernel for the {} op yet: convert this model to f32 or f16", op.name());
+    }
     let f32_hdr = ModelHeader { precision: Precision::F32, config_json: hdr.config_json.clone(), ..*hdr };
     let f32_blob = AlignedBlob::from_bytes(&crate::emit::blob(g, &f32_hdr, input, output)?);
     let model = f32_blob.model()?;

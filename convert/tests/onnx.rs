@@ -1,0 +1,96 @@
+//! ONNX import parity: PyTorch UNets exported with both of torch's exporters convert and run like PyTorch.
+//!
+//! Fixtures: `tests/fixtures/onnx/<model>/` made by `python3 tests/fixtures/make_onnx_fixtures.py` (PyTorch eager
+//! outputs at t = 0, T/2, T−1 for a fixed sample). Bounds, relative to the largest reference magnitude: f32
+//! 1e-4 (the ops run in f32 like PyTorch's; sums in another order differ by a few ulps per op, measured below
+//! 1e-6), f16 5e-3 (weights rounded to half: relative error 2^-11 per weight, accumulated over a few layers).
+
+use std::path::{Path, PathBuf};
+
+use ddpm_convert::onnx::{convert_onnx, read_onnx, OnnxRequest};
+use ddpm_convert::{AlignedBlob, Calibration};
+use ddpm_core::Precision;
+
+fn fixtures(model: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx").join(model)
+}
+
+fn npy(p: &Path) -> Vec<f32> {
+    ddpm_convert::load::read_npy(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).1
+}
+
+fn convert(path: &Path, precision: Precision) -> (AlignedBlob, Vec<String>) {
+    let model = read_onnx(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let out = convert_onnx(OnnxRequest {
+        model,
+        options: Default::default(),
+        scheduler: None,
+        scheduler_overrides: Default::default(),
+        precision,
+        calibration: Calibration::default(),
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (AlignedBlob::from_bytes(&out.blob), out.notes)
+}
+
+/// Largest |ours − ref| over the fixture's timesteps, and the largest |ref|.
+fn worst(model: &str, file: &str, precision: Precision) -> (f32, f32) {
+    let dir = fixtures(model);
+    let (blob, _) = convert(&dir.join(file), precision);
+    let m = blob.model().expect("valid blob");
+    let x = npy(&dir.join("x.npy"));
+    let mut arena = vec![0u8; m.arena_bytes() + 16];
+    let (mut err, mut big) = (0.0f32, 0.0f32);
+    for t in [0u32, 500, 999] {
+        let want = npy(&dir.join(format!("out_{t}.npy")));
+        let mut got = vec![0.0; want.len()];
+        m.forward(&mut arena, &x, t as f32, None, &mut got).expect("forward");
+        for (a, b) in got.iter().zip(&want) {
+            err = err.max((a - b).abs());
+            big = big.max(b.abs());
+        }
+    }
+    (err, big)
+}
+
+#[test]
+fn tutorial_unet_matches_pytorch_through_both_exporters() {
+    for file in ["dynamo.onnx", "legacy.onnx"] {
+        let (e32, big) = worst("tutorial", file, Precision::F32);
+        eprintln!("tutorial/{file} f32: max abs err {e32:.3e}, max |ref| {big:.3}");
+        assert!(e32 <= 1e-4 * big, "tutorial/{file} f32: {e32} > 1e-4 x {big}");
+        let (e16, _) = worst("tutorial", file, Precision::F16);
+        eprintln!("tutorial/{file} f16: max abs err {e16:.3e}");
+        assert!(e16 <= 5e-3 * big, "tutorial/{file} f16: {e16} > 5e-3 x {big}");
+    }
+}
+
+#[test]
+fn a_timestep_outside_the_table_is_an_error() {
+    let (blob, notes) = convert(&fixtures("tutorial").join("dynamo.onnx"), Precision::F32);
+    assert!(notes.iter().any(|n| n.contains("tabulated")), "{notes:?}");
+    let m = blob.model().unwrap();
+    let x = vec![0.0; 28 * 28];
+    let mut out = vec![0.0; 28 * 28];
+    let mut arena = vec![0u8; m.arena_bytes() + 16];
+    for t in [1000.0, 2.5, -1.0] {
+        let e = m.forward(&mut arena, &x, t, None, &mut out).unwrap_err();
+        assert!(matches!(e, ddpm_core::RunError::TimestepNotInTable { rows: 1000 }), "t = {t}: {e}");
+    }
+}
+
+#[test]
+fn int8_refuses_ops_it_has_no_kernel_for() {
+    let model = read_onnx(&fixtures("tutorial").join("legacy.onnx")).unwrap();
+    let e = convert_onnx(OnnxRequest {
+        model,
+        options: Default::default(),
+        scheduler: None,
+        scheduler_overrides: Default::default(),
+        precision: Precision::Int8,
+        calibration: Calibration::default(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("int8 has no kernel for the") && e.contains("f32 or f16"), "{e}");
+}
