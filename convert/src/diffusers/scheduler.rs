@@ -129,7 +129,11 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
         }
     }
     let num = |k: &str, v: &Value| {
-        v.as_f64().map(|x| x as f32).ok_or_else(|| err!(Config, "scheduler option '{k}': expected a number, found {v}"))
+        // A number beyond f32's range would become infinite in the blob, which its validator refuses.
+        v.as_f64()
+            .map(|x| x as f32)
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| err!(Config, "scheduler option '{k}': expected a finite 32-bit number, found {v}"))
     };
     let flag = |k: &str, v: &Value| {
         v.as_bool().ok_or_else(|| err!(Config, "scheduler option '{k}': expected true or false, found {v}"))
@@ -203,4 +207,18 @@ pub fn from_json(m: &Map<String, Value>, graph: &mut Graph) -> Result<(Schedule,
         s.trained_betas_tensor = graph.tensor("scheduler.trained_betas", vec![betas.len()], betas);
     }
     Ok((s, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_beyond_f32_is_refused_not_stored_as_infinity() {
+        let m: Map<String, Value> = serde_json::from_str(r#"{"thresholding": true, "sample_max_value": 1e60}"#).unwrap();
+        let e = from_json(&m, &mut Graph::default()).unwrap_err().to_string();
+        assert!(e.contains("sample_max_value") && e.contains("finite"), "{e}");
+        let ok: Map<String, Value> = serde_json::from_str(r#"{"sample_max_value": 3.0e38}"#).unwrap();
+        assert_eq!(from_json(&ok, &mut Graph::default()).unwrap().0.sample_max_value, 3.0e38);
+    }
 }
