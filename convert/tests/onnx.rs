@@ -66,6 +66,15 @@ fn tutorial_unet_matches_pytorch_through_both_exporters() {
 }
 
 #[test]
+fn a_float_timestep_chain_is_tabulated_and_matches_pytorch() {
+    for file in ["dynamo.onnx", "legacy.onnx"] {
+        let (e32, big) = worst("sinusoidal", file, Precision::F32);
+        eprintln!("sinusoidal/{file} f32: max abs err {e32:.3e}, max |ref| {big:.3}");
+        assert!(e32 <= 1e-4 * big, "sinusoidal/{file} f32: {e32} > 1e-4 x {big}");
+    }
+}
+
+#[test]
 fn a_timestep_outside_the_table_is_an_error() {
     let (blob, notes) = convert(&fixtures("tutorial").join("dynamo.onnx"), Precision::F32);
     assert!(notes.iter().any(|n| n.contains("tabulated")), "{notes:?}");
@@ -93,4 +102,16 @@ fn int8_refuses_ops_it_has_no_kernel_for() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("int8 has no kernel for the") && e.contains("f32 or f16"), "{e}");
+}
+
+#[test]
+fn hostile_or_unsupported_files_are_errors() {
+    let e = ddpm_convert::onnx::parse(b"\x08\x07garbage\xff\xff", None).unwrap_err().to_string();
+    assert!(e.contains("not an ONNX model"), "{e}");
+    let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
+    assert!(ddpm_convert::onnx::parse(lfs, None).unwrap_err().to_string().contains("git lfs pull"));
+    let bytes = std::fs::read(fixtures("tutorial").join("legacy.onnx")).unwrap();
+    for cut in [10, bytes.len() / 3, bytes.len() - 7] {
+        assert!(ddpm_convert::onnx::parse(&bytes[..cut], None).is_err(), "a file cut at {cut} bytes parsed");
+    }
 }

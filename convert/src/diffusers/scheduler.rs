@@ -215,7 +215,8 @@ mod tests {
 
     #[test]
     fn a_number_beyond_f32_is_refused_not_stored_as_infinity() {
-        let m: Map<String, Value> = serde_json::from_str(r#"{"thresholding": true, "sample_max_value": 1e60}"#).unwrap();
+        let m: Map<String, Value> =
+            serde_json::from_str(r#"{"thresholding": true, "sample_max_value": 1e60}"#).unwrap();
         let e = from_json(&m, &mut Graph::default()).unwrap_err().to_string();
         assert!(e.contains("sample_max_value") && e.contains("finite"), "{e}");
         let ok: Map<String, Value> = serde_json::from_str(r#"{"sample_max_value": 3.0e38}"#).unwrap();

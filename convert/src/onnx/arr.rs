@@ -113,9 +113,7 @@ fn broadcast_index(s: &[usize], out: &[usize]) -> Result<Vec<usize>> {
     let padded: Vec<usize> = (0..r).map(|i| if i + s.len() >= r { s[i + s.len() - r] } else { 1 }).collect();
     let st = strides(&padded);
     let ost = strides(out);
-    Ok((0..n)
-        .map(|k| (0..r).map(|d| if padded[d] == 1 { 0 } else { (k / ost[d]) % out[d] * st[d] }).sum())
-        .collect())
+    Ok((0..n).map(|k| (0..r).map(|d| if padded[d] == 1 { 0 } else { (k / ost[d]) % out[d] * st[d] }).sum()).collect())
 }
 
 /// Elementwise binary op of the folding evaluator, numpy-broadcast.
@@ -298,7 +296,11 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
                 infer = Some(i);
                 out.push(1);
             }
-            0 if !allowzero => out.push(*input.get(i).ok_or_else(|| crate::err!(Model, "Reshape copies dimension {i} of a rank-{} input", input.len()))?),
+            0 if !allowzero => {
+                out.push(*input.get(i).ok_or_else(|| {
+                    crate::err!(Model, "Reshape copies dimension {i} of a rank-{} input", input.len())
+                })?)
+            }
             d if d >= 0 => out.push(d as usize),
             _ => bail!(Model, "Reshape to {spec:?}: bad dimension {d}"),
         }
@@ -348,7 +350,11 @@ pub fn slice(a: &Arr, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps:
             let v = if v < 0 { v.saturating_add(d) } else { v };
             v.clamp(lo, hi)
         };
-        let (s, e) = if step > 0 { (fix(starts[k], 0, d), fix(ends[k], 0, d)) } else { (fix(starts[k], 0, d - 1), fix(ends[k], -1, d - 1)) };
+        let (s, e) = if step > 0 {
+            (fix(starts[k], 0, d), fix(ends[k], 0, d))
+        } else {
+            (fix(starts[k], 0, d - 1), fix(ends[k], -1, d - 1))
+        };
         ranges[ax] = (s, e, step);
     }
     let picks: Vec<Vec<usize>> = ranges
@@ -372,7 +378,10 @@ pub fn slice(a: &Arr, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps:
 
 /// ONNX `Expand` to `shape` (numpy broadcast of both).
 pub fn expand(a: &Arr, shape: &[i64]) -> Result<Arr> {
-    let target = shape.iter().map(|&d| usize::try_from(d).map_err(|_| crate::err!(Model, "Expand to {shape:?}"))).collect::<Result<Vec<_>>>()?;
+    let target = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| crate::err!(Model, "Expand to {shape:?}")))
+        .collect::<Result<Vec<_>>>()?;
     let out = broadcast_shape(&a.shape, &target)?;
     let idx = broadcast_index(&a.shape, &out)?;
     Ok(a.pick(&idx, out))
@@ -381,7 +390,8 @@ pub fn expand(a: &Arr, shape: &[i64]) -> Result<Arr> {
 /// ONNX `Where`.
 pub fn where_(c: &Arr, x: &Arr, y: &Arr) -> Result<Arr> {
     let shape = broadcast_shape(&broadcast_shape(&c.shape, &x.shape)?, &y.shape)?;
-    let (ic, ix, iy) = (broadcast_index(&c.shape, &shape)?, broadcast_index(&x.shape, &shape)?, broadcast_index(&y.shape, &shape)?);
+    let (ic, ix, iy) =
+        (broadcast_index(&c.shape, &shape)?, broadcast_index(&x.shape, &shape)?, broadcast_index(&y.shape, &shape)?);
     let cv = c.ints();
     if x.is_float() || y.is_float() {
         let (xv, yv) = (x.floats(), y.floats());
@@ -414,6 +424,39 @@ pub fn range(start: &Arr, limit: &Arr, delta: &Arr) -> Result<Arr> {
     Ok(Arr::i(vec![n], (0..n as i64).map(|k| s + k * d).collect()))
 }
 
+/// ONNX `ReduceSum`/`ReduceMean`/`ReduceMax`/`ReduceMin` over `axes` (all when empty), in f32.
+pub fn reduce(op: &str, a: &Arr, axes: &[i64], keepdims: bool) -> Result<Arr> {
+    let r = a.shape.len();
+    let mut ax: Vec<usize> = axes.iter().map(|&x| axis(x, r)).collect::<Result<_>>()?;
+    if ax.is_empty() {
+        ax = (0..r).collect();
+    }
+    let kept: Vec<usize> = (0..r).map(|d| if ax.contains(&d) { 1 } else { a.shape[d] }).collect();
+    let n = numel(&kept)?;
+    let (ist, kst) = (strides(&a.shape), strides(&kept));
+    let x = a.floats();
+    let init = match op {
+        "ReduceMax" => f32::NEG_INFINITY,
+        "ReduceMin" => f32::INFINITY,
+        _ => 0.0,
+    };
+    let mut out = vec![init; n];
+    for (k, v) in x.iter().enumerate() {
+        let o: usize = (0..r).map(|d| if ax.contains(&d) { 0 } else { (k / ist[d]) % a.shape[d] * kst[d] }).sum();
+        out[o] = match op {
+            "ReduceMax" => out[o].max(*v),
+            "ReduceMin" => out[o].min(*v),
+            _ => out[o] + v,
+        };
+    }
+    if op == "ReduceMean" {
+        let count = (x.len() / n.max(1)).max(1) as f32;
+        out.iter_mut().for_each(|v| *v /= count);
+    }
+    let shape = if keepdims { kept } else { (0..r).filter(|d| !ax.contains(d)).map(|d| a.shape[d]).collect() };
+    Ok(Arr::f(shape, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,7 +477,12 @@ mod tests {
         assert!(reshape_target(&[3], &[2, -1], false).is_err());
         assert_eq!(slice(&t, &[1], &[i64::MAX], Some(&[1]), None).unwrap(), Arr::f(vec![3, 1], vec![1.0, 3.0, 5.0]));
         assert_eq!(transpose(&t, &[1, 0]).unwrap().floats(), vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
-        assert_eq!(range(&Arr::i(vec![], vec![0]), &Arr::i(vec![], vec![5]), &Arr::i(vec![], vec![2])).unwrap().ints(), vec![0, 2, 4]);
+        assert_eq!(
+            range(&Arr::i(vec![], vec![0]), &Arr::i(vec![], vec![5]), &Arr::i(vec![], vec![2])).unwrap().ints(),
+            vec![0, 2, 4]
+        );
         assert!(binary("Div", &Arr::i(vec![], vec![1]), &Arr::i(vec![], vec![0])).is_err());
+        assert_eq!(reduce("ReduceSum", &t, &[-1], false).unwrap(), Arr::f(vec![3], vec![1.0, 5.0, 9.0]));
+        assert_eq!(reduce("ReduceMean", &t, &[0], true).unwrap(), Arr::f(vec![1, 2], vec![2.0, 3.0]));
     }
 }

@@ -24,11 +24,62 @@ use crate::{bail, err};
 
 /// The op types the lowering accepts (constant-only nodes of other kinds fold if the evaluator knows them).
 pub const SUPPORTED: &[&str] = &[
-    "Abs", "Add", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div",
-    "Dropout", "Equal", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gelu", "Gemm", "Greater", "HardSigmoid",
-    "Identity", "LayerNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max", "Min", "Mod", "Mul", "Neg", "Pow",
-    "Range", "Reciprocal", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Sin", "Slice", "Softplus", "Sqrt",
-    "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Upsample", "Where",
+    "Abs",
+    "Add",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "ConvTranspose",
+    "Cos",
+    "Div",
+    "Dropout",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "Greater",
+    "HardSigmoid",
+    "Identity",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Less",
+    "Log",
+    "MatMul",
+    "Max",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Shape",
+    "Sigmoid",
+    "Sin",
+    "Slice",
+    "Softplus",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Upsample",
+    "Where",
 ];
 
 /// Lowering options.
@@ -62,7 +113,10 @@ enum Sym {
     Const(Arr),
     /// Timestep-only: computed by the node that produces it, for each timestep.
     TimeOnly,
-    Val { v: u32, shape: Vec<usize> },
+    Val {
+        v: u32,
+        shape: Vec<usize>,
+    },
 }
 
 /// The arena view `(c, h, w)` of an ONNX shape with batch 1: `[1, C, H, W…]` → `(C, H, W·…)`, `[1, A, B]` →
@@ -287,8 +341,11 @@ impl<'m> Lower<'m> {
             self.out_const(n, vec![a]);
             return Ok(());
         }
-        let ins: Vec<Option<&Sym>> =
-            n.inputs.iter().map(|x| if x.is_empty() { Ok(None) } else { self.sym(x).map(Some) }).collect::<Result<_>>()?;
+        let ins: Vec<Option<&Sym>> = n
+            .inputs
+            .iter()
+            .map(|x| if x.is_empty() { Ok(None) } else { self.sym(x).map(Some) })
+            .collect::<Result<_>>()?;
         let all_const = ins.iter().all(|s| matches!(s, None | Some(Sym::Const(_))));
         let any_time = ins.iter().any(|s| matches!(s, Some(Sym::TimeOnly)));
         let any_val = ins.iter().any(|s| matches!(s, Some(Sym::Val { .. })));
@@ -356,7 +413,8 @@ impl<'m> Lower<'m> {
                     Some(a) => Some(a.ints()),
                     None => attr_ints(n, "axes")?,
                 };
-                let to = squeeze_shape(&s, axes.as_deref(), op == "Unsqueeze").with_context(|| format!("node {}", n.name))?;
+                let to = squeeze_shape(&s, axes.as_deref(), op == "Unsqueeze")
+                    .with_context(|| format!("node {}", n.name))?;
                 let (o, to) = self.reshaped(v, &s, to)?;
                 self.define(n, o, to);
             }
@@ -404,8 +462,8 @@ impl<'m> Lower<'m> {
                 let (v, s) = self.val(n, 0)?;
                 self.define(n, v, s);
             }
-            "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Exp" | "Log" | "Sqrt" | "Abs" | "Neg" | "Sin" | "Cos" | "Erf"
-            | "HardSigmoid" | "Reciprocal" | "Softplus" | "Gelu" | "Clip" => {
+            "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "Exp" | "Log" | "Sqrt" | "Abs" | "Neg" | "Sin" | "Cos"
+            | "Erf" | "HardSigmoid" | "Reciprocal" | "Softplus" | "Gelu" | "Clip" => {
                 let (f, a, b) = match op {
                     "Relu" => (UnaryFn::Relu, 0.0, 0.0),
                     "LeakyRelu" => (UnaryFn::LeakyRelu, attr_f(n, "alpha", 0.01)?, 0.0),
@@ -501,7 +559,9 @@ impl<'m> Lower<'m> {
                 let scales = if op == "Upsample" { self.constant(n, 1)? } else { self.constant(n, 2)? };
                 let sizes = if op == "Resize" { self.constant(n, 3)? } else { None };
                 let target = match (scales.filter(|a| !a.is_empty()), sizes.filter(|a| !a.is_empty())) {
-                    (Some(sc), _) => sc.floats().iter().zip(&s).map(|(f, &d)| (f * d as f32).round() as usize).collect::<Vec<_>>(),
+                    (Some(sc), _) => {
+                        sc.floats().iter().zip(&s).map(|(f, &d)| (f * d as f32).round() as usize).collect::<Vec<_>>()
+                    }
                     (None, Some(sz)) => sz.ints().iter().map(|&d| d.max(0) as usize).collect(),
                     _ => refuse!(n, "neither scales nor sizes"),
                 };
@@ -710,7 +770,11 @@ impl<'m> Lower<'m> {
             (0..o).flat_map(|j| (0..k).map(move |i| (i, j))).map(|(i, j)| bf[i * o + j] * alpha).collect()
         };
         let bias = match if gemm { self.constant(n, 2)? } else { None } {
-            Some(c) => broadcast_to(c, &[o]).with_context(|| format!("node {} bias", n.name))?.iter().map(|x| x * beta).collect(),
+            Some(c) => broadcast_to(c, &[o])
+                .with_context(|| format!("node {} bias", n.name))?
+                .iter()
+                .map(|x| x * beta)
+                .collect(),
             None => vec![0.0; o],
         };
         let wt = self.g.tensor(&format!("{}.weight", n.name), vec![o, k], w);
@@ -800,23 +864,22 @@ fn collapse(out: &[usize], a: &[usize], b: &[usize]) -> Result<([u32; 3], u32)> 
 
 /// Evaluates one node on constant (or per-timestep) inputs.
 pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
-    let get = |k: usize| -> Result<&Arr> {
-        ins.get(k).copied().flatten().ok_or_else(|| err!(Model, "input {k} is missing"))
-    };
+    let get =
+        |k: usize| -> Result<&Arr> { ins.get(k).copied().flatten().ok_or_else(|| err!(Model, "input {k} is missing")) };
     let opt = |k: usize| ins.get(k).copied().flatten();
     let op = n.op.as_str();
     let one = |a: Arr| Ok(vec![a]);
     match op {
         "Identity" | "Dropout" => one(get(0)?.clone()),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Min" | "Max" | "Mod" | "Equal" | "Less" | "Greater" | "LessOrEqual"
-        | "GreaterOrEqual" | "And" | "Or" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Min" | "Max" | "Mod" | "Equal" | "Less" | "Greater"
+        | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" => {
             if ins.len() != 2 {
                 bail!(Model, "{op} of {} inputs", ins.len());
             }
             one(arr::binary(op, get(0)?, get(1)?)?)
         }
-        "Neg" | "Abs" | "Sin" | "Cos" | "Exp" | "Log" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Round" | "Sigmoid"
-        | "Tanh" | "Relu" | "Erf" | "Not" => one(arr::unary(op, get(0)?)?),
+        "Neg" | "Abs" | "Sin" | "Cos" | "Exp" | "Log" | "Sqrt" | "Reciprocal" | "Floor" | "Ceil" | "Round"
+        | "Sigmoid" | "Tanh" | "Relu" | "Erf" | "Not" => one(arr::unary(op, get(0)?)?),
         "Cast" => {
             let a = get(0)?;
             match attr_i(n, "to", 1)? {
@@ -853,7 +916,10 @@ pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
         "Flatten" => {
             let a = get(0)?;
             let ax = arr::axis(attr_i(n, "axis", 1)?, a.shape.len() + 1)?;
-            one(Arr { shape: vec![a.shape[..ax].iter().product(), a.shape[ax..].iter().product()], data: a.data.clone() })
+            one(Arr {
+                shape: vec![a.shape[..ax].iter().product(), a.shape[ax..].iter().product()],
+                data: a.data.clone(),
+            })
         }
         "Squeeze" | "Unsqueeze" => {
             let a = get(0)?;
@@ -879,10 +945,25 @@ pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
             one(arr::slice(a, &starts, &ends, axes.as_deref(), steps.as_deref())?)
         }
         "Expand" => one(arr::expand(get(0)?, &get(1)?.ints())?),
+        "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
+            // Axes are an attribute before opset 18 (13 for ReduceSum), an input after.
+            let axes = match opt(1) {
+                Some(a) => a.ints(),
+                None => attr_ints(n, "axes")?.unwrap_or_default(),
+            };
+            if axes.is_empty() && attr_i(n, "noop_with_empty_axes", 0)? != 0 {
+                return one(get(0)?.clone());
+            }
+            one(arr::reduce(op, get(0)?, &axes, attr_i(n, "keepdims", 1)? != 0)?)
+        }
         "Where" => one(arr::where_(get(0)?, get(1)?, get(2)?)?),
         "Range" => one(arr::range(get(0)?, get(1)?, get(2)?)?),
         "ConstantOfShape" => {
-            let shape: Vec<usize> = get(0)?.ints().iter().map(|&d| usize::try_from(d).map_err(|_| err!(Model, "ConstantOfShape {d}"))).collect::<Result<_>>()?;
+            let shape: Vec<usize> = get(0)?
+                .ints()
+                .iter()
+                .map(|&d| usize::try_from(d).map_err(|_| err!(Model, "ConstantOfShape {d}")))
+                .collect::<Result<_>>()?;
             let len = arr::numel(&shape)?;
             match n.attrs.get("value") {
                 Some(Attr::Tensor(v)) if v.len() == 1 => match &v.data {
@@ -895,7 +976,11 @@ pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
         }
         "Gemm" | "MatMul" => {
             let (a, b) = (get(0)?, get(1)?);
-            let (ta, tb) = if op == "Gemm" { (attr_i(n, "transA", 0)? != 0, attr_i(n, "transB", 0)? != 0) } else { (false, false) };
+            let (ta, tb) = if op == "Gemm" {
+                (attr_i(n, "transA", 0)? != 0, attr_i(n, "transB", 0)? != 0)
+            } else {
+                (false, false)
+            };
             let a2 = if ta { arr::transpose(a, &[1, 0])? } else { a.clone() };
             let b2 = if tb { arr::transpose(b, &[1, 0])? } else { b.clone() };
             if a2.shape.len() != 2 || b2.shape.len() != 2 || a2.shape[1] != b2.shape[0] {
@@ -920,7 +1005,7 @@ pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
             }
             one(r)
         }
-        _ => bail!(Model, "node {} ({op}): cannot be folded at convert time", n.name),
+        _ => bail!(Model, "{op} cannot be folded at convert time"),
     }
 }
 
@@ -946,7 +1031,11 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         bail!(Model, "the sample input {} has rank {} (expected [N, C, H, W])", x_io.name, x_io.dims.len());
     }
     if x_io.dims[0].is_some_and(|n| n != 1) {
-        bail!(Model, "the sample input has a fixed batch of {}: export with batch 1 or a dynamic batch axis", x_io.dims[0].unwrap_or(0));
+        bail!(
+            Model,
+            "the sample input has a fixed batch of {}: export with batch 1 or a dynamic batch axis",
+            x_io.dims[0].unwrap_or(0)
+        );
     }
     let Some(c) = x_io.dims[1] else { bail!(Model, "the sample input's channel count is symbolic") };
     let (h, w) = match (x_io.dims[2], x_io.dims[3], opts.sample_size) {
@@ -1022,7 +1111,10 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         for (a, b) in [(0, 1), (1, 0)] {
             let Some(&s) = l.maker.get(n.inputs[b].as_str()) else { continue };
             let sn = &m.nodes[s];
-            if sn.op == "Sigmoid" && sn.inputs.first() == Some(&n.inputs[a]) && uses.get(n.inputs[b].as_str()) == Some(&1) {
+            if sn.op == "Sigmoid"
+                && sn.inputs.first() == Some(&n.inputs[a])
+                && uses.get(n.inputs[b].as_str()) == Some(&1)
+            {
                 l.fused.insert(s);
                 l.silu.insert(i, n.inputs[a].clone());
             }

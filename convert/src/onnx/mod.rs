@@ -67,7 +67,8 @@ fn options(m: &Map<String, Value>) -> Result<(f32, Option<(usize, usize)>)> {
 /// Converts a parsed ONNX model into a blob.
 pub fn convert_onnx(r: OnnxRequest) -> Result<Converted> {
     let (timestep_scale, sample_size) = options(&r.options)?;
-    let mut notes = vec![format!("ONNX graph: opset {}, {} nodes, from {}", r.model.opset, r.model.nodes.len(), r.model.producer)];
+    let mut notes =
+        vec![format!("ONNX graph: opset {}, {} nodes, from {}", r.model.opset, r.model.nodes.len(), r.model.producer)];
     // The schedule's length sizes the timestep tables; it is parsed again into the program's own graph below.
     let mut sched_json = r.scheduler.clone().unwrap_or_default();
     sched_json.extend(r.scheduler_overrides.clone());

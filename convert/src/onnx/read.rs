@@ -182,7 +182,11 @@ fn external(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>> {
     let size = f.metadata().map_err(|e| ConvertError::io(&path, e))?.len();
     let length = length.unwrap_or(size.saturating_sub(offset));
     if offset.checked_add(length).is_none_or(|end| end > size) || length > MAX_EXTERNAL {
-        bail!(Checkpoint, "external data {}: bytes {offset}..+{length} are not in the file ({size} bytes)", path.display());
+        bail!(
+            Checkpoint,
+            "external data {}: bytes {offset}..+{length} are not in the file ({size} bytes)",
+            path.display()
+        );
     }
     f.seek(SeekFrom::Start(offset)).map_err(|e| ConvertError::io(&path, e))?;
     let mut buf = vec![0u8; length as usize];
@@ -217,19 +221,27 @@ pub fn tensor(t: &TensorProto, dir: Option<&Path>) -> Result<Arr> {
     };
     let chunks = |w: usize| raw.chunks_exact(w);
     let arr = match ty {
-        D::FLOAT if from_raw => Arr::f(shape, chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect()),
+        D::FLOAT if from_raw => {
+            Arr::f(shape, chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect())
+        }
         D::FLOAT => {
             field_len(t.float_data.len())?;
             Arr::f(shape, t.float_data.clone())
         }
-        D::DOUBLE if from_raw => Arr::f(shape, chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()),
+        D::DOUBLE if from_raw => {
+            Arr::f(shape, chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect())
+        }
         D::DOUBLE => {
             field_len(t.double_data.len())?;
             Arr::f(shape, t.double_data.iter().map(|&v| v as f32).collect())
         }
         D::FLOAT16 | D::BFLOAT16 if from_raw => {
             let conv = |b: [u8; 2]| {
-                if ty == D::FLOAT16 { half::f16::from_le_bytes(b).to_f32() } else { half::bf16::from_le_bytes(b).to_f32() }
+                if ty == D::FLOAT16 {
+                    half::f16::from_le_bytes(b).to_f32()
+                } else {
+                    half::bf16::from_le_bytes(b).to_f32()
+                }
             };
             Arr::f(shape, chunks(2).map(|c| conv([c[0], c[1]])).collect())
         }
@@ -237,22 +249,34 @@ pub fn tensor(t: &TensorProto, dir: Option<&Path>) -> Result<Arr> {
             field_len(t.int32_data.len())?;
             let conv = |v: i32| {
                 let b = (v as u16).to_le_bytes();
-                if ty == D::FLOAT16 { half::f16::from_le_bytes(b).to_f32() } else { half::bf16::from_le_bytes(b).to_f32() }
+                if ty == D::FLOAT16 {
+                    half::f16::from_le_bytes(b).to_f32()
+                } else {
+                    half::bf16::from_le_bytes(b).to_f32()
+                }
             };
             Arr::f(shape, t.int32_data.iter().map(|&v| conv(v)).collect())
         }
-        D::INT64 if from_raw => Arr::i(shape, chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()),
+        D::INT64 if from_raw => {
+            Arr::i(shape, chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+        }
         D::INT64 => {
             field_len(t.int64_data.len())?;
             Arr::i(shape, t.int64_data.clone())
         }
-        D::UINT64 if from_raw => Arr::i(shape, chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as i64).collect()),
+        D::UINT64 if from_raw => {
+            Arr::i(shape, chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as i64).collect())
+        }
         D::UINT64 => {
             field_len(t.uint64_data.len())?;
             Arr::i(shape, t.uint64_data.iter().map(|&v| v as i64).collect())
         }
-        D::INT32 if from_raw => Arr::i(shape, chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect()),
-        D::UINT32 if from_raw => Arr::i(shape, chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect()),
+        D::INT32 if from_raw => {
+            Arr::i(shape, chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect())
+        }
+        D::UINT32 if from_raw => {
+            Arr::i(shape, chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64).collect())
+        }
         D::INT16 if from_raw => Arr::i(shape, chunks(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect()),
         D::UINT16 if from_raw => Arr::i(shape, chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect()),
         D::INT8 if from_raw => Arr::i(shape, raw.iter().map(|&b| b as i8 as i64).collect()),
