@@ -116,9 +116,14 @@ fn load_input(a: &ConvertArgs) -> Result<Loaded> {
         let (sd, n) = load_file(&weights, a.key.as_deref())?;
         notes.extend(n);
         let config = Some(dir.join("config.json")).filter(|c| c.is_file());
-        let sched = [dir.join("scheduler/scheduler_config.json"), dir.join("../scheduler/scheduler_config.json")]
-            .into_iter()
-            .find(|s| s.is_file());
+        // A flat model folder (google/ddpm-cifar10-32) keeps its scheduler config beside config.json.
+        let sched = [
+            dir.join("scheduler_config.json"),
+            dir.join("scheduler/scheduler_config.json"),
+            dir.join("../scheduler/scheduler_config.json"),
+        ]
+        .into_iter()
+        .find(|s| s.is_file());
         if let Some(s) = &sched {
             notes.push(format!("scheduler config: {}", s.display()));
         }
@@ -133,6 +138,7 @@ fn load_input(a: &ConvertArgs) -> Result<Loaded> {
 }
 
 fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
+    lfs_pointer(p)?;
     let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext == "safetensors" {
         if key.is_some() {
@@ -142,6 +148,23 @@ fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
     }
     let (sd, used) = load::load_torch(p, key).with_context(|| format!("cannot read {}", p.display()))?;
     Ok((sd, vec![format!("using the {used}")]))
+}
+
+/// Refuses a Git LFS pointer file (what a clone without `git lfs` holds in place of the weights), naming it.
+fn lfs_pointer(p: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 200];
+    let n = std::fs::File::open(p).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let text = String::from_utf8_lossy(&head[..n]);
+    if text.starts_with("version https://git-lfs") {
+        let size = text.lines().find_map(|l| l.strip_prefix("size ")).map(str::trim).unwrap_or("?");
+        bail!(
+            Checkpoint,
+            "{} is a Git LFS pointer to {size} bytes, not the file itself: run `git lfs pull`",
+            p.display()
+        );
+    }
+    Ok(())
 }
 
 /// Converts a checkpoint file or diffusers folder. Nothing is written; the caller stores [`Converted::blob`].

@@ -106,6 +106,7 @@ pub fn convert_onnx(r: OnnxRequest) -> Result<Converted> {
 
 /// Reads an ONNX file (external data relative to its folder).
 pub fn read_onnx(path: &Path) -> Result<OnnxModel> {
+    crate::lfs_pointer(path)?;
     let bytes = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&bytes, Some(&dir))
