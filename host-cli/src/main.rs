@@ -483,7 +483,14 @@ fn run(cli: Cli) -> Result<()> {
 
 fn inspect(m: &Model<'_>) -> Result<()> {
     let s = m.schedule();
-    println!("family        diffusers UNet2DModel");
+    let class = serde_json::from_str::<serde_json::Value>(m.config_json())
+        .ok()
+        .and_then(|c| c.get("_class_name").and_then(|v| v.as_str()).map(str::to_string));
+    let family = match class.as_deref() {
+        Some("OnnxGraph") => "ONNX graph",
+        _ => "diffusers UNet2DModel",
+    };
+    println!("family        {family}");
     println!("precision     {}", m.precision().name());
     println!("sample        {} x {} x {} -> {} channels", m.in_channels(), m.height(), m.width(), m.out_channels());
     println!(

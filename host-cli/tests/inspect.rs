@@ -46,3 +46,33 @@ fn inspect_reports_the_model() {
     assert!(field(&out, "schedule").starts_with("1000 train steps, linear betas"), "{out}");
     assert!(field(&out, "config").contains("\"block_out_channels\":[16,32]"), "{out}");
 }
+
+#[test]
+fn an_onnx_graph_converts_inspects_and_samples_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("t.blob");
+    let onnx = fixtures().join("onnx/tutorial/legacy.onnx");
+    host_cli_ok(&["convert", onnx.to_str().unwrap(), "-o", blob.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host-cli"))
+        .args(["inspect", blob.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(field(&out, "family"), "ONNX graph");
+    assert_eq!(field(&out, "sample"), "1 x 28 x 28 -> 1 channels");
+    let png = tmp.path().join("t.png");
+    host_cli_ok(&[
+        "sample",
+        blob.to_str().unwrap(),
+        "-n",
+        "1",
+        "--steps",
+        "5",
+        "--sampler",
+        "ddim",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert!(std::fs::metadata(&png).unwrap().len() > 0);
+}
