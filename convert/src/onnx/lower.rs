@@ -1043,6 +1043,9 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         (Some(h), Some(w), None) => (h, w),
         _ => bail!(Model, "the sample's height and width are symbolic: give them with --set sample_size=N"),
     };
+    if !(1..=4096).contains(&c) || !(1..=16384).contains(&h) || !(1..=16384).contains(&w) {
+        bail!(Model, "the sample input is {c} x {h} x {w}: channels must be 1..4096, height and width 1..16384");
+    }
     let mut t_input = None;
     if let Some(t) = m.inputs.get(1) {
         let float = match t.elem {
