@@ -305,6 +305,20 @@ op_table! {
 pub const NO_LUT: u32 = u32::MAX;
 
 impl Op {
+    /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
+    /// pointwise maps): they have float kernels on the CPU only, no int8 counterpart or shader yet.
+    pub const fn is_float_cpu_only(&self) -> bool {
+        matches!(
+            self,
+            Op::LayerNorm { .. }
+                | Op::ConvTranspose2d { .. }
+                | Op::TimestepTable { .. }
+                | Op::Unary { .. }
+                | Op::Binary { .. }
+                | Op::BinaryConst { .. }
+        )
+    }
+
     /// Calls `f` with every activation value the op reads or writes, and its role, in table order.
     pub fn for_each_value(&self, mut f: impl FnMut(u32, Role)) {
         self.for_each_operand(&mut |w, role| {

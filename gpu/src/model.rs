@@ -190,7 +190,7 @@ impl GpuModel {
         if model.precision() == ddpm_core::Precision::Int8 {
             return Err(Error::Unsupported("int8 blobs (run them on the CPU, or convert the model to f32 or f16)"));
         }
-        if let Some(op) = (0..model.num_ops()).filter_map(|i| model.op(i)).find(|op| !crate::plan::has_kernel(op)) {
+        if let Some(op) = (0..model.num_ops()).filter_map(|i| model.op(i)).find(|op| op.is_float_cpu_only()) {
             return Err(Error::UnsupportedOp(op.name()));
         }
         let plan = Plan::new(model, batch)?;

@@ -35,19 +35,6 @@ pub(crate) struct Plan {
     pub(crate) stride: u32,
 }
 
-/// Whether the backend has a kernel for `op` (float programs only; int8 blobs are refused as a whole).
-pub(crate) fn has_kernel(op: &Op) -> bool {
-    !matches!(
-        op,
-        Op::LayerNorm { .. }
-            | Op::ConvTranspose2d { .. }
-            | Op::TimestepTable { .. }
-            | Op::Unary { .. }
-            | Op::Binary { .. }
-            | Op::BinaryConst { .. }
-    )
-}
-
 impl Plan {
     /// The embedding-table row for timestep `t`: each `TimestepEmbed` op's output, computed by `ddpm-core`'s
     /// own function so that the GPU sees bit-identical embeddings.

@@ -200,16 +200,11 @@ pub fn unary(op: &str, a: &Arr) -> Result<Arr> {
         "Sigmoid" => |x| 1.0 / (1.0 + (-x).exp()),
         "Tanh" => f32::tanh,
         "Relu" => |x| x.max(0.0),
-        "Erf" => libm_erf,
+        "Erf" => |x| ddpm_core::ops::UnaryFn::Erf.apply(x, 0.0, 0.0),
         "Identity" => |x| x,
         _ => bail!(Model, "cannot fold {op}"),
     };
     Ok(Arr::f(a.shape.clone(), x.into_iter().map(f).collect()))
-}
-
-fn libm_erf(x: f32) -> f32 {
-    // The folding path only: erf through f64's series-free identity is not needed; use the core's libm.
-    ddpm_core::ops::UnaryFn::Erf.apply(x, 0.0, 0.0)
 }
 
 /// `axis` of a rank-`r` array, negative counting from the end.

@@ -144,7 +144,6 @@ struct Lower<'m> {
     fused: HashSet<usize>,
     /// `Mul` nodes that are a SiLU of their input.
     silu: HashMap<usize, String>,
-    notes: Vec<String>,
 }
 
 fn attr_i(n: &Node, k: &str, d: i64) -> Result<i64> {
@@ -672,6 +671,18 @@ impl<'m> Lower<'m> {
         Ok((s, pads))
     }
 
+    /// The weight tensor of a Conv/ConvTranspose and its bias (input 2, or zeros), for `co` output channels.
+    fn kernel_tensors(&mut self, n: &Node, w: &Arr, co: usize) -> Result<(u32, u32)> {
+        let bias = match self.constant(n, 2)? {
+            Some(b) if b.len() == co => b.floats(),
+            Some(b) => refuse!(n, "bias of {} values for {co} channels", b.len()),
+            None => vec![0.0; co],
+        };
+        let wt = self.g.tensor(&format!("{}.weight", n.name), w.shape.clone(), w.floats());
+        let bt = self.g.tensor(&format!("{}.bias", n.name), vec![co], bias);
+        Ok((wt, bt))
+    }
+
     fn conv(&mut self, n: &Node) -> Result<()> {
         let (v, s) = self.val(n, 0)?;
         let Some(w) = self.constant(n, 1)? else { refuse!(n, "no weights") };
@@ -688,13 +699,7 @@ impl<'m> Lower<'m> {
         let (Some(ho), Some(wo)) = (out_len(s[2], kh, pad[0], pad[2]), out_len(s[3], kw, pad[1], pad[3])) else {
             refuse!(n, "the {kh}x{kw} kernel is larger than the padded {}x{} input", s[2], s[3]);
         };
-        let bias = match self.constant(n, 2)? {
-            Some(b) if b.len() == co => b.floats(),
-            Some(b) => refuse!(n, "bias of {} values for {co} channels", b.len()),
-            None => vec![0.0; co],
-        };
-        let wt = self.g.tensor(&format!("{}.weight", n.name), w.shape.clone(), w.floats());
-        let bt = self.g.tensor(&format!("{}.bias", n.name), vec![co], bias);
+        let (wt, bt) = self.kernel_tensors(n, &w, co)?;
         let shape = vec![1, co, ho, wo];
         let o = self.new_value(&shape)?;
         let pad = [pad[0], pad[1], pad[2], pad[3]].map(|p| p as u32);
@@ -723,18 +728,12 @@ impl<'m> Lower<'m> {
             refuse!(n, "padding {pad:?} as wide as the {kh}x{kw} kernel is not supported");
         }
         let len = |i: usize, k: usize, o: i64, a: usize, b: usize| {
-            ((i - 1) * st + k + o as usize).checked_sub(a + b).filter(|&x| x > 0)
+            i.checked_sub(1).and_then(|i| (i * st + k + o as usize).checked_sub(a + b)).filter(|&x| x > 0)
         };
         let (Some(ho), Some(wo)) = (len(s[2], kh, op[0], pad[0], pad[2]), len(s[3], kw, op[1], pad[1], pad[3])) else {
             refuse!(n, "padding {pad:?} leaves no output");
         };
-        let bias = match self.constant(n, 2)? {
-            Some(b) if b.len() == co => b.floats(),
-            Some(b) => refuse!(n, "bias of {} values for {co} channels", b.len()),
-            None => vec![0.0; co],
-        };
-        let wt = self.g.tensor(&format!("{}.weight", n.name), w.shape.clone(), w.floats());
-        let bt = self.g.tensor(&format!("{}.bias", n.name), vec![co], bias);
+        let (wt, bt) = self.kernel_tensors(n, &w, co)?;
         let shape = vec![1, co, ho, wo];
         let o = self.new_value(&shape)?;
         let pad = [pad[0] as u32, pad[1] as u32];
@@ -1080,7 +1079,6 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         t_input: t_input.clone(),
         fused: HashSet::new(),
         silu: HashMap::new(),
-        notes: Vec::new(),
     };
     for (name, a) in &m.initializers {
         l.syms.insert(name.clone(), Sym::Const(a.clone()));
@@ -1142,7 +1140,6 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
     if out_shape.len() != 4 || out_shape[0] != 1 || out_shape[2] != h || out_shape[3] != w {
         bail!(Model, "the output has shape {out_shape:?}, not [N, C, {h}, {w}] like the sample");
     }
-    notes.append(&mut l.notes);
     if !l.tables.is_empty() {
         let n: usize = l.tables.values().map(|(_, s)| s.iter().product::<usize>()).sum();
         notes.push(format!(

@@ -78,18 +78,7 @@ pub fn to_int8(
     if cal.trajectories == 0 || cal.steps == 0 {
         bail!(Quantize, "calibration needs at least one trajectory of at least one step");
     }
-    let float_only = |op: &Op| {
-        matches!(
-            op,
-            Op::LayerNorm { .. }
-                | Op::ConvTranspose2d { .. }
-                | Op::TimestepTable { .. }
-                | Op::Unary { .. }
-                | Op::Binary { .. }
-                | Op::BinaryConst { .. }
-        )
-    };
-    if let Some(op) = g.ops.iter().find(|op| float_only(op)) {
+    if let Some(op) = g.ops.iter().find(|op| op.is_float_cpu_only()) {
         bail!(Quantize, "int8 has no kernel for the {} op yet: convert this model to f32 or f16", op.name());
     }
     let f32_hdr = ModelHeader { precision: Precision::F32, config_json: hdr.config_json.clone(), ..*hdr };
