@@ -53,15 +53,83 @@ fn worst(model: &str, file: &str, precision: Precision) -> (f32, f32) {
     (err, big)
 }
 
+/// f32 within 1e-4 and f16 within 5e-3 of max |ref| through both exporters.
+fn matches_pytorch(model: &str) {
+    for file in ["dynamo.onnx", "legacy.onnx"] {
+        let (e32, big) = worst(model, file, Precision::F32);
+        eprintln!("{model}/{file} f32: max abs err {e32:.3e}, max |ref| {big:.3}");
+        assert!(e32 <= 1e-4 * big, "{model}/{file} f32: {e32} > 1e-4 x {big}");
+        let (e16, _) = worst(model, file, Precision::F16);
+        eprintln!("{model}/{file} f16: max abs err {e16:.3e}");
+        assert!(e16 <= 5e-3 * big, "{model}/{file} f16: {e16} > 5e-3 x {big}");
+    }
+}
+
 #[test]
 fn tutorial_unet_matches_pytorch_through_both_exporters() {
+    matches_pytorch("tutorial");
+}
+
+/// lucidrains' `Unet`: RMSNorm as `ReduceL2`/`Clip`/`Div`, attention as `Einsum`/`Softmax`, memory key/values
+/// concatenated on the token axis, pixel-unshuffle as a six-dimensional `Transpose`, `Split` chunks.
+#[test]
+fn lucidrains_unet_matches_pytorch_through_both_exporters() {
+    matches_pytorch("lucidrains");
+}
+
+#[test]
+fn lucidrains_unet_with_learned_sinusoidal_features_matches_pytorch() {
+    matches_pytorch("lucidrains_learned");
+}
+
+/// GroupNorm (exported as `InstanceNormalization` on a reshaped tensor, or `GroupNormalization`), `bmm`
+/// attention and `nn.MultiheadAttention` on tokens (`MatMul` by weights on every token row), BatchNorm.
+#[test]
+fn groupnorm_attention_unet_matches_pytorch_through_both_exporters() {
+    matches_pytorch("attention");
+}
+
+/// A diffusers `UNet2DModel` through ONNX samples like its native conversion: the same schedule, the same noise,
+/// DDIM over 10 steps. Both blobs' forwards are within a few 1e-6 of PyTorch; the first DDIM step divides the
+/// noise prediction's error by sqrt(ᾱ_999) = 0.0064 (linear betas), so the images (in [-1, 1]) may differ by
+/// up to ~160 × 1e-5 × max|ε| (3.7 here): the bound is 5e-3, and the measured difference is printed.
+#[test]
+fn diffusers_unet_through_onnx_samples_like_the_native_conversion() {
+    use ddpm_core::sampler::{Method, SampleSpec, Sampler};
+    matches_pytorch("diffusers");
+    let dir = fixtures("diffusers");
+    let native = ddpm_convert::convert_path(&ddpm_convert::ConvertArgs {
+        input: dir.join("unet"),
+        precision: Precision::F32,
+        key: None,
+        config: None,
+        scheduler: None,
+        sets: vec![],
+        scheduler_sets: vec![],
+        calibration: Calibration::default(),
+    })
+    .expect("native conversion");
+    let native = AlignedBlob::from_bytes(&native.blob);
+    let spec =
+        SampleSpec { method: Method::Ddim { eta: 0.0 }, steps: 10, batch: 1, seed: 3, class: None, first_image: 0 };
+    let run = |blob: &AlignedBlob| -> Vec<f32> {
+        let m = blob.model().expect("valid blob");
+        let s = Sampler::new(&m, spec).expect("sampler");
+        let mut arena = vec![0u8; s.arena_bytes() + 16];
+        let mut st = s.start(&mut arena, None).expect("start");
+        while st.done < s.num_steps() {
+            s.step(&mut arena, &mut st, None).expect("step");
+        }
+        s.samples(&arena).to_vec()
+    };
+    let want = run(&native);
     for file in ["dynamo.onnx", "legacy.onnx"] {
-        let (e32, big) = worst("tutorial", file, Precision::F32);
-        eprintln!("tutorial/{file} f32: max abs err {e32:.3e}, max |ref| {big:.3}");
-        assert!(e32 <= 1e-4 * big, "tutorial/{file} f32: {e32} > 1e-4 x {big}");
-        let (e16, _) = worst("tutorial", file, Precision::F16);
-        eprintln!("tutorial/{file} f16: max abs err {e16:.3e}");
-        assert!(e16 <= 5e-3 * big, "tutorial/{file} f16: {e16} > 5e-3 x {big}");
+        let (onnx, _) = convert(&dir.join(file), Precision::F32);
+        let got = run(&onnx);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let big = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!("diffusers/{file}: DDIM-10 sample vs native max abs diff {err:.3e}, max |native| {big:.3}");
+        assert!(big > 0.5 && err <= 5e-3, "diffusers/{file}: {err} > 5e-3 (max |native| {big})");
     }
 }
 

@@ -25,6 +25,14 @@
 //! | 17 | `Unary` | v out, v x, kind, f32 a, f32 b | `out = f(x)`, `f` = [`UnaryFn`](crate::ops::UnaryFn) of code `kind` with parameters `a`, `b` |
 //! | 18 | `Binary` | v out, v a, v b, d0, d1, d2, bcast, kind | `out = a ∘ b` over `[d0, d1, d2]`, `∘` = [`BinaryFn`](crate::ops::BinaryFn) of code `kind`; bit `i` of `bcast` broadcasts `a` along dimension `i`, bit `3 + i` broadcasts `b` |
 //! | 19 | `BinaryConst` | v out, v a, t t, d0, d1, d2, bcast, kind, swap | `Binary` with a stored f32 tensor as `b` (as `a` when `swap` = 1: `out = t ∘ a`) |
+//! | 30 | `Permute` | v out, v x, d0 … d5, perm | `x` as row-major `[d0, …, d5]` with its axes reordered: output axis `i` is input axis `(perm >> 4i) & 15` |
+//! | 31 | `MatMul` | v out, v a, v b, batch, m, k, n, shared, trans_b | `out[i] = a[i]·b[i]` for `i < batch`, a `[m, k]`, b `[k, n]` (`[n, k]` when `trans_b` = 1); bit 0 of `shared`: one `a` for every `i`, bit 1: one `b` |
+//! | 32 | `Softmax` | v out, v x, outer, n, inner | softmax over the middle dimension of `[outer, n, inner]` |
+//! | 33 | `Reduce` | v out, v x, outer, n, inner, kind | `out[o, i]` = [`ReduceFn`](crate::ops::ReduceFn) of code `kind` over `x[o, :, i]`, x `[outer, n, inner]` |
+//! | 34 | `Slice` | v out, v x, outer, n, inner, start, step, count | `out[o, j, i] = x[o, start + j·step, i]`, x `[outer, n, inner]`, `j < count` |
+//! | 35 | `ConcatAxis` | v out, v a, v b, outer, na, nb, inner | `out[o] = [a[o]; b[o]]`, a `[outer, na, inner]`, b `[outer, nb, inner]` |
+//! | 36 | `Constant` | v out, t t | `out = t`, an f32 tensor of out's size |
+//! | 37 | `LinearRows` | v out, v x, t w, t b | `Linear` on each of the `len(x)/in` rows of x: `out[r] = w·x[r] + b`, w `[o, in]` |
 //!
 //! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
 //! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
@@ -48,7 +56,7 @@
 //! | 29 | `QClassEmbed` | v out, v x, t table | `out = x + table[class]` on the embedding vector, table f32 (float arithmetic: one vector per forward pass) |
 //!
 //! Aliasing: an op's output may be the same value as an input only where the table's op works in place
-//! (`Silu`, `GroupNorm`, `Add`, `Affine`, `LayerNorm`, `Unary`, `Binary` and `BinaryConst` where that operand is not broadcast, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
+//! (`Silu`, `GroupNorm`, `Add`, `Affine`, `LayerNorm`, `Unary`, `Softmax`, `Binary` and `BinaryConst` where that operand is not broadcast, and `Attention`'s `out`/`x`/`xn`); otherwise, and always for partial
 //! overlaps, the arena ranges must be disjoint. Validation enforces this, so the executor never needs to copy
 //! defensively. Biases, norm parameters and other 1-D tensors are f32 in every precision.
 
@@ -299,6 +307,23 @@ op_table! {
     }
     28 QScaleShift { out: u32 = Out, x: u32 = In, v: u32 = In }
     29 QClassEmbed { out: u32 = Out, x: u32 = In, table: u32 = Tensor }
+    30 Permute { out: u32 = Out, x: u32 = In, dims: [u32; 6] = Param, perm: u32 = Param }
+    31 MatMul {
+        out: u32 = Out, a: u32 = In, b: u32 = In, batch: u32 = Param, m: u32 = Param, k: u32 = Param, n: u32 = Param,
+        shared: u32 = Param, trans_b: bool = Param,
+    }
+    32 Softmax { out: u32 = Out, x: u32 = In, outer: u32 = Param, n: u32 = Param, inner: u32 = Param }
+    33 Reduce { out: u32 = Out, x: u32 = In, outer: u32 = Param, n: u32 = Param, inner: u32 = Param, kind: u32 = Param }
+    34 Slice {
+        out: u32 = Out, x: u32 = In, outer: u32 = Param, n: u32 = Param, inner: u32 = Param, start: u32 = Param,
+        step: u32 = Param, count: u32 = Param,
+    }
+    35 ConcatAxis {
+        out: u32 = Out, a: u32 = In, b: u32 = In, outer: u32 = Param, na: u32 = Param, nb: u32 = Param,
+        inner: u32 = Param,
+    }
+    36 Constant { out: u32 = Out, t: u32 = Tensor }
+    37 LinearRows { out: u32 = Out, x: u32 = In, w: u32 = Tensor, b: u32 = Tensor }
 }
 
 /// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
@@ -306,7 +331,9 @@ pub const NO_LUT: u32 = u32::MAX;
 
 impl Op {
     /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
-    /// pointwise maps): they have float kernels on the CPU only, no int8 counterpart or shader yet.
+    /// pointwise maps, permutations, products of activations, softmax, reductions, slices, axis concatenation,
+    /// constants, per-row linear layers): they have float kernels on the CPU only, no int8 counterpart or shader
+    /// yet.
     pub const fn is_float_cpu_only(&self) -> bool {
         matches!(
             self,
@@ -316,6 +343,14 @@ impl Op {
                 | Op::Unary { .. }
                 | Op::Binary { .. }
                 | Op::BinaryConst { .. }
+                | Op::Permute { .. }
+                | Op::MatMul { .. }
+                | Op::Softmax { .. }
+                | Op::Reduce { .. }
+                | Op::Slice { .. }
+                | Op::ConcatAxis { .. }
+                | Op::Constant { .. }
+                | Op::LinearRows { .. }
         )
     }
 
@@ -346,7 +381,7 @@ mod tests {
     use super::*;
 
     /// One op of every kind, each operand a distinct word, so that a swapped or dropped operand shows.
-    fn every_op() -> [Op; 29] {
+    fn every_op() -> [Op; 37] {
         let f = |i: u32| i as f32 + 0.5;
         [
             Op::TimestepEmbed { out: 1, flip_sin_to_cos: true, freq_shift: f(3), max_period: f(4) },
@@ -390,6 +425,14 @@ mod tests {
             Op::QConcat { out: 1, a: 2, b: 3, ma: 4, sa: 5, mb: -6, sb: 7 },
             Op::QScaleShift { out: 1, x: 2, v: 3 },
             Op::QClassEmbed { out: 1, x: 2, table: 3 },
+            Op::Permute { out: 1, x: 2, dims: [3, 4, 5, 6, 7, 8], perm: 9 },
+            Op::MatMul { out: 1, a: 2, b: 3, batch: 4, m: 5, k: 6, n: 7, shared: 8, trans_b: true },
+            Op::Softmax { out: 1, x: 2, outer: 3, n: 4, inner: 5 },
+            Op::Reduce { out: 1, x: 2, outer: 3, n: 4, inner: 5, kind: 6 },
+            Op::Slice { out: 1, x: 2, outer: 3, n: 4, inner: 5, start: 6, step: 7, count: 8 },
+            Op::ConcatAxis { out: 1, a: 2, b: 3, outer: 4, na: 5, nb: 6, inner: 7 },
+            Op::Constant { out: 1, t: 2 },
+            Op::LinearRows { out: 1, x: 2, w: 3, b: 4 },
         ]
     }
 
@@ -421,7 +464,7 @@ mod tests {
             assert_ne!(op.result(), u32::MAX, "{}", op.name());
         }
         let mut r = [0u32; OP_WORDS];
-        r[0] = 30;
+        r[0] = 38;
         assert_eq!(Op::decode(&r), None, "unknown opcode");
         let mut flag = Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: 0.0, silu: true }.encode();
         flag[7] = 2;

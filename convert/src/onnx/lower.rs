@@ -26,6 +26,7 @@ use crate::{bail, err};
 pub const SUPPORTED: &[&str] = &[
     "Abs",
     "Add",
+    "BatchNormalization",
     "Cast",
     "Clip",
     "Concat",
@@ -36,6 +37,7 @@ pub const SUPPORTED: &[&str] = &[
     "Cos",
     "Div",
     "Dropout",
+    "Einsum",
     "Equal",
     "Erf",
     "Exp",
@@ -45,8 +47,10 @@ pub const SUPPORTED: &[&str] = &[
     "Gelu",
     "Gemm",
     "Greater",
+    "GroupNormalization",
     "HardSigmoid",
     "Identity",
+    "InstanceNormalization",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -60,10 +64,12 @@ pub const SUPPORTED: &[&str] = &[
     "Pow",
     "Range",
     "Reciprocal",
+    "ReduceL2",
     "ReduceMax",
     "ReduceMean",
     "ReduceMin",
     "ReduceSum",
+    "ReduceSumSquare",
     "Relu",
     "Reshape",
     "Resize",
@@ -71,7 +77,9 @@ pub const SUPPORTED: &[&str] = &[
     "Sigmoid",
     "Sin",
     "Slice",
+    "Softmax",
     "Softplus",
+    "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
@@ -186,6 +194,8 @@ macro_rules! refuse {
         bail!(Model, "node {} ({}): {}", $n.name, $n.op, format!($($arg)*))
     };
 }
+
+mod tensor;
 
 /// Ops whose weight operand keeps them in the program even when their input depends only on the timestep.
 fn carries_weights(op: &str) -> bool {
@@ -358,9 +368,15 @@ impl<'m> Lower<'m> {
         // Shapes are static: `Shape` of a value is a constant.
         if n.op == "Shape" && any_val {
             let (_, shape) = self.val(n, 0)?;
-            let a = Arr::i(vec![shape.len()], shape.iter().map(|&d| d as i64).collect());
-            let sliced = fold(n, &[Some(&a)]).map(|mut v| v.remove(0)).unwrap_or(a);
-            self.out_const(n, vec![sliced]);
+            // `fold` computes `Shape` (with its start/end) of a tensor of this shape; no element is read.
+            let probe = Arr { shape, data: arr::Data::F(Vec::new()) };
+            let dims = fold(n, &[Some(&probe)])?;
+            self.out_const(n, dims);
+            return Ok(());
+        }
+        if n.op == "Size" && any_val {
+            let (_, shape) = self.val(n, 0)?;
+            self.out_const(n, vec![Arr::i(vec![], vec![arr::numel(&shape)? as i64])]);
             return Ok(());
         }
         if any_time && !any_val && !carries_weights(&n.op) {
@@ -417,21 +433,7 @@ impl<'m> Lower<'m> {
                 let (o, to) = self.reshaped(v, &s, to)?;
                 self.define(n, o, to);
             }
-            "Transpose" => {
-                let (v, s) = self.val(n, 0)?;
-                let perm: Vec<usize> = match attr_ints(n, "perm")? {
-                    Some(p) => p.iter().map(|&x| usize::try_from(x).unwrap_or(usize::MAX)).collect(),
-                    None => (0..s.len()).rev().collect(),
-                };
-                // Only a permutation that keeps the order of every dimension larger than 1 is a reshape.
-                let big: Vec<usize> = perm.iter().copied().filter(|&p| s.get(p).is_some_and(|&d| d > 1)).collect();
-                if perm.len() != s.len() || perm.iter().any(|&p| p >= s.len()) || big.windows(2).any(|w| w[0] > w[1]) {
-                    refuse!(n, "a Transpose that moves data (perm {perm:?} of {s:?}) is not supported yet");
-                }
-                let to = perm.iter().map(|&p| s[p]).collect();
-                let (o, to) = self.reshaped(v, &s, to)?;
-                self.define(n, o, to);
-            }
+            "Transpose" => self.transpose(n)?,
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Min" | "Max" => {
                 if op == "Mul" {
                     if let Some(x) = self.silu.get(&i).cloned() {
@@ -502,7 +504,19 @@ impl<'m> Lower<'m> {
             }
             "Conv" => self.conv(n)?,
             "ConvTranspose" => self.conv_transpose(n)?,
+            "MatMul" if !matches!(self.sym(&n.inputs[1])?, Sym::Const(_)) => self.matmul(n)?,
             "Gemm" | "MatMul" => self.linear(n)?,
+            "Einsum" => self.einsum(n)?,
+            "Softmax" => self.softmax(n)?,
+            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceL2" | "ReduceSumSquare" => {
+                self.reduce(n)?
+            }
+            "Split" => self.split(n)?,
+            "Slice" => self.slice(n)?,
+            "Gather" => self.gather(n)?,
+            "Expand" => self.expand(n)?,
+            "InstanceNormalization" | "GroupNormalization" => self.group_norm(n)?,
+            "BatchNormalization" => self.batch_norm(n)?,
             "LayerNormalization" => {
                 let (v, s) = self.val(n, 0)?;
                 let ax = arr::axis(attr_i(n, "axis", -1)?, s.len())?;
@@ -524,31 +538,7 @@ impl<'m> Lower<'m> {
                 self.g.push(Op::LayerNorm { out: o, x: v, gamma: gt, beta: bt, eps });
                 self.define(n, o, s);
             }
-            "Concat" => {
-                let ax = attr_i(n, "axis", 1)?;
-                let mut parts = Vec::new();
-                for k in 0..n.inputs.len() {
-                    parts.push(self.val(n, k)?);
-                }
-                let Some((first_v, first_s)) = parts.first().cloned() else { refuse!(n, "no inputs") };
-                let r = first_s.len();
-                let a = arr::axis(ax, r)?;
-                if a != 1 || first_s[0] != 1 {
-                    refuse!(n, "concatenation along axis {ax} of {first_s:?} (only the channel axis 1 is supported)");
-                }
-                let (mut acc, mut shape) = (first_v, first_s);
-                for (v, s) in parts.into_iter().skip(1) {
-                    if s.len() != r || (0..r).any(|d| d != 1 && s[d] != shape[d]) {
-                        refuse!(n, "concatenation of {shape:?} and {s:?}");
-                    }
-                    let mut next = shape.clone();
-                    next[1] += s[1];
-                    let o = self.new_value(&next)?;
-                    self.g.push(Op::Concat { out: o, a: acc, b: v });
-                    (acc, shape) = (o, next);
-                }
-                self.define(n, acc, shape);
-            }
+            "Concat" => self.concat(n)?,
             "Resize" | "Upsample" => {
                 let mode = attr_s(n, "mode", "nearest")?;
                 let (v, s) = self.val(n, 0)?;
@@ -758,8 +748,8 @@ impl<'m> Lower<'m> {
         }
         let (k, o) = if trans_b { (b.shape[1], b.shape[0]) } else { (b.shape[0], b.shape[1]) };
         let rows: usize = s[..s.len().saturating_sub(1)].iter().product();
-        if s.last() != Some(&k) || rows != 1 {
-            refuse!(n, "input {s:?} by weights {:?}: only a single row times a matrix is supported yet", b.shape);
+        if s.last() != Some(&k) {
+            refuse!(n, "input {s:?} by weights {:?}: the inner dimensions differ", b.shape);
         }
         let bf = b.floats();
         // The program's Linear takes w as [out, in].
@@ -776,6 +766,9 @@ impl<'m> Lower<'m> {
                 .collect(),
             None => vec![0.0; o],
         };
+        if rows != 1 {
+            return self.linear_rows(n, v, &s, w, bias, k);
+        }
         let wt = self.g.tensor(&format!("{}.weight", n.name), vec![o, k], w);
         let bt = self.g.tensor(&format!("{}.bias", n.name), vec![o], bias);
         let mut shape = s.clone();
@@ -944,6 +937,19 @@ pub fn fold(n: &Node, ins: &[Option<&Arr>]) -> Result<Vec<Arr>> {
             one(arr::slice(a, &starts, &ends, axes.as_deref(), steps.as_deref())?)
         }
         "Expand" => one(arr::expand(get(0)?, &get(1)?.ints())?),
+        "Split" => {
+            let a = get(0)?;
+            let ax = arr::axis(attr_i(n, "axis", 0)?, a.shape.len())?;
+            let sizes = tensor::split_sizes(n, opt(1), a.shape[ax])?;
+            let mut start = 0i64;
+            let mut outs = Vec::with_capacity(sizes.len());
+            for len in sizes {
+                let end = start + len as i64;
+                outs.push(arr::slice(a, &[start], &[end], Some(&[ax as i64]), None)?);
+                start = end;
+            }
+            Ok(outs)
+        }
         "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => {
             // Axes are an attribute before opset 18 (13 for ReduceSum), an input after.
             let axes = match opt(1) {

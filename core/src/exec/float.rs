@@ -235,6 +235,69 @@ impl Exec<'_, '_> {
                     ops::binary(od, x, y, d, f);
                 }
             }
+            Op::Permute { out, x, dims, perm } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                let p = core::array::from_fn(|i| ((perm >> (4 * i)) & 15) as usize);
+                ops::permute(od, xd, dims.map(|d| d as usize), p);
+            }
+            Op::MatMul { out, a: lhs, b: rhs, batch, m, k, n, shared, trans_b } => {
+                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
+                let g = ops::MatMulShape {
+                    batch: batch as usize,
+                    m: m as usize,
+                    k: k as usize,
+                    n: n as usize,
+                    a_shared: shared & 1 != 0,
+                    b_shared: shared & 2 != 0,
+                    trans_b,
+                };
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
+                let same = l.byte_range() == r.byte_range();
+                let [od, ld, rd] = carve3(bytes, o.byte_range(), l.byte_range(), r.byte_range(), same).ok_or(bad)?;
+                let ld: &[f32] = cast(ld)?;
+                let rd: &[f32] = if same { ld } else { cast(rd)? };
+                ops::matmul(cast_mut(od)?, ld, rd, &g);
+            }
+            Op::Softmax { out, x, outer, n, inner } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                Self::copy(a, &o, &xi)?;
+                ops::softmax(a.get_mut(o.range()).ok_or(bad)?, outer as usize, n as usize, inner as usize);
+            }
+            Op::Reduce { out, x, outer, n, inner, kind } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let f = ops::ReduceFn::from_code(kind).ok_or(bad)?;
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                ops::reduce(od, xd, outer as usize, n as usize, inner as usize, f);
+            }
+            Op::Slice { out, x, outer, n, inner, start, step, count } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                let [outer, n, inner, start, step, count] = [outer, n, inner, start, step, count].map(|d| d as usize);
+                ops::slice_axis(od, xd, outer, n, inner, start, step, count);
+            }
+            Op::ConcatAxis { out, a: lhs, b: rhs, outer, na, nb, inner } => {
+                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
+                let same = l.byte_range() == r.byte_range();
+                let [od, ld, rd] = carve3(bytes, o.byte_range(), l.byte_range(), r.byte_range(), same).ok_or(bad)?;
+                let ld: &[f32] = cast(ld)?;
+                let rd: &[f32] = if same { ld } else { cast(rd)? };
+                let [outer, na, nb, inner] = [outer, na, nb, inner].map(|d| d as usize);
+                ops::concat_axis(cast_mut(od)?, ld, rd, outer, na, nb, inner);
+            }
+            Op::Constant { out, t } => {
+                let o = self.value(out)?;
+                let tv = self.vector(t)?;
+                a.get_mut(o.range()).ok_or(bad)?.copy_from_slice(tv.get(..o.numel()).ok_or(bad)?);
+            }
+            Op::LinearRows { out, x, w, b } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let info = self.m.tensor_info(w).ok_or(bad)?;
+                let (wv, bv) = (self.weights(w)?, self.vector(b)?);
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                with_weights!(wv, w => ops::linear_rows(od, xd, w, bv, info.dims[1], info.dims[0]));
+            }
             _ => self.run_quantized(bytemuck::cast_slice_mut(a), op)?,
         }
         Ok(())

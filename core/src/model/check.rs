@@ -288,8 +288,109 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 "Concat needs out's channels to be the sum of a's and b's at one size, apart from both",
             )
         }
+        Op::Permute { out, x, dims, perm } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            let p: [u32; 6] = core::array::from_fn(|i| (perm >> (4 * i)) & 15);
+            let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+            ok(
+                perm >> 24 == 0
+                    && (0..6).all(|i| p.contains(&i))
+                    && n == Some(xi.numel())
+                    && o.numel() == xi.numel()
+                    && disjoint(&o, &xi),
+                "Permute needs a permutation of 0..6, dimensions of x's size, out of as many elements, apart from x",
+            )
+        }
+        Op::MatMul { out, a, b, batch, m: rows, k, n, shared, trans_b } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            let g = crate::ops::MatMulShape {
+                batch: batch as usize,
+                m: rows as usize,
+                k: k as usize,
+                n: n as usize,
+                a_shared: shared & 1 != 0,
+                b_shared: shared & 2 != 0,
+                trans_b,
+            };
+            ok(
+                shared < 4
+                    && g.out_len() == Some(o.numel())
+                    && g.a_len() == Some(ai.numel())
+                    && g.b_len() == Some(bi.numel())
+                    && disjoint(&o, &ai)
+                    && disjoint(&o, &bi)
+                    && same_or_disjoint(&ai, &bi),
+                "MatMul needs operands and out of the sizes batch, m, k, n give, out apart from both, a and b equal or apart",
+            )
+        }
+        Op::Softmax { out, x, outer, n, inner } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(
+                product3(outer, n, inner) == Some(o.numel()) && same_shape(&o, &xi) && same_or_disjoint(&o, &xi),
+                "Softmax needs outer·n·inner elements in out and x, equal to or apart from each other",
+            )
+        }
+        Op::Reduce { out, x, outer, n, inner, kind } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(
+                crate::ops::ReduceFn::from_code(kind).is_some()
+                    && n > 0
+                    && product3(outer, n, inner) == Some(xi.numel())
+                    && product3(outer, 1, inner) == Some(o.numel())
+                    && disjoint(&o, &xi),
+                "Reduce needs a known reduction, x of outer·n·inner elements (n > 0), out of outer·inner, apart from x",
+            )
+        }
+        Op::Slice { out, x, outer, n, inner, start, step, count } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            let last = (count as u64).checked_sub(1).map(|c| start as u64 + c * step as u64);
+            ok(
+                step > 0
+                    && last.is_some_and(|l| l < n as u64)
+                    && product3(outer, n, inner) == Some(xi.numel())
+                    && product3(outer, count, inner) == Some(o.numel())
+                    && disjoint(&o, &xi),
+                "Slice needs a step > 0, count > 0 rows inside x's n, x of outer·n·inner elements, out of outer·count·inner, apart from x",
+            )
+        }
+        Op::ConcatAxis { out, a, b, outer, na, nb, inner } => {
+            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            ok(
+                product3(outer, na, inner) == Some(ai.numel())
+                    && product3(outer, nb, inner) == Some(bi.numel())
+                    && product3(outer, na.saturating_add(nb), inner) == Some(o.numel())
+                    && na.checked_add(nb).is_some()
+                    && disjoint(&o, &ai)
+                    && disjoint(&o, &bi)
+                    && same_or_disjoint(&ai, &bi),
+                "ConcatAxis needs a of outer·na·inner, b of outer·nb·inner and out of outer·(na + nb)·inner elements, out apart from both, a and b equal or apart",
+            )
+        }
+        Op::Constant { out, t: c } => {
+            let o = v(out)?;
+            vec_f32(c, o.numel())
+        }
+        Op::LinearRows { out, x, w, b } => {
+            let (o, xi, wi) = (v(out)?, v(x)?, t(w)?);
+            let (wo, wn) = (wi.dims[0], wi.dims[1]);
+            vec_f32(b, wo)?;
+            ok(
+                wi.ndim == 2
+                    && wo > 0
+                    && wn > 0
+                    && xi.numel() % wn == 0
+                    && xi.numel() / wn * wo == o.numel()
+                    && disjoint(&o, &xi),
+                "LinearRows needs w [o, in], x of a whole number of rows of in, out of as many rows of o, apart from x",
+            )
+        }
         _ => quantized(m, op),
     }
+}
+
+/// `a·b·c` of three operands, if it fits.
+fn product3(a: u32, b: u32, c: u32) -> Option<usize> {
+    (a as usize).checked_mul(b as usize)?.checked_mul(c as usize)
 }
 
 /// A requantization pair `(m, s)` the executor can apply to any 32-bit accumulator without overflow.
@@ -538,5 +639,13 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
         | Op::QAdd { out, .. }
         | Op::QClassEmbed { out, .. } => numel(out),
         Op::QScaleShift { out, .. } => 2 * numel(out),
+        Op::MatMul { out, k, .. } => 2 * numel(out) * u64::from(k),
+        Op::LinearRows { out, w, .. } => {
+            let o = m.tensor_info(w).map(|t| t.dims[0] as u64).unwrap_or(1).max(1);
+            2 * numel(out) * (tel(w) / o)
+        }
+        Op::Softmax { out, .. } => 4 * numel(out),
+        Op::Reduce { x, .. } => numel(x),
+        Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Constant { .. } => 0,
     }
 }

@@ -7,6 +7,7 @@
 //! executor derives them from a validated blob).
 
 mod attention;
+mod axis;
 mod conv2d;
 mod conv_transpose;
 mod elementwise;
@@ -14,11 +15,16 @@ mod group_norm;
 mod int8;
 mod layer_norm;
 mod linear;
+mod matmul;
+mod permute;
 mod pointwise;
+mod reduce;
 mod resample;
+mod softmax;
 mod timestep;
 
 pub use attention::{attention_core, attention_output, attention_project};
+pub use axis::{concat_axis, slice_axis};
 pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
@@ -29,8 +35,12 @@ pub use int8::{
 };
 pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows};
+pub use matmul::{matmul, MatMulShape};
+pub use permute::{permute, PERMUTE_DIMS};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
+pub use reduce::{reduce, ReduceFn};
 pub use resample::upsample2x_nearest;
+pub use softmax::softmax;
 pub use timestep::timestep_embedding;
 
 /// A stored weight element, widened to `f32` for arithmetic.

@@ -1,0 +1,61 @@
+//! Copies along one axis: slices (ONNX `Slice`, `Split`, `Gather` with a constant index) and concatenation
+//! (`Concat` on any axis).
+
+use crate::par;
+
+/// `out[o, j, i] = x[o, start + j·step, i]` for `j < count`, `x` viewed as `[outer, n, inner]`.
+// x (outer, n, inner) -> out (outer, count, inner)
+#[allow(clippy::too_many_arguments)]
+pub fn slice_axis(
+    out: &mut [f32],
+    x: &[f32],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    start: usize,
+    step: usize,
+    count: usize,
+) {
+    let len = outer.saturating_mul(count).saturating_mul(inner);
+    let last = start.saturating_add(count.saturating_sub(1).saturating_mul(step));
+    if len == 0 || last >= n || out.len() < len || x.len() < outer.saturating_mul(n).saturating_mul(inner) {
+        return;
+    }
+    par::for_each_chunk(&mut out[..len], count * inner, |o, ob| {
+        let xs = &x[o * n * inner..][..n * inner];
+        for (j, row) in ob.chunks_exact_mut(inner).enumerate() {
+            row.copy_from_slice(&xs[(start + j * step) * inner..][..inner]);
+        }
+    });
+}
+
+/// `out[o] = [a[o]; b[o]]` for `a` viewed as `[outer, na, inner]` and `b` as `[outer, nb, inner]`.
+// a (outer, na, inner), b (outer, nb, inner) -> out (outer, na + nb, inner)
+pub fn concat_axis(out: &mut [f32], a: &[f32], b: &[f32], outer: usize, na: usize, nb: usize, inner: usize) {
+    let (ra, rb) = (na.saturating_mul(inner), nb.saturating_mul(inner));
+    let len = outer.saturating_mul(ra.saturating_add(rb));
+    if len == 0 || out.len() < len || a.len() < outer.saturating_mul(ra) || b.len() < outer.saturating_mul(rb) {
+        return;
+    }
+    par::for_each_chunk(&mut out[..len], ra + rb, |o, ob| {
+        ob[..ra].copy_from_slice(&a[o * ra..][..ra]);
+        ob[ra..].copy_from_slice(&b[o * rb..][..rb]);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_and_joins() {
+        // [2, 3, 2]: every other row of each outer block, from row 0.
+        let x: [f32; 12] = core::array::from_fn(|i| i as f32);
+        let mut out = [0.0f32; 8];
+        slice_axis(&mut out, &x, 2, 3, 2, 0, 2, 2);
+        assert_eq!(out, [0.0, 1.0, 4.0, 5.0, 6.0, 7.0, 10.0, 11.0]);
+        let mut j = [0.0f32; 6];
+        concat_axis(&mut j, &[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0], 2, 1, 2, 1);
+        assert_eq!(j, [1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
+    }
+}
