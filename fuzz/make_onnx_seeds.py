@@ -41,11 +41,38 @@ class Sinusoidal(nn.Module):
         return x * e.sum(-1).reshape(-1, 1, 1, 1) + torch.relu(x) / 3.0
 
 
+class Attention(nn.Module):
+    """Token attention: GroupNorm, RMS-style L2 norm, a 1x1 qkv convolution split in three, einsum scores,
+    softmax, a pixel-unshuffle transpose, concatenation on the token axis, BatchNorm, multi-head attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.gn, self.qkv = nn.GroupNorm(2, 2), nn.Conv2d(2, 6, 1)
+        self.bn, self.mha = nn.BatchNorm2d(2), nn.MultiheadAttention(2, 1, batch_first=True)
+        self.mem = nn.Parameter(torch.randn(2, 1))
+        self.out = nn.Conv2d(10, 1, 1)
+
+    def forward(self, x, t):
+        h = torch.cat((x, x * t.float().reshape(-1, 1, 1, 1)), dim=1)
+        h = nn.functional.normalize(self.gn(h), dim=1)
+        q, k, v = self.qkv(h).reshape(1, 6, 16).chunk(3, dim=1)
+        k = torch.cat((self.mem[None], k), dim=-1)
+        v = torch.cat((self.mem[None], v), dim=-1)
+        a = torch.einsum("bci,bcj->bij", q, k).softmax(dim=-1)
+        o = torch.einsum("bij,bcj->bci", a, v).reshape(1, 2, 4, 4)
+        tok = self.bn(o).reshape(1, 2, 16).transpose(1, 2)
+        o = o + self.mha(tok, tok, tok, need_weights=False)[0].transpose(1, 2).reshape(1, 2, 4, 4)
+        u = o.reshape(1, 2, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(1, 8, 2, 2)
+        u = nn.functional.interpolate(u, scale_factor=2.0, mode="nearest")
+        return self.out(torch.cat((u, o.mean(dim=(2, 3), keepdim=True).expand(1, 2, 4, 4)), dim=1))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     x = torch.randn(1, 1, 4, 4)
-    for name, model, t in [("tiny", Tiny(), torch.tensor([3])), ("sinusoidal", Sinusoidal(), torch.tensor([3.0]))]:
+    for name, model, t in [("tiny", Tiny(), torch.tensor([3])), ("sinusoidal", Sinusoidal(), torch.tensor([3.0])),
+                          ("attention", Attention(), torch.tensor([3]))]:
         model.eval()
         for dynamo in (True, False):
             path = os.path.join(OUT, f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx")
