@@ -89,6 +89,13 @@ fn groupnorm_attention_unet_matches_pytorch_through_both_exporters() {
     matches_pytorch("attention");
 }
 
+/// MaxPool and bilinear (align_corners) resampling as the other tutorial family writes them, with depthwise and
+/// dilated convolutions, reflection padding, average pooling and pixel (un)shuffle.
+#[test]
+fn pooling_bilinear_unet_matches_pytorch_through_both_exporters() {
+    matches_pytorch("pooling");
+}
+
 /// A diffusers `UNet2DModel` through ONNX samples like its native conversion: the same schedule, the same noise,
 /// DDIM over 10 steps. Both blobs' forwards are within a few 1e-6 of PyTorch; the first DDIM step divides the
 /// noise prediction's error by sqrt(ᾱ_999) = 0.0064 (linear betas), so the images (in [-1, 1]) may differ by

@@ -33,6 +33,9 @@
 //! | 35 | `ConcatAxis` | v out, v a, v b, outer, na, nb, inner | `out[o] = [a[o]; b[o]]`, a `[outer, na, inner]`, b `[outer, nb, inner]` |
 //! | 36 | `Constant` | v out, t t | `out = t`, an f32 tensor of out's size |
 //! | 37 | `LinearRows` | v out, v x, t w, t b | `Linear` on each of the `len(x)/in` rows of x: `out[r] = w·x[r] + b`, w `[o, in]` |
+//! | 38 | `Pool2d` | v out, v x, kh, kw, stride y, x, pad top, left, kind | [`PoolFn`](crate::ops::PoolFn) of code `kind` over each `kh × kw` window of each channel; windows start at `(oy·sy − top, ox·sx − left)`, parts outside the input are left out |
+//! | 39 | `Resize` | v out, v x, mode | each channel of x `(c, h, w)` resized to out `(c, ho, wo)`; `mode` = [`ResizeCoord`](crate::ops::ResizeCoord) code `| `[`ResizeSample`](crate::ops::ResizeSample) code `<< 4` |
+//! | 40 | `Pad` | v out, v x, pad top, left, bottom, right, f32 value, mode | each channel padded, [`PadMode`](crate::ops::PadMode) of code `mode` (`value` for constant padding; reflection needs pads below the side) |
 //!
 //! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
 //! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
@@ -324,6 +327,12 @@ op_table! {
     }
     36 Constant { out: u32 = Out, t: u32 = Tensor }
     37 LinearRows { out: u32 = Out, x: u32 = In, w: u32 = Tensor, b: u32 = Tensor }
+    38 Pool2d {
+        out: u32 = Out, x: u32 = In, k: [u32; 2] = Param, stride: [u32; 2] = Param, pad: [u32; 2] = Param,
+        kind: u32 = Param,
+    }
+    39 Resize { out: u32 = Out, x: u32 = In, mode: u32 = Param }
+    40 Pad { out: u32 = Out, x: u32 = In, pad: [u32; 4] = Param, value: f32 = Param, mode: u32 = Param }
 }
 
 /// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
@@ -332,7 +341,7 @@ pub const NO_LUT: u32 = u32::MAX;
 impl Op {
     /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
     /// pointwise maps, permutations, products of activations, softmax, reductions, slices, axis concatenation,
-    /// constants, per-row linear layers): they have float kernels on the CPU only, no int8 counterpart or shader
+    /// constants, per-row linear layers, pooling, resizing, padding): they have float kernels on the CPU only, no int8 counterpart or shader
     /// yet.
     pub const fn is_float_cpu_only(&self) -> bool {
         matches!(
@@ -351,6 +360,9 @@ impl Op {
                 | Op::ConcatAxis { .. }
                 | Op::Constant { .. }
                 | Op::LinearRows { .. }
+                | Op::Pool2d { .. }
+                | Op::Resize { .. }
+                | Op::Pad { .. }
         )
     }
 
@@ -381,7 +393,7 @@ mod tests {
     use super::*;
 
     /// One op of every kind, each operand a distinct word, so that a swapped or dropped operand shows.
-    fn every_op() -> [Op; 37] {
+    fn every_op() -> [Op; 40] {
         let f = |i: u32| i as f32 + 0.5;
         [
             Op::TimestepEmbed { out: 1, flip_sin_to_cos: true, freq_shift: f(3), max_period: f(4) },
@@ -433,6 +445,9 @@ mod tests {
             Op::ConcatAxis { out: 1, a: 2, b: 3, outer: 4, na: 5, nb: 6, inner: 7 },
             Op::Constant { out: 1, t: 2 },
             Op::LinearRows { out: 1, x: 2, w: 3, b: 4 },
+            Op::Pool2d { out: 1, x: 2, k: [3, 4], stride: [5, 6], pad: [7, 8], kind: 9 },
+            Op::Resize { out: 1, x: 2, mode: 3 },
+            Op::Pad { out: 1, x: 2, pad: [3, 4, 5, 6], value: f(7), mode: 8 },
         ]
     }
 
@@ -464,7 +479,7 @@ mod tests {
             assert_ne!(op.result(), u32::MAX, "{}", op.name());
         }
         let mut r = [0u32; OP_WORDS];
-        r[0] = 38;
+        r[0] = 41;
         assert_eq!(Op::decode(&r), None, "unknown opcode");
         let mut flag = Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: 0.0, silu: true }.encode();
         flag[7] = 2;

@@ -26,6 +26,7 @@ use crate::{bail, err};
 pub const SUPPORTED: &[&str] = &[
     "Abs",
     "Add",
+    "AveragePool",
     "BatchNormalization",
     "Cast",
     "Clip",
@@ -35,6 +36,7 @@ pub const SUPPORTED: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "Cos",
+    "DepthToSpace",
     "Div",
     "Dropout",
     "Einsum",
@@ -46,6 +48,8 @@ pub const SUPPORTED: &[&str] = &[
     "Gather",
     "Gelu",
     "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
     "Greater",
     "GroupNormalization",
     "HardSigmoid",
@@ -57,10 +61,12 @@ pub const SUPPORTED: &[&str] = &[
     "Log",
     "MatMul",
     "Max",
+    "MaxPool",
     "Min",
     "Mod",
     "Mul",
     "Neg",
+    "Pad",
     "Pow",
     "Range",
     "Reciprocal",
@@ -79,6 +85,7 @@ pub const SUPPORTED: &[&str] = &[
     "Slice",
     "Softmax",
     "Softplus",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
@@ -539,29 +546,11 @@ impl<'m> Lower<'m> {
                 self.define(n, o, s);
             }
             "Concat" => self.concat(n)?,
-            "Resize" | "Upsample" => {
-                let mode = attr_s(n, "mode", "nearest")?;
-                let (v, s) = self.val(n, 0)?;
-                if mode != "nearest" || s.len() != 4 {
-                    refuse!(n, "attribute mode={mode:?} on {s:?} (nearest 2x upsampling of [N, C, H, W] is supported)");
-                }
-                let scales = if op == "Upsample" { self.constant(n, 1)? } else { self.constant(n, 2)? };
-                let sizes = if op == "Resize" { self.constant(n, 3)? } else { None };
-                let target = match (scales.filter(|a| !a.is_empty()), sizes.filter(|a| !a.is_empty())) {
-                    (Some(sc), _) => {
-                        sc.floats().iter().zip(&s).map(|(f, &d)| (f * d as f32).round() as usize).collect::<Vec<_>>()
-                    }
-                    (None, Some(sz)) => sz.ints().iter().map(|&d| d.max(0) as usize).collect(),
-                    _ => refuse!(n, "neither scales nor sizes"),
-                };
-                if target != [s[0], s[1], 2 * s[2], 2 * s[3]] {
-                    refuse!(n, "resize of {s:?} to {target:?} (only nearest 2x upsampling is supported)");
-                }
-                let to = target.clone();
-                let o = self.new_value(&to)?;
-                self.g.push(Op::Upsample2x { out: o, x: v });
-                self.define(n, o, to);
-            }
+            "Resize" | "Upsample" => self.resize(n)?,
+            "MaxPool" | "AveragePool" => self.pool(n)?,
+            "GlobalAveragePool" | "GlobalMaxPool" => self.global_pool(n)?,
+            "Pad" => self.pad(n)?,
+            "DepthToSpace" | "SpaceToDepth" => self.depth_space(n)?,
             _ if SUPPORTED.contains(&op) => {
                 refuse!(n, "this op is supported on constants and timestep-only inputs, not on a computed value")
             }
@@ -618,18 +607,27 @@ impl<'m> Lower<'m> {
 
     /// Stride, `[top, left, bottom, right]` padding and kernel size of a Conv/ConvTranspose, with the checks the
     /// program's convolutions need.
-    fn conv_attrs(&self, n: &Node, kh: usize, kw: usize, h: usize, w: usize) -> Result<(usize, [usize; 4])> {
-        if attr_i(n, "group", 1)? != 1 {
+    /// `stored`: the kernel's stored size when the caller has expanded groups and dilation into a dense kernel
+    /// of `kh × kw` (Conv); `None` refuses both (ConvTranspose).
+    fn conv_attrs(
+        &self,
+        n: &Node,
+        (kh, kw): (usize, usize),
+        (h, w): (usize, usize),
+        stored: Option<(usize, usize)>,
+    ) -> Result<(usize, [usize; 4])> {
+        if stored.is_none() && attr_i(n, "group", 1)? != 1 {
             refuse!(n, "attribute group={} is not supported (only 1)", attr_i(n, "group", 1)?);
         }
         if let Some(d) = attr_ints(n, "dilations")? {
-            if d.iter().any(|&x| x != 1) {
+            if stored.is_none() && d.iter().any(|&x| x != 1) {
                 refuse!(n, "attribute dilations={d:?} is not supported (only 1)");
             }
         }
         if let Some(k) = attr_ints(n, "kernel_shape")? {
-            if k != [kh as i64, kw as i64] {
-                refuse!(n, "attribute kernel_shape={k:?} does not match the weights ({kh}x{kw})");
+            let (sh, sw) = stored.unwrap_or((kh, kw));
+            if k != [sh as i64, sw as i64] {
+                refuse!(n, "attribute kernel_shape={k:?} does not match the weights ({sh}x{sw})");
             }
         }
         let st = attr_ints(n, "strides")?.unwrap_or(vec![1, 1]);
@@ -677,11 +675,24 @@ impl<'m> Lower<'m> {
         let (v, s) = self.val(n, 0)?;
         let Some(w) = self.constant(n, 1)? else { refuse!(n, "no weights") };
         let w = w.clone();
-        if s.len() != 4 || w.shape.len() != 4 || s[0] != 1 || w.shape[1] != s[1] {
+        if s.len() != 4 || w.shape.len() != 4 || s[0] != 1 {
             refuse!(n, "input {s:?} and weights {:?} are not a 2-D convolution of [1, C, H, W]", w.shape);
         }
+        let groups = usize::try_from(attr_i(n, "group", 1)?).unwrap_or(0);
+        let dil = attr_ints(n, "dilations")?.unwrap_or(vec![1, 1]);
+        if groups == 0 || s[1] % groups != 0 || w.shape[0] % groups != 0 || w.shape[1] * groups != s[1] {
+            refuse!(n, "attribute group={groups} does not fit input {s:?} and weights {:?}", w.shape);
+        }
+        if dil.len() != 2 || dil.iter().any(|&d| !(1..=64).contains(&d)) {
+            refuse!(n, "attribute dilations={dil:?} is not supported (1..64 per axis)");
+        }
+        let stored = (w.shape[2], w.shape[3]);
+        // Groups and dilation run as one dense convolution: a block-diagonal kernel with zero taps between the
+        // dilated ones (the same sums; the zero products cost time, not accuracy).
+        let w =
+            if groups > 1 || dil != [1, 1] { dense_kernel(&w, groups, [dil[0] as usize, dil[1] as usize])? } else { w };
         let [co, _, kh, kw] = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
-        let (st, pad) = self.conv_attrs(n, kh, kw, s[2], s[3])?;
+        let (st, pad) = self.conv_attrs(n, (kh, kw), (s[2], s[3]), Some(stored))?;
         if pad[0] >= kh || pad[2] >= kh || pad[1] >= kw || pad[3] >= kw {
             refuse!(n, "padding {pad:?} as wide as the {kh}x{kw} kernel is not supported");
         }
@@ -709,7 +720,7 @@ impl<'m> Lower<'m> {
             refuse!(n, "attribute output_shape is not supported (give pads and output_padding)");
         }
         let [co, kh, kw] = [w.shape[1], w.shape[2], w.shape[3]];
-        let (st, pad) = self.conv_attrs(n, kh, kw, s[2], s[3])?;
+        let (st, pad) = self.conv_attrs(n, (kh, kw), (s[2], s[3]), None)?;
         let op = attr_ints(n, "output_padding")?.unwrap_or(vec![0, 0]);
         if op.len() != 2 || op.iter().any(|&x| x < 0 || x as usize >= st) {
             refuse!(n, "attribute output_padding={op:?} (each must be below the stride {st})");
@@ -784,6 +795,28 @@ impl<'m> Lower<'m> {
         self.define(n, out, shape);
         Ok(())
     }
+}
+
+/// A grouped and/or dilated kernel `[co, ci/groups, kh, kw]` as the dense `[co, ci, (kh−1)·dy + 1, (kw−1)·dx + 1]`
+/// one that computes the same sums.
+fn dense_kernel(w: &Arr, groups: usize, [dy, dx]: [usize; 2]) -> Result<Arr> {
+    let [co, cg, kh, kw] = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
+    let (eh, ew) = ((kh - 1) * dy + 1, (kw - 1) * dx + 1);
+    let ci = cg * groups;
+    let mut out = vec![0.0f32; arr::numel(&[co, ci, eh, ew])?];
+    let f = w.floats();
+    let per_group = co / groups;
+    for o in 0..co {
+        let g = o / per_group;
+        for c in 0..cg {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((o * ci + g * cg + c) * eh + y * dy) * ew + x * dx] = f[((o * cg + c) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    Ok(Arr::f(vec![co, ci, eh, ew], out))
 }
 
 /// `c` numpy-broadcast to `shape`, as floats.

@@ -298,6 +298,34 @@ impl Exec<'_, '_> {
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
                 with_weights!(wv, w => ops::linear_rows(od, xd, w, bv, info.dims[1], info.dims[0]));
             }
+            Op::Pool2d { out, x, k, stride, pad, kind } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let f = *ops::PoolFn::ALL.get(kind as usize).ok_or(bad)?;
+                let g = ops::PoolShape {
+                    c: xi.c,
+                    h: xi.h,
+                    w: xi.w,
+                    k: k.map(|d| d as usize),
+                    stride: stride.map(|d| d as usize),
+                    pad: pad.map(|d| d as usize),
+                    ho: o.h,
+                    wo: o.w,
+                };
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                ops::pool2d(od, xd, &g, f);
+            }
+            Op::Resize { out, x, mode } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let mode = ops::resize_mode(mode).ok_or(bad)?;
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                ops::resize(od, xd, xi.c, xi.h, xi.w, o.h, o.w, mode);
+            }
+            Op::Pad { out, x, pad, value, mode } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                let mode = *ops::PadMode::ALL.get(mode as usize).ok_or(bad)?;
+                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
+                ops::pad2d(od, xd, (xi.c, xi.h, xi.w), pad.map(|d| d as usize), mode, value);
+            }
             _ => self.run_quantized(bytemuck::cast_slice_mut(a), op)?,
         }
         Ok(())

@@ -384,6 +384,48 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 "LinearRows needs w [o, in], x of a whole number of rows of in, out of as many rows of o, apart from x",
             )
         }
+        Op::Pool2d { out, x, k, stride, pad, kind } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            let [kh, kw, sy, sx, pt, pl] = [k[0], k[1], stride[0], stride[1], pad[0], pad[1]].map(|d| d as usize);
+            // Every window starts inside the padded input and overlaps the input itself.
+            let fits = |n: usize, k: usize, s: usize, p: usize, out: usize| {
+                out > 0 && p < k && (out - 1).checked_mul(s).is_some_and(|last| last < n + p && last + k > p)
+            };
+            ok(
+                (kind as usize) < crate::ops::PoolFn::ALL.len()
+                    && sy > 0
+                    && sx > 0
+                    && o.c == xi.c
+                    && fits(xi.h, kh, sy, pt, o.h)
+                    && fits(xi.w, kw, sx, pl, o.w)
+                    && disjoint(&o, &xi),
+                "Pool2d needs a known pool, strides > 0, padding narrower than the window, every window overlapping x, out of x's channels, apart from x",
+            )
+        }
+        Op::Resize { out, x, mode } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            ok(
+                crate::ops::resize_mode(mode).is_some() && o.c == xi.c && xi.h > 0 && xi.w > 0 && disjoint(&o, &xi),
+                "Resize needs a known mode, out of x's channels, a non-empty x, apart from x",
+            )
+        }
+        Op::Pad { out, x, pad, value, mode } => {
+            let (o, xi) = (v(out)?, v(x)?);
+            let p = pad.map(|d| d as usize);
+            let reflect_ok = mode != 1 || (p[0].max(p[2]) < xi.h && p[1].max(p[3]) < xi.w);
+            ok(
+                (mode as usize) < crate::ops::PadMode::ALL.len()
+                    && reflect_ok
+                    && value.is_finite()
+                    && o.c == xi.c
+                    && xi.h.checked_add(p[0]).and_then(|h| h.checked_add(p[2])) == Some(o.h)
+                    && xi.w.checked_add(p[1]).and_then(|w| w.checked_add(p[3])) == Some(o.w)
+                    && xi.h > 0
+                    && xi.w > 0
+                    && disjoint(&o, &xi),
+                "Pad needs a known mode, a finite value, out of x's size plus the pads (reflection: pads below the side), apart from x",
+            )
+        }
         _ => quantized(m, op),
     }
 }
@@ -646,6 +688,8 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
         }
         Op::Softmax { out, .. } => 4 * numel(out),
         Op::Reduce { x, .. } => numel(x),
-        Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Constant { .. } => 0,
+        Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Constant { .. } | Op::Pad { .. } => 0,
+        Op::Pool2d { out, k, .. } => numel(out) * u64::from(k[0]) * u64::from(k[1]),
+        Op::Resize { out, .. } => 4 * numel(out),
     }
 }

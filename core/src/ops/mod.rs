@@ -18,6 +18,7 @@ mod linear;
 mod matmul;
 mod permute;
 mod pointwise;
+mod pool;
 mod reduce;
 mod resample;
 mod softmax;
@@ -38,8 +39,9 @@ pub use linear::{dot, linear_rows};
 pub use matmul::{matmul, MatMulShape};
 pub use permute::{permute, PERMUTE_DIMS};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
+pub use pool::{pad2d, pool2d, PadMode, PoolFn, PoolShape};
 pub use reduce::{reduce, ReduceFn};
-pub use resample::upsample2x_nearest;
+pub use resample::{resize, resize_mode, upsample2x_nearest, ResizeCoord, ResizeSample};
 pub use softmax::softmax;
 pub use timestep::timestep_embedding;
 

@@ -7,10 +7,10 @@
 //! ONNX shape implies: a tensor viewed as `[outer, n, inner]` around an axis, or as up to six dimensions for a
 //! permutation.
 
-use ddpm_core::ops::{BinaryFn, ReduceFn, PERMUTE_DIMS};
+use ddpm_core::ops::{BinaryFn, PadMode, PoolFn, ReduceFn, ResizeCoord, ResizeSample, PERMUTE_DIMS};
 use ddpm_core::program::Op;
 
-use super::{attr_f, attr_i, attr_ints, chw, collapse, Lower, Sym};
+use super::{attr_f, attr_i, attr_ints, attr_s, chw, collapse, Lower, Sym};
 use crate::error::{Context, Result};
 use crate::onnx::arr::{self, Arr};
 use crate::onnx::read::Node;
@@ -559,6 +559,239 @@ impl Lower<'_> {
         self.g.push(Op::BinaryConst { out: m, a: v, t: ta, dims, bcast, kind: BinaryFn::Mul as u32, swap: false });
         self.g.push(Op::BinaryConst { out: m, a: m, t: tb, dims, bcast, kind: BinaryFn::Add as u32, swap: false });
         self.define(n, m, s);
+        Ok(())
+    }
+
+    /// `Resize`/`Upsample` of `[1, C, H, W]`: nearest ×2 as `Upsample2x` (which every backend has), anything
+    /// else as `Resize`.
+    pub(super) fn resize(&mut self, n: &Node) -> Result<()> {
+        let (v, s) = self.val(n, 0)?;
+        if s.len() != 4 || s[0] != 1 {
+            refuse!(n, "input {s:?} (a resize of [N, C, H, W] is supported)");
+        }
+        let upsample = n.op == "Upsample";
+        let scales = if upsample { self.constant(n, 1)? } else { self.constant(n, 2)? };
+        let sizes = if upsample { None } else { self.constant(n, 3)? };
+        let target: Vec<usize> = match (scales.filter(|a| !a.is_empty()), sizes.filter(|a| !a.is_empty())) {
+            (Some(sc), _) => sc
+                .floats()
+                .iter()
+                .zip(&s)
+                .map(|(f, &d)| if f.is_finite() && *f > 0.0 { (f * d as f32).floor() as usize } else { 0 })
+                .collect(),
+            (None, Some(sz)) => sz.ints().iter().map(|&d| d.max(0) as usize).collect(),
+            _ => refuse!(n, "neither scales nor sizes"),
+        };
+        if target.len() != 4 || target[..2] != s[..2] || target[2] == 0 || target[3] == 0 {
+            refuse!(n, "a resize of {s:?} to {target:?} (height and width only)");
+        }
+        let mode = attr_s(n, "mode", "nearest")?;
+        let coord =
+            match attr_s(n, "coordinate_transformation_mode", if upsample { "asymmetric" } else { "half_pixel" })?
+                .as_str()
+            {
+                "half_pixel" => ResizeCoord::HalfPixel,
+                "pytorch_half_pixel" => ResizeCoord::PytorchHalfPixel,
+                "align_corners" => ResizeCoord::AlignCorners,
+                "asymmetric" => ResizeCoord::Asymmetric,
+                other => refuse!(n, "attribute coordinate_transformation_mode={other} is not supported"),
+            };
+        let sample = match mode.as_str() {
+            "nearest" => {
+                match attr_s(n, "nearest_mode", if upsample { "floor" } else { "round_prefer_floor" })?.as_str() {
+                    "floor" => ResizeSample::Floor,
+                    "round_prefer_floor" => ResizeSample::RoundPreferFloor,
+                    "round_prefer_ceil" => ResizeSample::RoundPreferCeil,
+                    "ceil" => ResizeSample::Ceil,
+                    other => refuse!(n, "attribute nearest_mode={other} is not supported"),
+                }
+            }
+            "linear" | "bilinear" => ResizeSample::Linear,
+            other => refuse!(n, "attribute mode={other} is not supported (nearest, linear)"),
+        };
+        if attr_i(n, "antialias", 0)? != 0 && target[2] < s[2] {
+            refuse!(n, "attribute antialias=1 on a downscale is not supported");
+        }
+        let doubles = target[2] == 2 * s[2] && target[3] == 2 * s[3];
+        let o = self.new_value(&target)?;
+        // Nearest ×2 repeats each pixel with floor or round-prefer-floor, whatever the half-pixel offset.
+        let repeat = matches!(sample, ResizeSample::Floor | ResizeSample::RoundPreferFloor)
+            && matches!(coord, ResizeCoord::Asymmetric | ResizeCoord::HalfPixel | ResizeCoord::PytorchHalfPixel);
+        if doubles && repeat {
+            self.g.push(Op::Upsample2x { out: o, x: v });
+        } else {
+            self.g.push(Op::Resize { out: o, x: v, mode: coord as u32 | (sample as u32) << 4 });
+        }
+        self.define(n, o, target);
+        Ok(())
+    }
+
+    pub(super) fn pool(&mut self, n: &Node) -> Result<()> {
+        let (v, s) = self.val(n, 0)?;
+        if s.len() != 4 || s[0] != 1 {
+            refuse!(n, "input {s:?} (2-D pooling of [N, C, H, W] is supported)");
+        }
+        let two = |k: &str, d: i64| -> Result<[usize; 2]> {
+            let v = attr_ints(n, k)?.unwrap_or(vec![d, d]);
+            if v.len() != 2 || v.iter().any(|&x| !(1..=4096).contains(&x)) {
+                refuse!(n, "attribute {k}={v:?} is not supported");
+            }
+            Ok([v[0] as usize, v[1] as usize])
+        };
+        let Some(_) = attr_ints(n, "kernel_shape")? else { refuse!(n, "no kernel_shape") };
+        let (k, st) = (two("kernel_shape", 1)?, two("strides", 1)?);
+        if two("dilations", 1)? != [1, 1] {
+            refuse!(n, "attribute dilations other than 1 is not supported");
+        }
+        if attr_ints(n, "pads")?.is_some_and(|p| p.len() != 4 || p.iter().any(|&x| !(0..=4096).contains(&x))) {
+            refuse!(n, "attribute pads={:?} is not supported", attr_ints(n, "pads")?);
+        }
+        let p: Vec<usize> = attr_ints(n, "pads")?.unwrap_or(vec![0; 4]).iter().map(|&x| x as usize).collect();
+        let auto = attr_s(n, "auto_pad", "NOTSET")?;
+        if auto != "NOTSET" && auto != "VALID" {
+            refuse!(n, "attribute auto_pad={auto} is not supported");
+        }
+        let p = if auto == "VALID" { vec![0; 4] } else { p };
+        let ceil = attr_i(n, "ceil_mode", 0)? != 0;
+        let len = |i: usize, k: usize, s: usize, a: usize, b: usize| -> Option<usize> {
+            let span = (i + a + b).checked_sub(k)?;
+            let mut o = if ceil { span.div_ceil(s) } else { span / s } + 1;
+            // With ceil_mode a last window that would start in the end padding is dropped (as PyTorch does).
+            if ceil && (o - 1) * s >= i + a {
+                o -= 1;
+            }
+            Some(o)
+        };
+        let (Some(ho), Some(wo)) = (len(s[2], k[0], st[0], p[0], p[2]), len(s[3], k[1], st[1], p[1], p[3])) else {
+            refuse!(n, "the {}x{} window is larger than the padded {}x{} input", k[0], k[1], s[2], s[3]);
+        };
+        if p[0] >= k[0] || p[1] >= k[1] || p[2] >= k[0] || p[3] >= k[1] {
+            refuse!(n, "padding {p:?} as wide as the window is not supported");
+        }
+        let f = match (n.op.as_str(), attr_i(n, "count_include_pad", 0)? != 0) {
+            ("MaxPool", _) => PoolFn::Max,
+            (_, false) => PoolFn::Average,
+            (_, true) => PoolFn::AverageWithPad,
+        };
+        if n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            refuse!(n, "the indices output is not supported");
+        }
+        let to = vec![1, s[1], ho, wo];
+        let o = self.new_value(&to)?;
+        let u = |x: usize| u32_of(x);
+        self.g.push(Op::Pool2d {
+            out: o,
+            x: v,
+            k: [u(k[0])?, u(k[1])?],
+            stride: [u(st[0])?, u(st[1])?],
+            pad: [u(p[0])?, u(p[1])?],
+            kind: f as u32,
+        });
+        self.define(n, o, to);
+        Ok(())
+    }
+
+    /// `GlobalAveragePool`/`GlobalMaxPool`: a reduction over H·W, kept as `[1, C, 1, 1]`.
+    pub(super) fn global_pool(&mut self, n: &Node) -> Result<()> {
+        let (v, s) = self.val(n, 0)?;
+        if s.len() < 3 || s[0] != 1 {
+            refuse!(n, "input {s:?} (expected [N, C, ...])");
+        }
+        let f = if n.op == "GlobalMaxPool" { ReduceFn::Max } else { ReduceFn::Mean };
+        let inner: usize = s[2..].iter().product();
+        let to: Vec<usize> = s.iter().enumerate().map(|(d, &x)| if d >= 2 { 1 } else { x }).collect();
+        let o = self.new_value(&to)?;
+        self.g.push(Op::Reduce { out: o, x: v, outer: u32_of(s[1])?, n: u32_of(inner)?, inner: 1, kind: f as u32 });
+        self.define(n, o, to);
+        Ok(())
+    }
+
+    /// `Pad` of the height and width of `[1, C, H, W]` (constant, reflect or edge).
+    pub(super) fn pad(&mut self, n: &Node) -> Result<()> {
+        let (v, s) = self.val(n, 0)?;
+        let pads = match (self.constant(n, 1)?, attr_ints(n, "pads")?) {
+            (Some(a), _) => a.ints(),
+            (None, Some(p)) => p,
+            _ => refuse!(n, "the pads must be constants"),
+        };
+        let r = s.len();
+        // Opset 18 may name the padded axes; expand to all axes.
+        let full: Vec<i64> = match self.constant(n, 3)? {
+            Some(axes) => {
+                let ax: Vec<usize> = axes.ints().iter().map(|&a| arr::axis(a, r)).collect::<Result<_>>()?;
+                if pads.len() != 2 * ax.len() {
+                    refuse!(n, "{} pads for {} axes", pads.len(), ax.len());
+                }
+                let mut f = vec![0i64; 2 * r];
+                for (i, &a) in ax.iter().enumerate() {
+                    f[a] = pads[i];
+                    f[r + a] = pads[ax.len() + i];
+                }
+                f
+            }
+            None => pads,
+        };
+        if r != 4 || s[0] != 1 || full.len() != 8 || [0, 1, 4, 5].iter().any(|&i| full[i] != 0) {
+            refuse!(n, "pads {full:?} of {s:?} (padding of height and width of [N, C, H, W] is supported)");
+        }
+        if full.iter().any(|&p| !(0..=4096).contains(&p)) {
+            refuse!(n, "pads {full:?} (negative pads, that is cropping, are not supported)");
+        }
+        let value = match self.constant(n, 2)? {
+            Some(c) => c.floats().first().copied().unwrap_or(0.0),
+            None => attr_f(n, "value", 0.0)?,
+        };
+        let mode = match attr_s(n, "mode", "constant")?.as_str() {
+            "constant" => PadMode::Constant,
+            "reflect" => PadMode::Reflect,
+            "edge" => PadMode::Edge,
+            other => refuse!(n, "attribute mode={other} is not supported (constant, reflect, edge)"),
+        };
+        let p = [full[2], full[3], full[6], full[7]].map(|x| x as usize);
+        if mode == PadMode::Reflect && (p[0].max(p[2]) >= s[2] || p[1].max(p[3]) >= s[3]) {
+            refuse!(n, "reflection pads {p:?} as large as the {}x{} input", s[2], s[3]);
+        }
+        if !value.is_finite() {
+            refuse!(n, "a padding value of {value}");
+        }
+        let to = vec![1, s[1], s[2] + p[0] + p[2], s[3] + p[1] + p[3]];
+        if to == s {
+            self.define(n, v, s);
+            return Ok(());
+        }
+        let o = self.new_value(&to)?;
+        let pad = [u32_of(p[0])?, u32_of(p[1])?, u32_of(p[2])?, u32_of(p[3])?];
+        self.g.push(Op::Pad { out: o, x: v, pad, value, mode: mode as u32 });
+        self.define(n, o, to);
+        Ok(())
+    }
+
+    /// `DepthToSpace` (DCR or CRD) and `SpaceToDepth` as reshapes around one permutation.
+    pub(super) fn depth_space(&mut self, n: &Node) -> Result<()> {
+        let (v, s) = self.val(n, 0)?;
+        let b = usize::try_from(attr_i(n, "blocksize", 0)?).unwrap_or(0);
+        if s.len() != 4 || s[0] != 1 || b == 0 {
+            refuse!(n, "input {s:?} with blocksize {b} (expected [1, C, H, W], blocksize > 0)");
+        }
+        let (c, h, w) = (s[1], s[2], s[3]);
+        let (view, perm, to) = if n.op == "SpaceToDepth" {
+            if h % b != 0 || w % b != 0 {
+                refuse!(n, "blocksize {b} does not divide {h}x{w}");
+            }
+            (vec![c, h / b, b, w / b, b], vec![2, 4, 0, 1, 3], vec![1, c * b * b, h / b, w / b])
+        } else {
+            if c % (b * b) != 0 {
+                refuse!(n, "blocksize {b} squared does not divide {c} channels");
+            }
+            match attr_s(n, "mode", "DCR")?.as_str() {
+                "DCR" => (vec![b, b, c / (b * b), h, w], vec![2, 3, 0, 4, 1], vec![1, c / (b * b), h * b, w * b]),
+                "CRD" => (vec![c / (b * b), b, b, h, w], vec![0, 3, 1, 4, 2], vec![1, c / (b * b), h * b, w * b]),
+                other => refuse!(n, "attribute mode={other}"),
+            }
+        };
+        let (p, _) = self.permuted(v, &view, &perm)?;
+        let (o, to) = self.reshaped(p, &perm.iter().map(|&i| view[i]).collect::<Vec<_>>(), to)?;
+        self.define(n, o, to);
         Ok(())
     }
 }
