@@ -39,12 +39,15 @@ fn worst(model: &str, file: &str, precision: Precision) -> (f32, f32) {
     let (blob, _) = convert(&dir.join(file), precision);
     let m = blob.model().expect("valid blob");
     let x = npy(&dir.join("x.npy"));
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).expect("case.json")).expect("json");
+    let label = case.get("label").and_then(|l| l.as_u64()).map(|l| l as u32);
     let mut arena = vec![0u8; m.arena_bytes() + 16];
     let (mut err, mut big) = (0.0f32, 0.0f32);
     for t in [0u32, 500, 999] {
         let want = npy(&dir.join(format!("out_{t}.npy")));
         let mut got = vec![0.0; want.len()];
-        m.forward(&mut arena, &x, t as f32, None, &mut got).expect("forward");
+        m.forward(&mut arena, &x, t as f32, label, &mut got).expect("forward");
         for (a, b) in got.iter().zip(&want) {
             err = err.max((a - b).abs());
             big = big.max(b.abs());
@@ -68,6 +71,26 @@ fn matches_pytorch(model: &str) {
 #[test]
 fn tutorial_unet_matches_pytorch_through_both_exporters() {
     matches_pytorch("tutorial");
+}
+
+/// The class-conditional tutorial UNet: the label's embedding table and the timestep's are tabulated apart and
+/// added in the program; the blob is class-conditional (10 classes, found from the table), and the label matters.
+#[test]
+fn class_conditional_tutorial_unet_matches_pytorch() {
+    matches_pytorch("tutorial_class");
+    let dir = fixtures("tutorial_class");
+    let (blob, notes) = convert(&dir.join("legacy.onnx"), Precision::F32);
+    assert!(notes.iter().any(|n| n.contains("class-label input y (10 classes)")), "{notes:?}");
+    let m = blob.model().unwrap();
+    assert_eq!(m.num_classes(), 10);
+    let x = npy(&dir.join("x.npy"));
+    let mut arena = vec![0u8; m.arena_bytes() + 16];
+    let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    m.forward(&mut arena, &x, 500.0, Some(3), &mut a).unwrap();
+    m.forward(&mut arena, &x, 500.0, Some(4), &mut b).unwrap();
+    assert_ne!(a, b, "the class label changes nothing");
+    assert!(m.forward(&mut arena, &x, 500.0, None, &mut b).is_err(), "a missing label ran");
+    assert!(m.forward(&mut arena, &x, 500.0, Some(10), &mut b).is_err(), "label 10 of 10 classes ran");
 }
 
 /// lucidrains' `Unet`: RMSNorm as `ReduceL2`/`Clip`/`Div`, attention as `Einsum`/`Softmax`, memory key/values

@@ -36,6 +36,7 @@
 //! | 38 | `Pool2d` | v out, v x, kh, kw, stride y, x, pad top, left, kind | [`PoolFn`](crate::ops::PoolFn) of code `kind` over each `kh × kw` window of each channel; windows start at `(oy·sy − top, ox·sx − left)`, parts outside the input are left out |
 //! | 39 | `Resize` | v out, v x, mode | each channel of x `(c, h, w)` resized to out `(c, ho, wo)`; `mode` = [`ResizeCoord`](crate::ops::ResizeCoord) code `| `[`ResizeSample`](crate::ops::ResizeSample) code `<< 4` |
 //! | 40 | `Pad` | v out, v x, pad top, left, bottom, right, f32 value, mode | each channel padded, [`PadMode`](crate::ops::PadMode) of code `mode` (`value` for constant padding; reflection needs pads below the side) |
+//! | 41 | `ClassTable` | v out, t table | `out = table[class]`, table `[classes, len(out)]` (the blob's class count) |
 //!
 //! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
 //! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
@@ -333,6 +334,7 @@ op_table! {
     }
     39 Resize { out: u32 = Out, x: u32 = In, mode: u32 = Param }
     40 Pad { out: u32 = Out, x: u32 = In, pad: [u32; 4] = Param, value: f32 = Param, mode: u32 = Param }
+    41 ClassTable { out: u32 = Out, table: u32 = Tensor }
 }
 
 /// `QGroupNorm`'s `lut` operand when no lookup table follows the normalisation.
@@ -341,7 +343,7 @@ pub const NO_LUT: u32 = u32::MAX;
 impl Op {
     /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
     /// pointwise maps, permutations, products of activations, softmax, reductions, slices, axis concatenation,
-    /// constants, per-row linear layers, pooling, resizing, padding): they have float kernels on the CPU only, no int8 counterpart or shader
+    /// constants, per-row linear layers, pooling, resizing, padding, class tables): they have float kernels on the CPU only, no int8 counterpart or shader
     /// yet.
     pub const fn is_float_cpu_only(&self) -> bool {
         matches!(
@@ -363,6 +365,7 @@ impl Op {
                 | Op::Pool2d { .. }
                 | Op::Resize { .. }
                 | Op::Pad { .. }
+                | Op::ClassTable { .. }
         )
     }
 
@@ -393,7 +396,7 @@ mod tests {
     use super::*;
 
     /// One op of every kind, each operand a distinct word, so that a swapped or dropped operand shows.
-    fn every_op() -> [Op; 40] {
+    fn every_op() -> [Op; 41] {
         let f = |i: u32| i as f32 + 0.5;
         [
             Op::TimestepEmbed { out: 1, flip_sin_to_cos: true, freq_shift: f(3), max_period: f(4) },
@@ -448,6 +451,7 @@ mod tests {
             Op::Pool2d { out: 1, x: 2, k: [3, 4], stride: [5, 6], pad: [7, 8], kind: 9 },
             Op::Resize { out: 1, x: 2, mode: 3 },
             Op::Pad { out: 1, x: 2, pad: [3, 4, 5, 6], value: f(7), mode: 8 },
+            Op::ClassTable { out: 1, table: 2 },
         ]
     }
 
@@ -479,7 +483,7 @@ mod tests {
             assert_ne!(op.result(), u32::MAX, "{}", op.name());
         }
         let mut r = [0u32; OP_WORDS];
-        r[0] = 41;
+        r[0] = 42;
         assert_eq!(Op::decode(&r), None, "unknown opcode");
         let mut flag = Op::GroupNorm { out: 1, x: 2, gamma: 3, beta: 4, groups: 5, eps: 0.0, silu: true }.encode();
         flag[7] = 2;

@@ -105,6 +105,28 @@ pub struct Options {
     pub timestep_scale: f32,
     /// `(height, width)` for graphs whose sample size is symbolic.
     pub sample_size: Option<(usize, usize)>,
+    /// Classes of the class-label input, when no embedding table it indexes says.
+    pub num_classes: Option<usize>,
+}
+
+/// Rows of the first constant table the input `name` indexes with `Gather` (through casts and reshapes).
+fn embedding_rows(m: &OnnxModel, name: &str) -> Option<usize> {
+    let mut derived: HashSet<&str> = HashSet::from([name]);
+    for n in &m.nodes {
+        let from = |k: usize| n.inputs.get(k).is_some_and(|x| derived.contains(x.as_str()));
+        match n.op.as_str() {
+            "Cast" | "Reshape" | "Squeeze" | "Unsqueeze" | "Identity" | "Flatten" if from(0) => {
+                derived.extend(n.outputs.iter().map(String::as_str));
+            }
+            "Gather" if from(1) => {
+                let data = m.initializers.get(n.inputs.first()?)?;
+                let ax = arr::axis(attr_i(n, "axis", 0).ok()?, data.shape.len()).ok()?;
+                return Some(data.shape[ax]);
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A lowered graph: the program, its input and output values and the sample geometry.
@@ -119,15 +141,26 @@ pub struct Lowered {
     pub sample: (usize, usize, usize),
     /// Channels of the output.
     pub out_channels: usize,
+    /// Classes of the class-label input (0: unconditional).
+    pub num_classes: usize,
     /// What the lowering inferred or assumed.
     pub notes: Vec<String>,
 }
 
+/// The driving input of a table for row `r` (timestep or class `r`).
+type RowInput = Box<dyn Fn(usize) -> Result<Arr>>;
+
+/// [`Sym::Cond`]: depends on the timestep.
+const TIME: u8 = 1;
+/// [`Sym::Cond`]: depends on the class label.
+const CLASS: u8 = 2;
+
 #[derive(Debug, Clone)]
 enum Sym {
     Const(Arr),
-    /// Timestep-only: computed by the node that produces it, for each timestep.
-    TimeOnly,
+    /// Computed from constants and the timestep only ([`TIME`]) or the class label only ([`CLASS`]): evaluated by
+    /// the node that produces it, for each timestep or class, where it meets the program.
+    Cond(u8),
     Val {
         v: u32,
         shape: Vec<usize>,
@@ -155,6 +188,8 @@ struct Lower<'m> {
     tables: HashMap<String, (u32, Vec<usize>)>,
     /// The timestep input: name, whether it is a float, its shape.
     t_input: Option<(String, bool, Vec<usize>)>,
+    /// The class-label input: name, shape, number of classes.
+    class_input: Option<(String, Vec<usize>, usize)>,
     /// `Sigmoid` nodes folded into the `Mul` that follows.
     fused: HashSet<usize>,
     /// `Mul` nodes that are a SiLU of their input.
@@ -238,25 +273,50 @@ impl<'m> Lower<'m> {
     fn val_of(&mut self, name: &str) -> Result<(u32, Vec<usize>)> {
         match self.sym(name)?.clone() {
             Sym::Val { v, shape } => Ok((v, shape)),
-            Sym::TimeOnly => self.table(name),
+            Sym::Cond(_) => self.table(name),
             Sym::Const(_) => bail!(Model, "constant {name} used where the program needs a computed value"),
         }
     }
 
-    /// Evaluates the timestep-only tensor `name` for every timestep into a table, once.
+    /// Evaluates the timestep-only (class-only) tensor `name` for every timestep (class) into a table, once.
     fn table(&mut self, name: &str) -> Result<(u32, Vec<usize>)> {
         if let Some(t) = self.tables.get(name) {
             return Ok(t.clone());
         }
-        let Some((t_name, t_float, t_shape)) = self.t_input.clone() else {
-            bail!(Model, "tensor {name} depends on a timestep the graph does not take");
+        let Some(Sym::Cond(mask)) = self.syms.get(name).cloned() else {
+            bail!(Model, "tensor {name} is not computed from the timestep or class alone");
+        };
+        let (driver, rows, make): (String, usize, RowInput) = if mask == CLASS {
+            let Some((c_name, c_shape, k)) = self.class_input.clone() else {
+                bail!(Model, "tensor {name} depends on a class label the graph does not take");
+            };
+            let n = arr::numel(&c_shape)?;
+            (c_name, k, Box::new(move |c| Ok(Arr::i(c_shape.clone(), vec![c as i64; n]))))
+        } else {
+            let Some((t_name, t_float, t_shape)) = self.t_input.clone() else {
+                bail!(Model, "tensor {name} depends on a timestep the graph does not take");
+            };
+            let n = arr::numel(&t_shape)?;
+            let scale = self.opts.timestep_scale;
+            (
+                t_name,
+                self.opts.timesteps,
+                Box::new(move |t| {
+                    Ok(if t_float {
+                        Arr::f(t_shape.clone(), vec![t as f32 * scale; n])
+                    } else {
+                        Arr::i(t_shape.clone(), vec![t as i64; n])
+                    })
+                }),
+            )
         };
         // The nodes `name` depends on, in file (topological) order.
         let mut cone = Vec::new();
         let mut stack = vec![name.to_string()];
         let mut seen = HashSet::new();
         while let Some(s) = stack.pop() {
-            if s == t_name || !seen.insert(s.clone()) || !matches!(self.syms.get(&s), Some(Sym::TimeOnly)) {
+            if s == driver || !seen.insert(s.clone()) || !matches!(self.syms.get(&s), Some(Sym::Cond(m)) if *m == mask)
+            {
                 continue;
             }
             let Some(&i) = self.maker.get(s.as_str()) else { bail!(Model, "no node makes {s}") };
@@ -265,15 +325,11 @@ impl<'m> Lower<'m> {
         }
         cone.sort_unstable();
         cone.dedup();
-        let steps = self.opts.timesteps;
-        let mut rows: Vec<f32> = Vec::new();
+        let what = if mask == CLASS { "class" } else { "timestep" };
+        let mut data: Vec<f32> = Vec::new();
         let mut shape = None;
-        for t in 0..steps {
-            let t_arr = if t_float {
-                Arr::f(t_shape.clone(), vec![t as f32 * self.opts.timestep_scale; arr::numel(&t_shape)?])
-            } else {
-                Arr::i(t_shape.clone(), vec![t as i64; arr::numel(&t_shape)?])
-            };
+        for r in 0..rows {
+            let d_arr = make(r)?;
             let mut env: HashMap<&str, Arr> = HashMap::new();
             for &i in &cone {
                 let node = &self.m.nodes[i];
@@ -284,8 +340,8 @@ impl<'m> Lower<'m> {
                         .map(|x| {
                             if x.is_empty() {
                                 None
-                            } else if *x == t_name {
-                                Some(&t_arr)
+                            } else if *x == driver {
+                                Some(&d_arr)
                             } else if let Some(a) = env.get(x.as_str()) {
                                 Some(a)
                             } else if let Some(Sym::Const(a)) = self.syms.get(x) {
@@ -295,27 +351,31 @@ impl<'m> Lower<'m> {
                             }
                         })
                         .collect();
-                    fold(node, &ins).with_context(|| format!("timestep sub-graph, node {} ({})", node.name, node.op))?
+                    fold(node, &ins).with_context(|| format!("{what} sub-graph, node {} ({})", node.name, node.op))?
                 };
                 for (o, a) in node.outputs.iter().zip(outs) {
                     env.insert(o.as_str(), a);
                 }
             }
-            let a = env.remove(name).ok_or_else(|| err!(Model, "timestep sub-graph does not make {name}"))?;
+            let a = env.remove(name).ok_or_else(|| err!(Model, "the {what} sub-graph does not make {name}"))?;
             if shape.as_ref().is_some_and(|s| *s != a.shape) {
-                bail!(Model, "{name} changes shape with the timestep");
+                bail!(Model, "{name} changes shape with the {what}");
             }
-            if rows.len() + a.len() > arr::MAX_ELEMENTS {
-                bail!(Model, "the timestep table of {name} is too large");
+            if data.len() + a.len() > arr::MAX_ELEMENTS {
+                bail!(Model, "the {what} table of {name} is too large");
             }
-            rows.extend(a.floats());
+            data.extend(a.floats());
             shape = Some(a.shape);
         }
-        let shape = shape.ok_or_else(|| err!(Model, "no timesteps to tabulate"))?;
+        let shape = shape.ok_or_else(|| err!(Model, "no {what}s to tabulate"))?;
         let n = arr::numel(&shape)?;
-        let tensor = self.g.tensor(&format!("{name}.timestep_table"), vec![steps, n], rows);
+        let tensor = self.g.tensor(&format!("{name}.{what}_table"), vec![rows, n], data);
         let v = self.new_value(&shape)?;
-        self.g.push(Op::TimestepTable { out: v, table: tensor });
+        self.g.push(if mask == CLASS {
+            Op::ClassTable { out: v, table: tensor }
+        } else {
+            Op::TimestepTable { out: v, table: tensor }
+        });
         self.tables.insert(name.to_string(), (v, shape.clone()));
         Ok((v, shape))
     }
@@ -363,7 +423,7 @@ impl<'m> Lower<'m> {
             .map(|x| if x.is_empty() { Ok(None) } else { self.sym(x).map(Some) })
             .collect::<Result<_>>()?;
         let all_const = ins.iter().all(|s| matches!(s, None | Some(Sym::Const(_))));
-        let any_time = ins.iter().any(|s| matches!(s, Some(Sym::TimeOnly)));
+        let cond = ins.iter().fold(0u8, |m, s| if let Some(Sym::Cond(b)) = s { m | b } else { m });
         let any_val = ins.iter().any(|s| matches!(s, Some(Sym::Val { .. })));
         if all_const {
             let consts: Vec<Option<&Arr>> =
@@ -386,9 +446,11 @@ impl<'m> Lower<'m> {
             self.out_const(n, vec![Arr::i(vec![], vec![arr::numel(&shape)? as i64])]);
             return Ok(());
         }
-        if any_time && !any_val && !carries_weights(&n.op) {
+        // A node of the timestep alone or the class alone is tabulated later; one that mixes them runs in the
+        // program on both tables.
+        if (cond == TIME || cond == CLASS) && !any_val && !carries_weights(&n.op) {
             for o in &n.outputs {
-                self.syms.insert(o.clone(), Sym::TimeOnly);
+                self.syms.insert(o.clone(), Sym::Cond(cond));
             }
             return Ok(());
         }
@@ -1054,14 +1116,25 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         bail!(Model, "opset {} is too old: export with opset_version 13 or later (torch's default is fine)", m.opset);
     }
     let Some(x_io) = m.inputs.first() else { bail!(Model, "the graph has no inputs") };
-    if m.inputs.len() > 2 {
+    if m.inputs.len() > 3 {
         bail!(
             Model,
-            "the graph takes {} inputs ({}); class-conditional ONNX graphs are not supported yet (sample, timestep)",
+            "the graph takes {} inputs ({}); expected the sample, the timestep and optionally class labels",
             m.inputs.len(),
             m.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
+    // The timestep is input 1 and class labels input 2, unless their names say the other way round.
+    let class_like = |n: &str| {
+        let n = n.to_ascii_lowercase();
+        n.contains("class") || n.contains("label") || n == "y" || n == "c"
+    };
+    let (t_idx, c_idx) = match m.inputs.len() {
+        3 if class_like(&m.inputs[1].name) && !class_like(&m.inputs[2].name) => (Some(2), Some(1)),
+        3 => (Some(1), Some(2)),
+        2 => (Some(1), None),
+        _ => (None, None),
+    };
     if x_io.elem != 1 {
         bail!(Model, "the sample input {} is not float32", x_io.name);
     }
@@ -1085,7 +1158,7 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         bail!(Model, "the sample input is {c} x {h} x {w}: channels must be 1..4096, height and width 1..16384");
     }
     let mut t_input = None;
-    if let Some(t) = m.inputs.get(1) {
+    if let Some(t) = t_idx.and_then(|i| m.inputs.get(i)) {
         let float = match t.elem {
             1 => true,
             6 | 7 => false,
@@ -1108,6 +1181,30 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
     } else {
         notes.push("the graph has no timestep input: the network does not depend on t".into());
     }
+    let mut class_input = None;
+    if let Some(ci) = c_idx.and_then(|i| m.inputs.get(i)) {
+        if !matches!(ci.elem, 6 | 7) {
+            bail!(Model, "the class-label input {} has element type {} (int64 or int32 expected)", ci.name, ci.elem);
+        }
+        if ci.dims.len() > 2 || ci.dims.iter().skip(1).any(|d| *d != Some(1)) {
+            bail!(Model, "the class-label input {} has shape {:?} ([], [N] or [N, 1] expected)", ci.name, ci.dims);
+        }
+        let k = match opts.num_classes {
+            Some(k) => k,
+            None => embedding_rows(m, &ci.name).ok_or_else(|| {
+                err!(
+                    Model,
+                    "the class-label input {} indexes no embedding table: give the number of classes with --set num_classes=K",
+                    ci.name
+                )
+            })?,
+        };
+        if !(1..=65536).contains(&k) {
+            bail!(Model, "{k} classes (1..65536 supported)");
+        }
+        notes.push(format!("class-label input {} ({k} classes)", ci.name));
+        class_input = Some((ci.name.clone(), vec![1; ci.dims.len()], k));
+    }
     let mut l = Lower {
         m,
         opts,
@@ -1116,6 +1213,7 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         maker: HashMap::new(),
         tables: HashMap::new(),
         t_input: t_input.clone(),
+        class_input: class_input.clone(),
         fused: HashSet::new(),
         silu: HashMap::new(),
     };
@@ -1126,7 +1224,10 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
     let input = l.new_value(&x_shape)?;
     l.syms.insert(x_io.name.clone(), Sym::Val { v: input, shape: x_shape });
     if let Some((t, _, _)) = &t_input {
-        l.syms.insert(t.clone(), Sym::TimeOnly);
+        l.syms.insert(t.clone(), Sym::Cond(TIME));
+    }
+    if let Some((c, _, _)) = &class_input {
+        l.syms.insert(c.clone(), Sym::Cond(CLASS));
     }
     // Consumers per tensor, for fusion.
     let mut uses: HashMap<&str, usize> = HashMap::new();
@@ -1179,12 +1280,23 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
     if out_shape.len() != 4 || out_shape[0] != 1 || out_shape[2] != h || out_shape[3] != w {
         bail!(Model, "the output has shape {out_shape:?}, not [N, C, {h}, {w}] like the sample");
     }
-    if !l.tables.is_empty() {
-        let n: usize = l.tables.values().map(|(_, s)| s.iter().product::<usize>()).sum();
+    let per_row = |mask: u8| -> usize {
+        l.tables
+            .iter()
+            .filter(|(name, _)| matches!(l.syms.get(*name), Some(Sym::Cond(m)) if *m == mask))
+            .map(|(_, (_, s))| s.iter().product::<usize>())
+            .sum()
+    };
+    let (nt, nc) = (per_row(TIME), per_row(CLASS));
+    if nt > 0 {
         notes.push(format!(
-            "the timestep sub-graph is tabulated for t = 0..{} ({} values per timestep)",
-            opts.timesteps, n
+            "the timestep sub-graph is tabulated for t = 0..{} ({nt} values per timestep)",
+            opts.timesteps
         ));
     }
-    Ok(Lowered { graph: l.g, input, output, sample: (c, h, w), out_channels: out_shape[1], notes })
+    let num_classes = class_input.map_or(0, |(_, _, k)| k);
+    if nc > 0 {
+        notes.push(format!("the class sub-graph is tabulated for {num_classes} classes ({nc} values per class)"));
+    }
+    Ok(Lowered { graph: l.g, input, output, sample: (c, h, w), out_channels: out_shape[1], num_classes, notes })
 }

@@ -4,7 +4,8 @@
 //! [`read`] parses the protobuf with `onnx-protobuf` (initializers inline or in external-data files beside the
 //! model); [`lower`] folds constants and shapes, tabulates the timestep's sub-graph, fuses `x·sigmoid(x)` and
 //! emits one program op per remaining node, refusing anything outside [`lower::SUPPORTED`] with the node's name.
-//! The graph's first input is the sample `[N, C, H, W]` (N = 1 or symbolic), the second, if any, the timestep.
+//! The graph's first input is the sample `[N, C, H, W]` (N = 1 or symbolic), the second, if any, the timestep,
+//! the third, if any, integer class labels (the timestep's and the labels' sub-graphs are tabulated).
 
 mod arr;
 pub mod lower;
@@ -27,7 +28,8 @@ pub struct OnnxRequest {
     /// The parsed model ([`parse`]).
     pub model: OnnxModel,
     /// Options of the import (`--set KEY=VALUE`): `timestep_scale` (float timesteps are fed as `t · scale`),
-    /// `sample_size` (height and width for a graph whose sample size is symbolic: `N` or `[H, W]`).
+    /// `sample_size` (height and width for a graph whose sample size is symbolic: `N` or `[H, W]`), `num_classes`
+    /// (classes of a class-label input that indexes no embedding table).
     pub options: Map<String, Value>,
     /// The scheduler config; `None` uses diffusers' `DDPMScheduler()` defaults.
     pub scheduler: Option<Map<String, Value>>,
@@ -39,9 +41,11 @@ pub struct OnnxRequest {
     pub calibration: Calibration,
 }
 
-fn options(m: &Map<String, Value>) -> Result<(f32, Option<(usize, usize)>)> {
+/// The import options; `timesteps` is left 0 for the caller.
+fn options(m: &Map<String, Value>) -> Result<lower::Options> {
     let mut scale = 1.0f32;
     let mut size = None;
+    let mut classes = None;
     for (k, v) in m {
         match k.as_str() {
             "timestep_scale" => match v.as_f64() {
@@ -58,22 +62,28 @@ fn options(m: &Map<String, Value>) -> Result<(f32, Option<(usize, usize)>)> {
                     bail!(Config, "sample_size must be N or [H, W] with sizes 1..65536, not {v}");
                 }
             }
-            other => bail!(Config, "unknown ONNX import option {other:?} (known: timestep_scale, sample_size)"),
+            "num_classes" => match v.as_u64() {
+                Some(k) if (1..=65536).contains(&k) => classes = Some(k as usize),
+                _ => bail!(Config, "num_classes must be 1..65536, not {v}"),
+            },
+            other => {
+                bail!(Config, "unknown ONNX import option {other:?} (known: timestep_scale, sample_size, num_classes)")
+            }
         }
     }
-    Ok((scale, size))
+    Ok(lower::Options { timesteps: 0, timestep_scale: scale, sample_size: size, num_classes: classes })
 }
 
 /// Converts a parsed ONNX model into a blob.
 pub fn convert_onnx(r: OnnxRequest) -> Result<Converted> {
-    let (timestep_scale, sample_size) = options(&r.options)?;
+    let mut opts = options(&r.options)?;
     let mut notes =
         vec![format!("ONNX graph: opset {}, {} nodes, from {}", r.model.opset, r.model.nodes.len(), r.model.producer)];
     // The schedule's length sizes the timestep tables; it is parsed again into the program's own graph below.
     let mut sched_json = r.scheduler.clone().unwrap_or_default();
     sched_json.extend(r.scheduler_overrides.clone());
     let (probe, _) = crate::diffusers::scheduler::from_json(&sched_json, &mut crate::graph::Graph::default())?;
-    let opts = lower::Options { timesteps: probe.num_train_timesteps as usize, timestep_scale, sample_size };
+    opts.timesteps = probe.num_train_timesteps as usize;
     let mut low = lower::lower(&r.model, &opts)?;
     notes.append(&mut low.notes);
     let (c, h, w) = low.sample;
@@ -88,7 +98,8 @@ pub fn convert_onnx(r: OnnxRequest) -> Result<Converted> {
         "in_channels": c,
         "out_channels": low.out_channels,
         "sample_size": [h, w],
-        "timestep_scale": timestep_scale,
+        "timestep_scale": opts.timestep_scale,
+        "num_class_embeds": low.num_classes,
     });
     let hdr = ModelHeader {
         precision: r.precision,
@@ -96,7 +107,7 @@ pub fn convert_onnx(r: OnnxRequest) -> Result<Converted> {
         out_channels: low.out_channels,
         height: h,
         width: w,
-        num_classes: 0,
+        num_classes: low.num_classes,
         schedule,
         config_json: config.to_string(),
     };

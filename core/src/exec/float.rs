@@ -188,6 +188,16 @@ impl Exec<'_, '_> {
                     *v = tv.get_f32(base + k);
                 }
             }
+            Op::ClassTable { out, table } => {
+                let o = self.value(out)?;
+                let class = self.class.ok_or(RunError::ClassRequired)? as usize;
+                let tv = self.weights(table)?;
+                let od = a.get_mut(o.range()).ok_or(bad)?;
+                let base = class * od.len();
+                for (k, v) in od.iter_mut().enumerate() {
+                    *v = tv.get_f32(base + k);
+                }
+            }
             Op::Unary { out, x, kind, a: pa, b: pb } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 Self::copy(a, &o, &xi)?;

@@ -384,6 +384,16 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 "LinearRows needs w [o, in], x of a whole number of rows of in, out of as many rows of o, apart from x",
             )
         }
+        Op::ClassTable { out, table } => {
+            let (o, ti) = (v(out)?, t(table)?);
+            ok(
+                m.num_classes() > 0
+                    && ti.ndim == 2
+                    && ti.dims[0] == m.num_classes() as usize
+                    && ti.dims[1] == o.numel(),
+                "ClassTable needs a class-conditioned model and a [classes, n] table for an output of n elements",
+            )
+        }
         Op::Pool2d { out, x, k, stride, pad, kind } => {
             let (o, xi) = (v(out)?, v(x)?);
             let [kh, kw, sy, sx, pt, pl] = [k[0], k[1], stride[0], stride[1], pad[0], pad[1]].map(|d| d as usize);
@@ -662,7 +672,7 @@ pub fn flops(m: &Model<'_>, op: &Op) -> u64 {
             let ci = m.value(x).map(|v| v.c as u64).unwrap_or(1).max(1);
             2 * numel(x) * (tel(w) / ci)
         }
-        Op::TimestepTable { .. } => 0,
+        Op::TimestepTable { .. } | Op::ClassTable { .. } => 0,
         Op::Unary { out, .. } | Op::Binary { out, .. } | Op::BinaryConst { out, .. } => numel(out),
         Op::Upsample2x { .. } | Op::Concat { .. } | Op::QConcat { .. } => 0,
         Op::QConv2d { out, w, .. } => {
