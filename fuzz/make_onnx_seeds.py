@@ -31,6 +31,21 @@ class Tiny(nn.Module):
         return self.out(torch.cat((h, torch.sigmoid(h) * 2.0 - 1.0), dim=1))
 
 
+class TinyClass(Tiny):
+    """Tiny with a class-label input: an embedding of the label added to the time embedding; pooling, bilinear
+    resizing and padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Embedding(3, 4)
+
+    def forward(self, x, t, y):
+        e = self.mlp(self.emb(t) + self.cls(y)).reshape(len(x), -1, 1, 1)
+        h = nn.functional.max_pool2d(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), 2) + e
+        h = nn.functional.interpolate(h, size=(4, 4), mode="bilinear", align_corners=True)
+        return self.out(torch.cat((h, nn.functional.avg_pool2d(h, 3, 1, 1)), dim=1))
+
+
 class Sinusoidal(nn.Module):
     """A float timestep through the sinusoidal Mul/Exp/Sin/Cos chain, then a per-channel scale of the sample."""
 
@@ -71,13 +86,16 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     x = torch.randn(1, 1, 4, 4)
-    for name, model, t in [("tiny", Tiny(), torch.tensor([3])), ("sinusoidal", Sinusoidal(), torch.tensor([3.0])),
+    for name, model, t in [("tiny", Tiny(), torch.tensor([3])), ("tiny_class", TinyClass(), (torch.tensor([3]), torch.tensor([1]))),
+                          ("sinusoidal", Sinusoidal(), torch.tensor([3.0])),
                           ("attention", Attention(), torch.tensor([3]))]:
         model.eval()
         for dynamo in (True, False):
             path = os.path.join(OUT, f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx")
             kw = {"external_data": False} if dynamo else {"opset_version": 17}
-            torch.onnx.export(model, (x, t), path, dynamo=dynamo, input_names=["x", "t"], output_names=["out"], **kw)
+            args = (x, *t) if isinstance(t, tuple) else (x, t)
+            names = ["x", "t", "y"][: len(args)]
+            torch.onnx.export(model, args, path, dynamo=dynamo, input_names=names, output_names=["out"], **kw)
             print(path, os.path.getsize(path))
 
 

@@ -38,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let x = vec![0.5f32; m.in_channels() * hw];
     let mut y = vec![0.0f32; m.out_channels() * hw];
     let mut arena = vec![0u8; m.arena_bytes() + 16];
-    match m.forward(&mut arena, &x, 3.0, None, &mut y) {
+    let class = (m.num_classes() > 0).then_some(0);
+    match m.forward(&mut arena, &x, 3.0, class, &mut y) {
         Ok(()) | Err(RunError::TimestepNotInTable { .. }) => {}
         Err(e) => panic!("forward failed: {e}"),
     }
