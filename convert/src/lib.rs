@@ -109,6 +109,7 @@ fn load_input(a: &ConvertArgs) -> Result<Loaded> {
     let p = &a.input;
     if p.is_dir() {
         // A pipeline folder (model_index.json, unet/, scheduler/) or a model folder (config.json + weights).
+        pipeline_kind(p)?;
         let dir = if p.join("unet").is_dir() && !p.join("config.json").exists() { p.join("unet") } else { p.clone() };
         let Some(weights) = FOLDER_WEIGHTS.iter().map(|f| dir.join(f)).find(|f| f.is_file()) else {
             bail!(Checkpoint, "{} holds no diffusers weights file ({})", dir.display(), FOLDER_WEIGHTS.join(", "));
@@ -135,6 +136,34 @@ fn load_input(a: &ConvertArgs) -> Result<Loaded> {
     let (sd, n) = load_file(p, a.key.as_deref())?;
     notes.extend(n);
     Ok(Loaded { sd, config: None, scheduler: None, notes })
+}
+
+/// Refuses a pipeline folder whose `model_index.json` names a latent or otherwise conditioned pipeline (its
+/// UNet denoises autoencoder latents or takes a condition): converting it as a pixel DDPM would make noise.
+fn pipeline_kind(dir: &Path) -> Result<()> {
+    let index = dir.join("model_index.json");
+    if !index.is_file() {
+        return Ok(());
+    }
+    let m = read_json_object(&index)?;
+    let name = m.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    let latent_parts: Vec<&str> = ["vqvae", "vae", "text_encoder", "image_encoder", "low_res_scheduler"]
+        .into_iter()
+        .filter(|k| m.contains_key(*k))
+        .collect();
+    let conditioned = ["LDM", "Latent", "StableDiffusion", "VQ", "Inpaint", "SuperResolution", "Img2Img", "Kandinsky"]
+        .iter()
+        .any(|w| name.contains(w));
+    if conditioned || !latent_parts.is_empty() {
+        bail!(
+            Config,
+            "{}: model_index.json names a {name}{}: its UNet denoises autoencoder latents or takes a condition, so it is not a \
+             pixel-space DDPM; supported are DDPMPipeline/DDIMPipeline folders (or the unet/ folder of a pixel model)",
+            dir.display(),
+            if latent_parts.is_empty() { String::new() } else { format!(" (with {})", latent_parts.join(", ")) }
+        );
+    }
+    Ok(())
 }
 
 fn load_file(p: &Path, key: Option<&str>) -> Result<(StateDict, Vec<String>)> {
@@ -242,6 +271,22 @@ pub fn convert(r: Request) -> Result<Converted> {
     };
     user.extend(config_overrides);
     let cfg = UNetConfig::from_json(&user)?;
+    if !cfg.ignored.is_empty() {
+        notes.push(format!(
+            "warning: config keys a UNet2DModel does not take, ignored (as diffusers ignores them): {}",
+            cfg.ignored.join(", ")
+        ));
+    }
+    if cfg.in_channels != cfg.out_channels && 2 * cfg.in_channels != cfg.out_channels {
+        bail!(
+            Config,
+            "in_channels {} and out_channels {}: a conditional UNet (extra input channels, e.g. super-resolution or \
+             inpainting, which concatenate a condition to the sample) is not a pixel DDPM; only out_channels = \
+             in_channels (or 2 x in_channels, learned variance) is supported",
+            cfg.in_channels,
+            cfg.out_channels
+        );
+    }
 
     let mut tensors = std::mem::take(&mut sd.tensors);
     let (mut graph, input, output) = unet2d::build(&cfg, &mut tensors)?;

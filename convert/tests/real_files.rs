@@ -1,5 +1,6 @@
 //! Layouts and mistakes met on real checkpoint files: a flat model folder with its scheduler config beside
-//! `config.json`, and Git LFS pointer files in place of the weights.
+//! `config.json`, Git LFS pointer files in place of the weights, latent and conditional pipelines, config keys
+//! diffusers ignores, and options a bare state dict cannot tell.
 
 use std::path::{Path, PathBuf};
 
@@ -56,4 +57,74 @@ fn a_git_lfs_pointer_is_named_as_one() {
     std::fs::write(dir.join("diffusion_pytorch_model.safetensors"), pointer).unwrap();
     let e = convert_path(&args(&dir)).unwrap_err().to_string();
     assert!(e.contains("Git LFS pointer"), "{e}");
+}
+
+/// A copy of the a_ddpm pipeline folder whose files `edit` may change.
+fn pipeline_copy(edit: impl Fn(&Path)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for sub in ["unet", "scheduler"] {
+        std::fs::create_dir(tmp.path().join(sub)).unwrap();
+        for f in std::fs::read_dir(a_ddpm().join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, tmp.path().join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(a_ddpm().join("model_index.json"), tmp.path().join("model_index.json")).unwrap();
+    edit(tmp.path());
+    tmp
+}
+
+fn edit_json(p: &Path, f: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) {
+    let mut m: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    f(&mut m);
+    std::fs::write(p, serde_json::to_string(&m).unwrap()).unwrap();
+}
+
+#[test]
+fn a_latent_pipeline_is_refused_as_one() {
+    let tmp = pipeline_copy(|d| {
+        edit_json(&d.join("model_index.json"), |m| {
+            m.insert("_class_name".into(), "LDMPipeline".into());
+            m.insert("vqvae".into(), serde_json::json!(["diffusers", "VQModel"]));
+        })
+    });
+    let e = convert_path(&args(tmp.path())).unwrap_err().to_string();
+    assert!(e.contains("LDMPipeline") && e.contains("vqvae") && e.contains("not a pixel-space DDPM"), "{e}");
+}
+
+#[test]
+fn a_conditional_unet_is_refused_as_one() {
+    let tmp = pipeline_copy(|d| {
+        edit_json(&d.join("unet/config.json"), |m| {
+            m.insert("in_channels".into(), 6.into());
+        })
+    });
+    let e = convert_path(&args(tmp.path())).unwrap_err().to_string();
+    assert!(e.contains("in_channels 6 and out_channels 3") && e.contains("conditional UNet"), "{e}");
+}
+
+#[test]
+fn config_keys_diffusers_ignores_are_a_warning() {
+    let tmp = pipeline_copy(|d| {
+        edit_json(&d.join("unet/config.json"), |m| {
+            m.insert("my_training_note".into(), "lr 1e-4".into());
+        })
+    });
+    let out = convert_path(&args(tmp.path())).unwrap();
+    assert!(out.notes.iter().any(|n| n.starts_with("warning") && n.contains("my_training_note")), "{:?}", out.notes);
+    // A key that changes the network stays strict.
+    let tmp = pipeline_copy(|d| {
+        edit_json(&d.join("unet/config.json"), |m| {
+            m.insert("act_fn".into(), "gelu".into());
+        })
+    });
+    assert!(convert_path(&args(tmp.path())).is_err());
+}
+
+#[test]
+fn options_a_bare_state_dict_cannot_tell_are_named_with_diffusers_defaults() {
+    let e = convert_path(&args(&a_ddpm().join("unet/diffusion_pytorch_model.safetensors"))).unwrap_err().to_string();
+    assert!(e.contains("norm_num_groups (diffusers' default 32") && e.contains("--set norm_num_groups=32"), "{e}");
+    assert!(e.contains("sample_size") && e.contains("--set sample_size=..."), "{e}");
 }

@@ -47,6 +47,43 @@ fn defaults() -> Map<String, Value> {
     }
 }
 
+/// What a state dict that is not a `UNet2DModel` looks like, from its tensor names.
+fn recognise<'a>(names: impl Iterator<Item = &'a str> + Clone) -> &'static str {
+    let has = |suffix: &str| names.clone().any(|n| n == suffix || n.ends_with(&format!(".{suffix}")));
+    let any = |part: &str| names.clone().any(|n| n.contains(part));
+    if has("init_conv.weight") && has("final_conv.weight") && any("mid_block1.") {
+        "this is lucidrains' denoising-diffusion-pytorch Unet, not a diffusers UNet2DModel"
+    } else if (has("time_embed.weight") || any("te1.")) && (any("b1.") || any("down1.")) {
+        "this looks like a tutorial UNet (time_embed table, te*/b*/down*/up* blocks), not a diffusers UNet2DModel"
+    } else if any("first_stage_model.") || any("encoder.down.") || any("quant_conv.") {
+        "this is a latent diffusion checkpoint (autoencoder weights): only pixel-space DDPMs are supported"
+    } else {
+        "not a diffusers UNet2DModel checkpoint"
+    }
+}
+
+/// Keys of a `UNet2DConditionModel` config: a config with one of them describes a conditioned network, which
+/// no amount of ignoring makes a `UNet2DModel`.
+const CONDITIONAL_KEYS: [&str; 8] = [
+    "cross_attention_dim",
+    "encoder_hid_dim",
+    "addition_embed_type",
+    "transformer_layers_per_block",
+    "only_cross_attention",
+    "use_linear_projection",
+    "projection_class_embeddings_input_dim",
+    "conditioning_channels",
+];
+
+/// diffusers' default of a [`MUST_GIVE`] option, for messages.
+fn diffusers_default(k: &str) -> Option<&'static str> {
+    match k {
+        "norm_num_groups" => Some("32"),
+        "attention_head_dim" => Some("8"),
+        _ => None,
+    }
+}
+
 /// Options a checkpoint's tensors cannot tell, that have no safe default, and that must be given when there
 /// is no config file.
 const MUST_GIVE: [&str; 3] = ["sample_size", "norm_num_groups", "attention_head_dim"];
@@ -100,6 +137,8 @@ pub struct UNetConfig {
     pub num_class_embeds: Option<usize>,
     /// The full config (defaults filled in), stored in the blob for `inspect`.
     pub json: Map<String, Value>,
+    /// Keys of the given config that a `UNet2DModel` does not take (ignored, as diffusers ignores them).
+    pub ignored: Vec<String>,
 }
 
 fn opt_usize(m: &Map<String, Value>, k: &str) -> Result<Option<usize>> {
@@ -147,6 +186,7 @@ impl UNetConfig {
     /// Validates a config as diffusers' `config.json` writes it (missing keys take diffusers' defaults).
     pub fn from_json(user: &Map<String, Value>) -> Result<Self> {
         let mut m = defaults();
+        let mut ignored = Vec::new();
         if let Some(name) = get_str(user, "_class_name")? {
             if name != "UNet2DModel" {
                 bail!(Config, "config is for a '{name}', not a UNet2DModel (the only family supported so far)");
@@ -156,8 +196,17 @@ impl UNetConfig {
             if k.starts_with('_') {
                 continue;
             }
+            if CONDITIONAL_KEYS.contains(&k.as_str()) {
+                bail!(
+                    Config,
+                    "config option '{k}' belongs to a text- or image-conditioned UNet (UNet2DConditionModel), not a \
+                     pixel UNet2DModel"
+                );
+            }
             if !m.contains_key(k) {
-                bail!(Config, "unknown UNet2DModel config option '{k}' (is this a UNet2DModel config?)");
+                // diffusers ignores keys its UNet2DModel does not take (with a warning); so does the converter.
+                ignored.push(k.clone());
+                continue;
             }
             m.insert(k.clone(), v.clone());
         }
@@ -259,6 +308,7 @@ impl UNetConfig {
             num_class_embeds: opt_usize(&m, "num_class_embeds")?,
             block_out_channels,
             json: m,
+            ignored,
         };
         cfg.check_geometry()?;
         Ok(cfg)
@@ -337,7 +387,9 @@ impl UNetConfig {
             let first: Vec<&str> = t.keys().take(5).map(String::as_str).collect();
             bail!(
                 Config,
-                "no 'conv_in.weight' tensor: not a diffusers UNet2DModel checkpoint (first tensors: {})",
+                "no 'conv_in.weight' tensor: {} (first tensors: {}). Any PyTorch network converts through ONNX: \
+                 torch.onnx.export(model, (x, t), \"model.onnx\"), then `host-cli convert model.onnx`",
+                recognise(t.keys().map(String::as_str)),
                 first.join(", ")
             );
         };
@@ -393,12 +445,21 @@ impl UNetConfig {
             .filter(|&k| k != "attention_head_dim" || has_attn)
             .collect();
         if !missing.is_empty() {
+            let named: Vec<String> = missing
+                .iter()
+                .map(|k| match diffusers_default(k) {
+                    Some(d) => format!("{k} (diffusers' default {d}, if the model was built with it)"),
+                    None => k.to_string(),
+                })
+                .collect();
+            let sets: Vec<String> =
+                missing.iter().map(|k| format!("--set {k}={}", diffusers_default(k).unwrap_or("..."))).collect();
             bail!(
                 Config,
                 "no config given and these UNet2DModel options cannot be read from the tensors: {} \
-                 (pass --config config.json, or --set {}=...)",
-                missing.join(", "),
-                missing.join("=... --set ")
+                 (pass --config config.json, or {})",
+                named.join(", "),
+                sets.join(" ")
             );
         }
         let assumed: Vec<String> = [
@@ -516,6 +577,18 @@ mod tests {
             sd.tensors.insert(name.into(), Tensor { shape: shape.to_vec(), data });
         }
         sd
+    }
+
+    #[test]
+    fn other_families_are_named() {
+        let luc =
+            ["init_conv.weight", "downs.0.0.block1.proj.weight", "mid_block1.block1.proj.weight", "final_conv.weight"];
+        assert!(recognise(luc.iter().copied()).contains("lucidrains"));
+        let ema = luc.map(|n| format!("ema_model.model.{n}"));
+        assert!(recognise(ema.iter().map(String::as_str)).contains("lucidrains"));
+        let tutorial = ["time_embed.weight", "te1.0.weight", "b1.0.ln.weight", "down1.weight"];
+        assert!(recognise(tutorial.iter().copied()).contains("tutorial UNet"));
+        assert_eq!(recognise(["fc1.weight"].into_iter()), "not a diffusers UNet2DModel checkpoint");
     }
 
     /// Fuzz finding (`config` target): a zero-dimensional tensor under a name whose leading dimension `infer`

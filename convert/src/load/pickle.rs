@@ -459,9 +459,19 @@ fn opcode_name(op: u8) -> Option<&'static str> {
 
 /// Formats the standard error for a global outside the allow-list.
 fn disallowed(module: &str, name: &str) -> crate::ConvertError {
+    // A module class (torch.save(model) instead of torch.save(model.state_dict())): say what to do instead.
+    let hint = if module.starts_with("torch.nn.modules")
+        || module.starts_with("__main__")
+        || name.chars().next().is_some_and(char::is_uppercase)
+    {
+        "; this looks like a whole pickled module (torch.save(model)), which would run its code on loading: save \
+         model.state_dict() instead, or export the network with torch.onnx.export(model, (x, t), \"model.onnx\")"
+    } else {
+        ""
+    };
     err!(
         Checkpoint,
-        "checkpoint pickle references disallowed global '{}.{}' (only tensors and plain containers are allowed)",
+        "checkpoint pickle references disallowed global '{}.{}' (only tensors and plain containers are allowed){hint}",
         module.escape_debug(),
         name.escape_debug()
     )
@@ -1394,6 +1404,9 @@ pub(crate) mod tests {
     fn disallowed_globals_are_named() {
         let e = hostile(W::default().proto().global("os", "system").str("touch /tmp/x").op(&[0x85]).op(b"R."));
         assert!(e.contains("disallowed global 'os.system'"), "{e}");
+        assert!(!e.contains("whole pickled module"), "{e}");
+        let e = hostile(W::default().proto().global("torch.nn.modules.container", "Sequential").op(b")").op(b"R."));
+        assert!(e.contains("whole pickled module") && e.contains("model.state_dict()"), "{e}");
         let e = hostile(W::default().proto().global("posix", "system").op(b"."));
         assert!(e.contains("'posix.system'"), "{e}");
         let e = hostile(W::default().proto().global("builtins", "eval").op(b"."));
