@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::graph::{Data, Graph, Shape, SCRATCH};
 use crate::{bail, err};
 use ddpm_core::format::DType;
-use ddpm_core::program::{Op, NO_LUT};
+use ddpm_core::program::{Op, Role, NO_LUT};
 
 /// The int8 program under construction from the f32 program `f`, with the calibration it is built from.
 pub(super) struct Builder<'g> {
@@ -185,11 +185,13 @@ impl Builder<'_> {
                 self.site_of.insert(o, Site::Out(i));
                 self.define(out, o, None);
             }
+            Op::Affine { out, x, .. } if cur(self, x).is_some_and(|q| self.info(q).dtype != DType::F32) => {
+                // A reshape or affine map of a quantized value runs in f32 like the ops without int8 kernels.
+                self.float_op(i, op)?;
+                let _ = out;
+            }
             Op::Affine { out, x, mul, add } => {
                 let xq = cur(self, x).ok_or_else(|| err!(Quantize, "internal: value {x} unset"))?;
-                if self.info(xq).dtype != DType::F32 {
-                    bail!(Quantize, "int8: an affine map inside the network is not supported");
-                }
                 let s = shape(out);
                 let o = self.q.value(s.c, s.h, s.w);
                 self.q.push(Op::Affine { out: o, x: xq, mul, add });
@@ -224,14 +226,18 @@ impl Builder<'_> {
                 if self.info(xq).dtype != DType::I8 {
                     bail!(Quantize, "internal: SiLU of an i16 value");
                 }
-                let o = self.silu_value(shape(out), Site::Out(i))?;
+                let o = if self.read_by_convs_only(i, out) {
+                    self.silu_value(shape(out), Site::Out(i))?
+                } else {
+                    self.qvalue(shape(out), Site::Out(i))?
+                };
                 let table = self.silu_lut(self.info(xq).scale, self.info(o).scale, self.info(o).zero);
                 self.q.push(Op::QLut { out: o, x: xq, table });
                 self.define(out, o, (out == x).then_some(xq));
             }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let xq = self.input(x)?;
-                let o = if silu {
+                let o = if silu && self.read_by_convs_only(i, out) {
                     self.silu_value(shape(out), Site::Out(i))?
                 } else {
                     self.qvalue(shape(out), Site::Out(i))?
@@ -350,8 +356,75 @@ impl Builder<'_> {
                 self.q.push(Op::QScaleShift { out: o, x: xq, v: vq });
                 self.define(x, o, Some(xq));
             }
+            _ if op.is_float_cpu_only() => self.float_op(i, op)?,
             _ => bail!(Quantize, "internal: {} in an f32 program", op.name()),
         }
+        Ok(())
+    }
+
+    /// Whether every op that reads f32 value `v` is a convolution or linear layer, which take a zero point (so a
+    /// SiLU output may be asymmetric).
+    /// Only the ops after `at` up to the next one that writes `v` read what op `at` wrote.
+    fn read_by_convs_only(&self, at: usize, v: u32) -> bool {
+        for op in &self.f.ops[at + 1..] {
+            let (mut reads, mut writes) = (false, false);
+            op.for_each_value(|w, role| {
+                reads |= w == v && matches!(role, Role::In | Role::InOut);
+                writes |= w == v && matches!(role, Role::Out | Role::InOut);
+            });
+            if reads && !matches!(op, Op::Conv2d { .. } | Op::Linear { .. }) {
+                return false;
+            }
+            if writes {
+                break;
+            }
+        }
+        true
+    }
+
+    /// An op without an int8 kernel, in f32: quantized inputs are dequantized first, tensors copied, and the
+    /// output is an f32 value that the next integer op quantizes with the scale calibrated for it.
+    fn float_op(&mut self, i: usize, op: &Op) -> Result<()> {
+        let mut words = Vec::new();
+        op.for_each_operand(&mut |w, role| words.push((w, role)));
+        let mut new_words = Vec::with_capacity(words.len());
+        let mut out = None;
+        for &(w, role) in &words {
+            new_words.push(match role {
+                Role::In | Role::InOut => {
+                    let q = self.map[w as usize]
+                        .ok_or_else(|| err!(Quantize, "internal: value {w} read before written"))?;
+                    if self.info(q).dtype == DType::F32 {
+                        q
+                    } else {
+                        let s = self.info(q);
+                        let d = self.q.value(s.c, s.h, s.w);
+                        self.q.push(Op::Dequantize { out: d, x: q });
+                        d
+                    }
+                }
+                Role::Out | Role::Scratch => {
+                    let s = self.f.values[w as usize];
+                    let o = self.q.value(s.c, s.h, s.w);
+                    if role == Role::Out {
+                        self.site_of.insert(o, Site::Out(i));
+                        out = Some((w, o));
+                    }
+                    o
+                }
+                Role::Tensor => self.float_tensor(w)?,
+                Role::Param => w,
+            });
+        }
+        let mut new = *op;
+        let mut k = 0;
+        new.map_operands(&mut |w, _| {
+            *w = new_words[k];
+            k += 1;
+        });
+        self.q.push(new);
+        let (v, o) = out.ok_or_else(|| err!(Quantize, "internal: {} writes no value", op.name()))?;
+        self.define(v, o, None);
         Ok(())
     }
 }

@@ -78,9 +78,6 @@ pub fn to_int8(
     if cal.trajectories == 0 || cal.steps == 0 {
         bail!(Quantize, "calibration needs at least one trajectory of at least one step");
     }
-    if let Some(op) = g.ops.iter().find(|op| op.is_float_cpu_only()) {
-        bail!(Quantize, "int8 has no kernel for the {} op yet: convert this model to f32 or f16", op.name());
-    }
     let f32_hdr = ModelHeader { precision: Precision::F32, config_json: hdr.config_json.clone(), ..*hdr };
     let f32_blob = AlignedBlob::from_bytes(&crate::emit::blob(g, &f32_hdr, input, output)?);
     let model = f32_blob.model()?;
@@ -110,8 +107,19 @@ pub fn to_int8(
     }
     let last = b.map[output as usize].ok_or_else(|| err!(Quantize, "internal: output never written"))?;
     let s = g.values[output as usize];
-    let qout = b.q.value(s.c, s.h, s.w);
-    b.q.push(Op::Dequantize { out: qout, x: last });
+    let qout = if b.q.values[last as usize].dtype == ddpm_core::DType::F32 {
+        last
+    } else {
+        let qout = b.q.value(s.c, s.h, s.w);
+        b.q.push(Op::Dequantize { out: qout, x: last });
+        qout
+    };
+    let float_ops = g.ops.iter().filter(|op| op.is_float_cpu_only()).count();
+    if float_ops > 0 {
+        b.notes.push(format!(
+            "int8: {float_ops} ops have no integer kernel and run in f32 between dequantize and quantize steps"
+        ));
+    }
     let worst = b
         .hists
         .iter()
