@@ -3,7 +3,7 @@
 
 Exact command (from the repository root):
 
-    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build]
+    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build] [--exact]
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
 measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
@@ -38,7 +38,8 @@ For each model, in one run:
    GFLOP/s (host-cli inspect's FLOP count over the median latency).
 
 ``--no-build`` skips ``cargo build --release -p host-cli`` (run by default so the
-binary matches the source tree); ``--bin PATH`` uses another binary.
+binary matches the source tree); ``--bin PATH`` uses another binary; ``--exact`` times
+host-cli's portable kernels (``host-cli bench --exact``, the firmware's bits).
 """
 
 import argparse
@@ -230,8 +231,9 @@ def parse_inspect(text):
 BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) batch \d+ cpu threads (\d+) gflops ([0-9.]+)")
 
 
-def rust_bench(binary, blob, threads, iters):
-    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1])
+def rust_bench(binary, blob, threads, iters, exact):
+    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1]
+            + (["--exact"] if exact else []))
     m = BENCH_RE.search(p.stdout)
     if not m:
         log(f"unexpected bench output: {p.stdout!r} {p.stderr!r}")
@@ -324,7 +326,7 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     for prec, blob in blobs.items():
         out = tmp / f"y_{prec}.npy"
         run([binary, "--threads", args.threads, "forward", blob, "--input", tmp / "x.npy",
-             "--timestep", TIMESTEP, "-o", out])
+             "--timestep", TIMESTEP, "-o", out] + (["--exact"] if args.exact else []))
         y = np.load(out)
         if y.shape != ref.shape:
             log(f"WARNING: {prec} output shape {y.shape}, torch {ref.shape}")
@@ -349,7 +351,7 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     for r in range(args.rounds):
         for k in keys:
             if k in blobs:
-                (med, mn), o = measure(rust_bench, binary, blobs[k], args.threads, iters)
+                (med, mn), o = measure(rust_bench, binary, blobs[k], args.threads, iters, args.exact)
             elif k == "torch":
                 (med, mn), o = measure(torch_bench, model, x, iters)
             else:
@@ -378,6 +380,7 @@ def main():
     ap.add_argument("--models", default="cifar10,mnist")
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release -p host-cli")
+    ap.add_argument("--exact", action="store_true", help="time host-cli's portable kernels (bench --exact)")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for n in names:
@@ -415,7 +418,7 @@ def main():
 
     log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, onnxruntime {ort.__version__}, "
         f"CPU {cpu_model()}, {args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
-        f"{args.rounds} rounds, median of round medians")
+        f"{args.rounds} rounds, median of round medians{', host-cli --exact' if args.exact else ''}")
     log()
     log("| model | params | GFLOP/fwd | onnxruntime ms | torch ms | ours f32 ms | ours f16 ms | "
         "f32/ort | f16/ort | f32/torch | GFLOP/s ort | torch | ours f32 | ours f16 |")

@@ -70,7 +70,7 @@ impl Exec<'_, '_> {
                 let (sd, xd) = split_pair(a, si.range(), xi.range()).ok_or(bad)?;
                 ops::conv2d_pad(sd, xd, &g);
                 let (od, sd) = split_pair(a, o.range(), si.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::conv2d(od, sd, w, bv, &g));
+                with_weights!(wv, w => ops::conv2d_using(self.m.kernels(), od, sd, w, bv, &g));
             }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);

@@ -10,6 +10,8 @@ mod attention;
 mod conv2d;
 mod conv_transpose;
 mod elementwise;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod fast;
 mod group_norm;
 mod int8;
 mod layer_norm;
@@ -19,7 +21,7 @@ mod resample;
 mod timestep;
 
 pub use attention::{attention_core, attention_output, attention_project};
-pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
+pub use conv2d::{conv2d, conv2d_pad, conv2d_using, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::group_norm;
@@ -32,6 +34,19 @@ pub use linear::{dot, linear_rows};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;
+
+/// Which float kernels the CPU forward pass runs ([`crate::Model::with_kernels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// With the `std` feature on an x86-64 CPU with AVX2+FMA or AVX-512F, the kernels of that instruction set
+    /// where one applies (chosen at run time; fused multiply-adds, so within rounding of the portable kernels:
+    /// 1e-5 × max|ref| per layer, tested); everywhere else the portable kernels. The same bits for any thread
+    /// count on one machine.
+    #[default]
+    Fast,
+    /// The portable kernels only: the same bits on every machine and target, the firmware's included.
+    Exact,
+}
 
 /// A stored weight element, widened to `f32` for arithmetic.
 pub trait Weight: Copy + Send + Sync + 'static {

@@ -1,0 +1,385 @@
+//! Fast float kernels for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets:
+//! AVX-512F, else AVX2 with FMA, else none (the portable kernels run). The crate's only `unsafe` code lives here:
+//! vector loads and stores through raw pointers, each kernel call behind a safe wrapper that checks every
+//! address the call touches before it starts.
+//!
+//! Convolution is a register-blocked packed GEMM over the zero-padded input that [`super::conv2d_pad`] wrote
+//! (no im2col buffer): a tile of [`Kernel::mr`] output channels × [`Kernel::np`] output pixels is held in vector
+//! registers for the whole reduction. Pixels are taken along the padded rows (`p = oy·rs + ox`), so for stride 1
+//! tap `(c, ky, kx)` of a tile is one contiguous run of the input (`xp[c][p + ky·rs + kx]`); columns past the
+//! output width are computed and dropped.
+//!
+//! Every output element is `b[co]` followed by one fused multiply-add per tap, taps in ascending `(c, ky, kx)`
+//! order, whatever the tile, the vector width or the thread count: AVX-512 and AVX2 give the same bits, and so do
+//! 1 and N threads. It differs from the portable kernel (separate multiply and add) by rounding only.
+//!
+//! Scratch beyond the arena: per worker thread, one block of packed weights, `mr × ci·kh·kw` f32 (at most
+//! 8 × 4,608 floats, 144 KiB, for 512 input channels and a 3×3 kernel), kept in a thread-local buffer and reused.
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::conv2d::Conv2dShape;
+use super::Weight;
+use crate::par;
+
+/// A convolution microkernel: its tile and its entry point.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel {
+    /// Output channels per tile (rows of the packed weight block).
+    mr: usize,
+    /// Output pixels per tile (a whole number of vectors).
+    np: usize,
+    /// `run(x, wp, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k wp[k·mr + r]·x[taps.at(k) + j]`.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instruction set; `x[taps.max_offset() + np − 1]`, `wp[taps.len()·mr − 1]`,
+    /// `bias[mr − 1]` and `acc[mr·np − 1]` are in bounds.
+    run: unsafe fn(*const f32, *const f32, &Taps, *const f32, *mut f32),
+}
+
+/// The reduction of one convolution: taps `(c, ky, kx)` at input offsets `c·plane + ky·rs + kx`.
+pub(crate) struct Taps {
+    ci: usize,
+    kh: usize,
+    kw: usize,
+    plane: usize,
+    rs: usize,
+}
+
+impl Taps {
+    fn len(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+    /// Offset of the last tap (0 for an empty reduction).
+    fn max_offset(&self) -> usize {
+        if self.len() == 0 {
+            0
+        } else {
+            (self.ci - 1) * self.plane + (self.kh - 1) * self.rs + (self.kw - 1)
+        }
+    }
+}
+
+/// AVX-512F: 8 channels × 48 pixels, 24 accumulators of the 32 vector registers.
+const AVX512: Kernel = Kernel { mr: 8, np: 48, run: conv_tile_avx512::<8, 3> };
+/// AVX2 + FMA: 6 channels × 16 pixels, 12 accumulators of the 16 vector registers.
+const AVX2: Kernel = Kernel { mr: 6, np: 16, run: conv_tile_avx2::<6, 2> };
+/// AVX-512F with one vector of pixels, for feature maps too small for [`AVX512`]'s tile.
+const AVX512_NARROW: Kernel = Kernel { mr: 8, np: 16, run: conv_tile_avx512::<8, 1> };
+
+/// The tile buffers of `conv2d_with` hold any kernel's tile.
+const MAX_MR: usize = 8;
+const MAX_NP: usize = 48;
+const _: () = assert!(AVX512.mr <= MAX_MR && AVX2.mr <= MAX_MR && AVX512_NARROW.mr <= MAX_MR);
+const _: () = assert!(AVX512.np <= MAX_NP && AVX2.np <= MAX_NP && AVX512_NARROW.np <= MAX_NP);
+
+/// The best convolution kernels this CPU runs, widest tile first; empty without AVX2+FMA.
+pub(crate) fn conv_kernels() -> &'static [Kernel] {
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        &[AVX512, AVX512_NARROW]
+    } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        &[AVX2]
+    } else {
+        &[]
+    }
+}
+
+thread_local! {
+    /// The packed weight block of the tile this thread computes (see the module comment for its size).
+    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`super::conv2d`] with a microkernel; returns `false`, having written nothing, where none applies (stride
+/// other than 1, a feature map smaller than one tile, no AVX2+FMA).
+// w (co,ci,kh,kw) * xp (ci,hp,rs) + b (co) -> out (co,ho,wo)
+pub(crate) fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) -> bool {
+    let Some(k) = conv_kernels().iter().copied().find(|k| fits(k, g)) else { return false };
+    conv2d_with(k, out, xp, w, b, g)
+}
+
+/// Whether kernel `k` can compute convolution `g`.
+fn fits(k: &Kernel, g: &Conv2dShape) -> bool {
+    g.stride == 1 && g.ho > 0 && g.wo > 0 && padded_pixels(g) >= k.np
+}
+
+/// Output positions along the padded rows up to the last real pixel: `(ho − 1)·rs + wo`.
+fn padded_pixels(g: &Conv2dShape) -> usize {
+    (g.ho.saturating_sub(1)) * g.scratch_shape().2 + g.wo
+}
+
+/// [`conv2d`] with a given kernel (tests run each kernel the CPU has).
+pub(crate) fn conv2d_with<W: Weight>(
+    k: Kernel,
+    out: &mut [f32],
+    xp: &[f32],
+    w: &[W],
+    b: &[f32],
+    g: &Conv2dShape,
+) -> bool {
+    let (ci, hp, rs) = g.scratch_shape();
+    let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs };
+    let ksize = taps.len();
+    let (plane, pixels) = (g.ho * g.wo, padded_pixels(g));
+    // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
+    let in_bounds = pixels.checked_add(taps.max_offset()).is_some_and(|end| end <= xp.len());
+    if !fits(&k, g)
+        || !in_bounds
+        || out.len() < g.co * plane
+        || w.len() < g.co * ksize
+        || b.len() < g.co
+        || hp < g.ho + g.kh - 1
+    {
+        return false;
+    }
+    let out = &mut out[..g.co * plane];
+    par::for_each_chunk(out, k.mr * plane, |blk, o| {
+        let nco = o.len() / plane;
+        let co0 = blk * k.mr;
+        PACKED.with_borrow_mut(|wp| {
+            // wp[i·mr + r] = w[co0 + r][i]; rows past the last channel are zero and their results dropped.
+            wp.clear();
+            wp.resize(ksize * k.mr, 0.0);
+            for r in 0..nco {
+                let row = &w[(co0 + r) * ksize..][..ksize];
+                for (i, v) in row.iter().enumerate() {
+                    wp[i * k.mr + r] = v.to_f32();
+                }
+            }
+            let mut bias = [0f32; MAX_MR];
+            bias[..nco].copy_from_slice(&b[co0..co0 + nco]);
+            let mut acc = [0f32; MAX_MR * MAX_NP];
+            let acc = &mut acc[..k.mr * k.np];
+            for t in 0..pixels.div_ceil(k.np) {
+                // The last tile is moved back to end at the last pixel: it recomputes, bit for bit, outputs the
+                // tile before it wrote, instead of reading past the input.
+                let p0 = (t * k.np).min(pixels - k.np);
+                // SAFETY: `conv_kernels` returned `k` only on a CPU with its instruction set. Reads of x reach
+                // `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xp.len()` (checked above); wp holds
+                // `ksize·mr` floats, bias MAX_MR ≥ mr, acc `mr·np`.
+                unsafe { (k.run)(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
+                for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
+                    let dst = &mut o[r * plane..][..plane];
+                    for (j, v) in row.iter().enumerate() {
+                        let p = p0 + j;
+                        let (oy, ox) = (p / rs, p % rs);
+                        if ox < g.wo {
+                            dst[oy * g.wo + ox] = *v;
+                        }
+                    }
+                }
+            }
+        });
+    });
+    true
+}
+
+/// See [`Kernel::run`]; `NV` vectors of 16 pixels.
+///
+/// # Safety
+/// As [`Kernel::run`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
+    x: *const f32,
+    wp: *const f32,
+    t: &Taps,
+    bias: *const f32,
+    acc_out: *mut f32,
+) {
+    // SAFETY (whole body): every pointer offset stays inside the bounds the caller guarantees: x up to
+    // `max_offset + 16·NV − 1`, wp up to `len·MR − 1`, bias up to `MR − 1`, acc_out up to `MR·16·NV − 1`.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = [_mm512_set1_ps(*bias.add(r)); NV];
+        }
+        let mut wk = wp;
+        for c in 0..t.ci {
+            let xc = x.add(c * t.plane);
+            for ky in 0..t.kh {
+                let xr = xc.add(ky * t.rs);
+                for kx in 0..t.kw {
+                    let xk = xr.add(kx);
+                    let mut xv = [_mm512_setzero_ps(); NV];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(xk.add(16 * j));
+                    }
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*wk.add(r));
+                        for (aj, xj) in a.iter_mut().zip(&xv) {
+                            *aj = _mm512_fmadd_ps(wv, *xj, *aj);
+                        }
+                    }
+                    wk = wk.add(MR);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (j, v) in a.iter().enumerate() {
+                _mm512_storeu_ps(acc_out.add(r * 16 * NV + 16 * j), *v);
+            }
+        }
+    }
+}
+
+/// See [`Kernel::run`]; `NV` vectors of 8 pixels.
+///
+/// # Safety
+/// As [`Kernel::run`], with `mr = MR`, `np = 8·NV`, on a CPU with AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_tile_avx2<const MR: usize, const NV: usize>(
+    x: *const f32,
+    wp: *const f32,
+    t: &Taps,
+    bias: *const f32,
+    acc_out: *mut f32,
+) {
+    // SAFETY (whole body): as in `conv_tile_avx512`, with 8-float vectors.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = [_mm256_set1_ps(*bias.add(r)); NV];
+        }
+        let mut wk = wp;
+        for c in 0..t.ci {
+            let xc = x.add(c * t.plane);
+            for ky in 0..t.kh {
+                let xr = xc.add(ky * t.rs);
+                for kx in 0..t.kw {
+                    let xk = xr.add(kx);
+                    let mut xv = [_mm256_setzero_ps(); NV];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xk.add(8 * j));
+                    }
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*wk.add(r));
+                        for (aj, xj) in a.iter_mut().zip(&xv) {
+                            *aj = _mm256_fmadd_ps(wv, *xj, *aj);
+                        }
+                    }
+                    wk = wk.add(MR);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (j, v) in a.iter().enumerate() {
+                _mm256_storeu_ps(acc_out.add(r * 8 * NV + 8 * j), *v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{conv2d_pad, conv_out_len};
+
+    /// A deterministic pseudo-random sequence in [-1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn shape(ci: usize, h: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
+        let ho = conv_out_len(h, k, stride, pad[0], pad[2]).unwrap();
+        let wo = conv_out_len(h, k, stride, pad[1], pad[3]).unwrap();
+        Conv2dShape { ci, h, w: h, co, kh: k, kw: k, stride, pad, ho, wo }
+    }
+
+    /// Layer shapes of google/ddpm-cifar10-32 and the MNIST model (3×3 and 1×1, channel counts that leave a
+    /// partial block of output channels, maps from 32×32 down to 4×4): every kernel this CPU has is within
+    /// 1e-5 × max|ref| of the portable kernel, and all kernels give the same bits.
+    #[test]
+    fn kernels_match_the_portable_kernel_on_layer_shapes() {
+        let kernels = runnable();
+        if kernels.is_empty() {
+            eprintln!("no AVX2+FMA on this CPU: nothing to compare");
+            return;
+        }
+        let cases = [
+            shape(3, 32, 128, 3, 1, [1; 4]),
+            shape(128, 32, 128, 3, 1, [1; 4]),
+            shape(384, 16, 256, 1, 1, [0; 4]),
+            shape(256, 8, 256, 3, 1, [1; 4]),
+            shape(256, 4, 256, 3, 1, [1; 4]),
+            shape(48, 7, 48, 3, 1, [1; 4]),
+            shape(16, 28, 1, 3, 1, [1; 4]),
+            shape(32, 14, 19, 3, 1, [1; 4]),
+        ];
+        for (n, g) in cases.iter().enumerate() {
+            let (sc, sh, sw) = g.scratch_shape();
+            let x = noise(g.ci * g.h * g.w, n as u64);
+            let w = noise(g.co * g.ci * g.kh * g.kw, 100 + n as u64);
+            let b = noise(g.co, 200 + n as u64);
+            let mut xp = vec![f32::NAN; sc * sh * sw];
+            conv2d_pad(&mut xp, &x, g);
+            let mut want = vec![0f32; g.co * g.ho * g.wo];
+            crate::ops::conv2d(&mut want, &xp, &w, &b, g);
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let mut first: Option<Vec<f32>> = None;
+            for k in &kernels {
+                if !fits(k, g) {
+                    continue;
+                }
+                let mut got = vec![f32::NAN; want.len()];
+                assert!(conv2d_with(*k, &mut got, &xp, &w, &b, g), "case {n}: kernel refused");
+                let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 1e-5 * max_ref,
+                    "case {n} {g:?} mr {} np {}: err {err:e}, max|ref| {max_ref}",
+                    k.mr,
+                    k.np
+                );
+                match &first {
+                    None => first = Some(got),
+                    Some(f) => assert!(f == &got, "case {n}: kernels differ in bits"),
+                }
+            }
+        }
+    }
+
+    /// Every kernel this CPU can run (on an AVX-512 CPU the AVX2 one too, which dispatch would not pick).
+    fn runnable() -> Vec<Kernel> {
+        let mut ks = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            ks.extend([AVX512, AVX512_NARROW]);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            ks.push(AVX2);
+        }
+        ks
+    }
+
+    /// f16 weights give the same bits as their f32 values; stride 2 and tiny maps are refused (the portable
+    /// kernel runs them).
+    #[test]
+    fn f16_weights_and_refusals() {
+        let Some(&k) = conv_kernels().first() else { return };
+        let g = shape(20, 12, 10, 3, 1, [1; 4]);
+        let (sc, sh, sw) = g.scratch_shape();
+        let x = noise(g.ci * g.h * g.w, 1);
+        let w32: Vec<f32> = noise(g.co * g.ci * 9, 2).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+        let w16: Vec<half::f16> = w32.iter().map(|v| half::f16::from_f32(*v)).collect();
+        let b = noise(g.co, 3);
+        let mut xp = vec![0f32; sc * sh * sw];
+        conv2d_pad(&mut xp, &x, &g);
+        let (mut a, mut c) = (vec![0f32; g.co * g.ho * g.wo], vec![1f32; g.co * g.ho * g.wo]);
+        assert!(conv2d_with(k, &mut a, &xp, &w32, &b, &g));
+        assert!(conv2d_with(k, &mut c, &xp, &w16, &b, &g));
+        assert!(a == c);
+        let s2 = shape(20, 12, 10, 3, 2, [1; 4]);
+        assert!(!conv2d(&mut a, &xp, &w32, &b, &s2), "stride 2");
+        let tiny = shape(20, 2, 10, 3, 1, [1; 4]);
+        assert!(!conv2d(&mut a, &xp, &w32, &b, &tiny), "2×2 map");
+        // A scratch slice too short for the geometry is refused, not read past.
+        assert!(!conv2d_with(k, &mut a, &xp[..xp.len() / 2], &w32, &b, &g));
+    }
+}
