@@ -77,7 +77,7 @@ impl Exec<'_, '_> {
                 Self::copy(a, &o, &xi)?;
                 let (g, bt) = (self.vector(gamma)?, self.vector(beta)?);
                 let od = a.get_mut(o.range()).ok_or(bad)?;
-                ops::group_norm(od, o.c, o.h * o.w, groups as usize, g, bt, eps, silu);
+                ops::group_norm_using(self.m.kernels(), od, o.c, o.h * o.w, groups as usize, g, bt, eps, silu);
             }
             Op::AddChannel { x, v } | Op::ScaleShift { x, v } => {
                 let (xi, vi) = (self.value(x)?, self.value(v)?);

@@ -24,7 +24,7 @@ pub use attention::{attention_core, attention_output, attention_project};
 pub use conv2d::{conv2d, conv2d_pad, conv2d_using, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
-pub use group_norm::group_norm;
+pub use group_norm::{group_norm, group_norm_using};
 pub use int8::{
     dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
     QElem, QMut, QNorm, QRef, Src,
