@@ -105,22 +105,41 @@ impl Exec<'_, '_> {
                 let (o, xi, ni, si) = (self.value(out)?, self.value(x)?, self.value(xn)?, self.value(scratch)?);
                 let (c, hw) = (o.c, o.h * o.w);
                 let n = c * hw;
-                {
+                let fast = {
                     let (sd, nd) = split_pair(a, si.range(), ni.range()).ok_or(bad)?;
                     let sd = sd.get_mut(..4 * n).ok_or(bad)?;
-                    ops::attention_project(&mut sd[..n], nd, c, hw);
-                    for (part, pair) in w[..6].chunks_exact(2).enumerate() {
-                        let (wv, bv) = (self.weights(pair[0])?, self.vector(pair[1])?);
-                        let (t, rest) = sd.split_at_mut(n);
-                        let dst = &mut rest[part * n..][..n];
-                        with_weights!(wv, w => ops::linear_rows(dst, t, w, bv, c, c));
+                    let kernels = self.m.kernels();
+                    let bs = [self.vector(w[1])?, self.vector(w[3])?, self.vector(w[5])?, self.vector(w[7])?];
+                    let heads = heads as usize;
+                    let fast = match [w[0], w[2], w[4], w[6]].map(|i| self.weights(i)) {
+                        [Ok(TensorView::F32(q)), Ok(TensorView::F32(k)), Ok(TensorView::F32(v)), Ok(TensorView::F32(wo))] => {
+                            ops::attention_fast(kernels, sd, nd, c, hw, heads, [q, k, v, wo], bs)
+                        }
+                        [Ok(TensorView::F16(q)), Ok(TensorView::F16(k)), Ok(TensorView::F16(v)), Ok(TensorView::F16(wo))] => {
+                            ops::attention_fast(kernels, sd, nd, c, hw, heads, [q, k, v, wo], bs)
+                        }
+                        _ => false,
+                    };
+                    if !fast {
+                        ops::attention_project(&mut sd[..n], nd, c, hw);
+                        for (part, pair) in w[..6].chunks_exact(2).enumerate() {
+                            let (wv, bv) = (self.weights(pair[0])?, self.vector(pair[1])?);
+                            let (t, rest) = sd.split_at_mut(n);
+                            let dst = &mut rest[part * n..][..n];
+                            with_weights!(wv, w => ops::linear_rows(dst, t, w, bv, c, c));
+                        }
+                        ops::attention_core(sd, c, hw, heads);
                     }
-                    ops::attention_core(sd, c, hw, heads as usize);
-                }
+                    fast
+                };
                 Self::copy(a, &o, &xi)?;
-                let (wv, bv) = (self.weights(w[6])?, self.vector(w[7])?);
                 let (od, sd) = split_pair(a, o.range(), si.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::attention_output(od, sd, c, hw, w, bv, scale));
+                if fast {
+                    ops::add_assign_scaled(od, sd.get(2 * n..3 * n).ok_or(bad)?, scale);
+                } else {
+                    let (wv, bv) = (self.weights(w[6])?, self.vector(w[7])?);
+                    with_weights!(wv, w => ops::attention_output(od, sd, c, hw, w, bv, scale));
+                }
             }
             Op::Upsample2x { out, x } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);

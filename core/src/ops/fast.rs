@@ -36,21 +36,25 @@ pub(crate) struct Kernel {
     mr: usize,
     /// Output pixels per tile (a whole number of vectors).
     np: usize,
-    /// `run(x, wp, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k wp[k·mr + r]·x[taps.at(k) + j]`.
+    /// `run(x, a, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k a[k·ks + r·rsb]·x[taps.at(k) + j]`, one
+    /// fused multiply-add per `k`, ascending (`ks`, `rsb`: `taps`' layout of the broadcast operand).
     ///
     /// # Safety
-    /// The CPU has the kernel's instruction set; `x[taps.max_offset() + np − 1]`, `wp[taps.len()·mr − 1]`,
+    /// The CPU has the kernel's instruction set; `x[taps.max_offset() + np − 1]`, `a[taps.max_a(mr)]`,
     /// `bias[mr − 1]` and `acc[mr·np − 1]` are in bounds.
     run: unsafe fn(*const f32, *const f32, &Taps, *const f32, *mut f32),
 }
 
-/// The reduction of one convolution: taps `(c, ky, kx)` at input offsets `c·plane + ky·rs + kx`.
+/// The reduction of one tile: taps `k = (c, ky, kx)` reading the vector operand at offsets `c·plane + ky·rs + kx`
+/// and the broadcast operand of row `r` at `k·ks + r·rsb`. A matrix product is the case `kh = kw = 1`.
 pub(crate) struct Taps {
     ci: usize,
     kh: usize,
     kw: usize,
     plane: usize,
     rs: usize,
+    ks: usize,
+    rsb: usize,
 }
 
 impl Taps {
@@ -64,6 +68,10 @@ impl Taps {
         } else {
             (self.ci - 1) * self.plane + (self.kh - 1) * self.rs + (self.kw - 1)
         }
+    }
+    /// Index of the last broadcast element a tile of `mr` rows reads.
+    fn max_a(&self, mr: usize) -> usize {
+        self.len().saturating_sub(1) * self.ks + mr.saturating_sub(1) * self.rsb
     }
 }
 
@@ -131,7 +139,7 @@ pub(crate) fn conv2d_with<W: Weight>(
     g: &Conv2dShape,
 ) -> bool {
     let (ci, hp, rs) = g.scratch_shape();
-    let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs };
+    let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs, ks: k.mr, rsb: 1 };
     let ksize = taps.len();
     let (s, plane, pixels) = (g.stride, g.ho * g.wo, grid_pixels(g));
     // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
@@ -175,7 +183,7 @@ pub(crate) fn conv2d_with<W: Weight>(
                 let p0 = start.min(pixels - k.np);
                 // SAFETY: `conv_kernels` returned `k` only on a CPU with its instruction set. Reads of x reach
                 // `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xp.len()` (checked above); wp holds
-                // `ksize·mr` floats, bias MAX_MR ≥ mr, acc `mr·np`.
+                // `ksize·mr` floats (`max_a(mr) = ksize·mr − 1`), bias MAX_MR ≥ mr, acc `mr·np`.
                 unsafe { (k.run)(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let dst = &mut o[r * plane..][..plane];
@@ -207,7 +215,7 @@ unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
     acc_out: *mut f32,
 ) {
     // SAFETY (whole body): every pointer offset stays inside the bounds the caller guarantees: x up to
-    // `max_offset + 16·NV − 1`, wp up to `len·MR − 1`, bias up to `MR − 1`, acc_out up to `MR·16·NV − 1`.
+    // `max_offset + 16·NV − 1`, wp up to `max_a(MR)`, bias up to `MR − 1`, acc_out up to `MR·16·NV − 1`.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for (r, a) in acc.iter_mut().enumerate() {
@@ -225,12 +233,12 @@ unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
                         *v = _mm512_loadu_ps(xk.add(16 * j));
                     }
                     for (r, a) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(*wk.add(r));
+                        let wv = _mm512_set1_ps(*wk.add(r * t.rsb));
                         for (aj, xj) in a.iter_mut().zip(&xv) {
                             *aj = _mm512_fmadd_ps(wv, *xj, *aj);
                         }
                     }
-                    wk = wk.add(MR);
+                    wk = wk.add(t.ks);
                 }
             }
         }
@@ -272,12 +280,12 @@ unsafe fn conv_tile_avx2<const MR: usize, const NV: usize>(
                         *v = _mm256_loadu_ps(xk.add(8 * j));
                     }
                     for (r, a) in acc.iter_mut().enumerate() {
-                        let wv = _mm256_set1_ps(*wk.add(r));
+                        let wv = _mm256_set1_ps(*wk.add(r * t.rsb));
                         for (aj, xj) in a.iter_mut().zip(&xv) {
                             *aj = _mm256_fmadd_ps(wv, *xj, *aj);
                         }
                     }
-                    wk = wk.add(MR);
+                    wk = wk.add(t.ks);
                 }
             }
         }
@@ -287,6 +295,265 @@ unsafe fn conv_tile_avx2<const MR: usize, const NV: usize>(
             }
         }
     }
+}
+
+/// A matrix product for the microkernels, `C (m × n) = A (m × kdim) · B (kdim × n)`, with A read as
+/// `a[k·ks + r·rsb]` (any layout, no packing) and B's rows `ldb` apart.
+struct Product<'a> {
+    a: &'a [f32],
+    ks: usize,
+    rsb: usize,
+    b: &'a [f32],
+    ldb: usize,
+    kdim: usize,
+    m: usize,
+    n: usize,
+}
+
+impl Product<'_> {
+    /// Whether kernel `k` can run it with every read in bounds: at least one whole tile each way.
+    fn fits(&self, k: &Kernel) -> bool {
+        let taps = self.taps();
+        self.m >= k.mr
+            && self.n >= k.np
+            && self.kdim > 0
+            && (self.m - 1) * self.rsb + taps.max_a(1) < self.a.len()
+            && taps.max_offset() + self.n <= self.b.len()
+    }
+
+    fn taps(&self) -> Taps {
+        Taps { ci: self.kdim, kh: 1, kw: 1, plane: self.ldb, rs: 0, ks: self.ks, rsb: self.rsb }
+    }
+
+    /// Rows `r0 .. r0 + rows` of `C + bias` (`bias[r]` added first, then the products in ascending `k`), passed
+    /// to `put(r, j, value)` (every element once or more, always with the same value). Tiles that would run past
+    /// the last row or column are moved back (they recompute, bit for bit, what another tile computed).
+    /// `false`, having passed nothing, where the kernel does not fit or the rows or bias are out of range.
+    fn rows(
+        &self,
+        k: &Kernel,
+        r0: usize,
+        rows: usize,
+        bias: Option<&[f32]>,
+        mut put: impl FnMut(usize, usize, f32),
+    ) -> bool {
+        if !self.fits(k) || r0 + rows > self.m || bias.is_some_and(|b| b.len() < self.m) {
+            return false;
+        }
+        let taps = self.taps();
+        let mut acc = [0f32; MAX_MR * MAX_NP];
+        let acc = &mut acc[..k.mr * k.np];
+        let mut rb = r0;
+        while rb < r0 + rows {
+            let base = rb.min(self.m - k.mr);
+            let mut bv = [0f32; MAX_MR];
+            if let Some(b) = bias {
+                bv[..k.mr].copy_from_slice(&b[base..base + k.mr]);
+            }
+            for t in 0..self.n.div_ceil(k.np) {
+                let j0 = (t * k.np).min(self.n - k.np);
+                // SAFETY: the kernel runs on this CPU (`conv_kernels`); B is read up to
+                // `j0 + np − 1 + max_offset ≤ n − 1 + max_offset < b.len()`, A from row `base` up to
+                // `(base + mr − 1)·rsb + max_a(1) ≤ (m − 1)·rsb + max_a(1) < a.len()` (`fits`); bias and acc as
+                // sized here.
+                unsafe {
+                    (k.run)(
+                        self.b[j0..].as_ptr(),
+                        self.a[base * self.rsb..].as_ptr(),
+                        &taps,
+                        bv.as_ptr(),
+                        acc.as_mut_ptr(),
+                    )
+                };
+                for (r, row) in acc.chunks_exact(k.np).enumerate() {
+                    let gr = base + r;
+                    if gr >= rb && gr < r0 + rows {
+                        for (j, v) in row.iter().enumerate() {
+                            put(gr, j0 + j, *v);
+                        }
+                    }
+                }
+            }
+            rb = base + k.mr;
+        }
+        true
+    }
+}
+
+thread_local! {
+    /// Per worker thread: one query block's attention scores, `hw × np` f32 (128 KiB at 32×32 with 48-query
+    /// blocks), and the query block's head output before it is written token-major, `c × np`.
+    static SCORES: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Phases 1 and 2 of attention plus the output projection, as matrix products through the microkernels, where
+/// they fit (`false`, having changed nothing the portable path reads, where not):
+/// 1. `q, k, v = w·xn + b`, channel-major `(c, hw)`, into `scratch[n..4n]`;
+/// 2. per block of queries and per head: scores `kᵀq` (all keys), softmax down each query's column with [`exp`],
+///    head output `v·p`, written token-major into `scratch[..n]` (as the portable phase 2 leaves it);
+/// 3. `proj = wo·tᵀ + bo` channel-major into `scratch[2n..3n]` (tᵀ in `scratch[n..2n]`), for the caller to
+///    finish as `out = (out + proj)·scale`.
+// xn (c,hw); scratch [t | q | k | v], each c·hw; w = [wq, wk, wv, wo] (c,c); b = [bq, bk, bv, bo] (c)
+pub(crate) fn attention<W: Weight>(
+    scratch: &mut [f32],
+    xn: &[f32],
+    c: usize,
+    hw: usize,
+    heads: usize,
+    w: [&[W]; 4],
+    b: [&[f32]; 4],
+) -> bool {
+    let n = c * hw;
+    if heads == 0 || !c.is_multiple_of(heads) || scratch.len() < 4 * n || xn.len() < n {
+        return false;
+    }
+    let d = c / heads;
+    if w.iter().any(|wi| wi.len() < c * c) || b.iter().any(|bi| bi.len() < c) {
+        return false;
+    }
+    let Some(isa) = isa() else { return false };
+    let Some(k) = conv_kernels().iter().copied().find(|k| c >= k.mr && d >= k.mr && hw >= k.np) else {
+        return false;
+    };
+    let (t, qkv) = scratch[..4 * n].split_at_mut(n);
+    // 1. q, k, v (channel-major), each weight widened to f32 once (a c × c buffer of the calling thread).
+    for part in 0..3 {
+        let ok = with_f32(w[part], c * c, |wf| {
+            let p = Product { a: wf, ks: 1, rsb: c, b: xn, ldb: hw, kdim: c, m: c, n: hw };
+            product_into(&k, &p, Some(b[part]), &mut qkv[part * n..][..n], hw)
+        });
+        if !ok {
+            return false;
+        }
+    }
+    let (q, kv) = qkv.split_at(n);
+    let (kk, v) = kv.split_at(n);
+    // 2. Scores, softmax and head outputs per block of `np` queries, written token-major into t.
+    let scale = 1.0 / (d as f32).sqrt();
+    let np = k.np;
+    let ok = core::sync::atomic::AtomicBool::new(true);
+    par::for_each_chunk(t, np * c, |qb, tc| {
+        let (i0, nq) = (qb * np, tc.len() / c);
+        let ib = i0.min(hw - np);
+        SCORES.with_borrow_mut(|(sc, ob)| {
+            sc.clear();
+            sc.resize(hw * np, 0.0);
+            ob.clear();
+            ob.resize(d * np, 0.0);
+            for h in 0..heads {
+                let hq = &q[h * d * hw + ib..];
+                let scores = Product { a: &kk[h * d * hw..], ks: hw, rsb: 1, b: hq, ldb: hw, kdim: d, m: hw, n: np };
+                let mut fine = scores.rows(&k, 0, hw, None, |j, i, s| sc[j * np + i] = s);
+                match isa {
+                    // SAFETY: `isa()` found the instruction sets each variant needs.
+                    Isa::Avx512 => unsafe { softmax_columns_avx512(sc, np, scale) },
+                    // SAFETY: as above.
+                    Isa::Avx2 => unsafe { softmax_columns_avx2(sc, np, scale) },
+                }
+                let pv = Product { a: &v[h * d * hw..], ks: 1, rsb: hw, b: sc, ldb: np, kdim: hw, m: d, n: np };
+                fine &= pv.rows(&k, 0, d, None, |r, i, s| ob[r * np + i] = s);
+                for (qi, row) in tc.chunks_exact_mut(c).enumerate().take(nq) {
+                    let col = i0 + qi - ib;
+                    for (r, o) in row[h * d..][..d].iter_mut().enumerate() {
+                        *o = ob[r * np + col];
+                    }
+                }
+                if !fine {
+                    ok.store(false, core::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    });
+    if !ok.into_inner() {
+        return false;
+    }
+    // 3. proj = wo·tᵀ + bo, channel-major, with tᵀ where q was.
+    let (t, rest) = scratch[..4 * n].split_at_mut(n);
+    let (tt, rest) = rest.split_at_mut(n);
+    for (i, row) in t.chunks_exact(c).enumerate() {
+        for (ch, x) in row.iter().enumerate() {
+            tt[ch * hw + i] = *x;
+        }
+    }
+    with_f32(w[3], c * c, |wf| {
+        let p = Product { a: wf, ks: 1, rsb: c, b: tt, ldb: hw, kdim: c, m: c, n: hw };
+        product_into(&k, &p, Some(b[3]), &mut rest[..n], hw)
+    })
+}
+
+/// Runs `f` on the first `len` weights widened to f32, in a buffer of the calling thread.
+fn with_f32<W: Weight>(w: &[W], len: usize, f: impl FnOnce(&[f32]) -> bool) -> bool {
+    thread_local! {
+        /// One weight matrix widened to f32 (c × c: 256 KiB for 256 channels).
+        static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    WIDE.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend(w[..len.min(w.len())].iter().map(|v| v.to_f32()));
+        f(buf)
+    })
+}
+
+/// `out (m × ldo) = p + bias`, split across threads by blocks of rows.
+fn product_into(k: &Kernel, p: &Product<'_>, bias: Option<&[f32]>, out: &mut [f32], ldo: usize) -> bool {
+    if !p.fits(k) || out.len() < p.m * ldo || ldo < p.n {
+        return false;
+    }
+    let ok = core::sync::atomic::AtomicBool::new(true);
+    par::for_each_chunk(&mut out[..p.m * ldo], k.mr * ldo, |blk, o| {
+        let r0 = blk * k.mr;
+        let fine = p.rows(k, r0, o.len() / ldo, bias, |r, j, v| o[(r - r0) * ldo + j] = v);
+        if !fine {
+            ok.store(false, core::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    ok.into_inner()
+}
+
+/// Softmax down each column of `sc` (`rows × np`, row-major) of the scores times `scale`.
+#[inline(always)]
+fn softmax_columns(sc: &mut [f32], np: usize, scale: f32) {
+    let mut max = [f32::NEG_INFINITY; MAX_NP];
+    let mut sum = [0f32; MAX_NP];
+    let (max, sum) = (&mut max[..np], &mut sum[..np]);
+    for row in sc.chunks_exact_mut(np) {
+        for (m, s) in max.iter_mut().zip(row.iter_mut()) {
+            *s *= scale;
+            *m = if *s > *m { *s } else { *m };
+        }
+    }
+    for row in sc.chunks_exact_mut(np) {
+        for ((s, m), z) in row.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
+            *s = exp(*s - *m);
+            *z += *s;
+        }
+    }
+    for z in sum.iter_mut() {
+        *z = 1.0 / *z;
+    }
+    for row in sc.chunks_exact_mut(np) {
+        for (s, z) in row.iter_mut().zip(sum.iter()) {
+            *s *= *z;
+        }
+    }
+}
+
+/// [`softmax_columns`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn softmax_columns_avx512(sc: &mut [f32], np: usize, scale: f32) {
+    softmax_columns(sc, np, scale)
+}
+
+/// [`softmax_columns`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_columns_avx2(sc: &mut [f32], np: usize, scale: f32) {
+    softmax_columns(sc, np, scale)
 }
 
 /// The instruction set the elementwise kernels are compiled for.
@@ -570,6 +837,55 @@ mod tests {
                 }
                 assert!(other == got, "case {n}: AVX2 and AVX-512 differ");
             }
+        }
+    }
+
+    /// The whole attention block (projections, softmax, output projection, residual) against the portable
+    /// phases on the models' shapes (one head of 256 channels at 16×16 and 4×4, MNIST's 32 and 48 channels at
+    /// 14×14 and 7×7, 4 heads of 16): within 1e-5 × max|ref|.
+    #[test]
+    fn attention_matches_the_portable_phases() {
+        use crate::ops::{attention_core, attention_output, attention_project, linear_rows};
+        if isa().is_none() {
+            return;
+        }
+        for (n_case, &(c, hw, heads)) in
+            [(256usize, 256usize, 1usize), (256, 16, 1), (32, 196, 1), (48, 49, 1), (64, 64, 4)].iter().enumerate()
+        {
+            let n = c * hw;
+            let seed = 1000 * n_case as u64;
+            let xn = noise(n, seed);
+            let resid = noise(n, seed + 1);
+            let ws: Vec<Vec<f32>> =
+                (0..4).map(|i| noise(c * c, seed + 2 + i).iter().map(|v| v * 0.2).collect()).collect();
+            let bs: Vec<Vec<f32>> = (0..4).map(|i| noise(c, seed + 6 + i)).collect();
+            let scale = 0.7;
+            // Portable.
+            let mut sc = vec![0f32; 4 * n];
+            attention_project(&mut sc[..n], &xn, c, hw);
+            for part in 0..3 {
+                let (t, rest) = sc.split_at_mut(n);
+                linear_rows(&mut rest[part * n..][..n], t, &ws[part], &bs[part], c, c);
+            }
+            attention_core(&mut sc, c, hw, heads);
+            let mut want = resid.clone();
+            attention_output(&mut want, &sc, c, hw, &ws[3], &bs[3], scale);
+            // Fast.
+            let mut sf = vec![f32::NAN; 4 * n];
+            let w4 = [&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]];
+            let b4 = [&bs[0][..], &bs[1][..], &bs[2][..], &bs[3][..]];
+            assert!(attention(&mut sf, &xn, c, hw, heads, w4, b4), "case {n_case}: refused");
+            let mut got = resid.clone();
+            crate::ops::add_assign_scaled(&mut got, &sf[2 * n..3 * n], scale);
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("attention c {c} hw {hw} heads {heads}: err {err:.2e}, max|ref| {max_ref:.2}");
+            assert!(err <= 1e-5 * max_ref, "case {n_case}: err {err:e}, max|ref| {max_ref}");
+            // And the same bits from 1 and 2 threads.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let mut s1 = vec![f32::NAN; 4 * n];
+            assert!(pool.install(|| attention(&mut s1, &xn, c, hw, heads, w4, b4)));
+            assert!(s1[2 * n..3 * n] == sf[2 * n..3 * n], "case {n_case}: thread count changed the bits");
         }
     }
 

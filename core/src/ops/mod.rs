@@ -20,7 +20,7 @@ mod pointwise;
 mod resample;
 mod timestep;
 
-pub use attention::{attention_core, attention_output, attention_project};
+pub use attention::{attention_core, attention_fast, attention_output, attention_project};
 pub use conv2d::{conv2d, conv2d_pad, conv2d_using, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
