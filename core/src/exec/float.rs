@@ -46,7 +46,7 @@ impl Exec<'_, '_> {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 let (wv, bv) = (self.weights(w)?, self.vector(b)?);
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::linear_rows(od, xd, w, bv, xi.c, o.c));
+                with_weights!(wv, w => ops::linear_rows_using(self.m.kernels(), od, xd, w, bv, xi.c, o.c));
             }
             Op::Silu { out, x } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);

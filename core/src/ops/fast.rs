@@ -101,7 +101,8 @@ pub(crate) fn conv_kernels() -> &'static [Kernel] {
 
 thread_local! {
     /// The packed weight block of the tile this thread computes (see the module comment for its size).
-    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// With one weight row widened to f32 (`ci·kh·kw` floats).
+    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// [`super::conv2d`] with a microkernel; returns `false`, having written nothing, where none applies (stride
@@ -162,14 +163,15 @@ pub(crate) fn conv2d_with<W: Weight>(
     par::for_each_chunk(out, k.mr * plane, |blk, o| {
         let nco = o.len() / plane;
         let co0 = blk * k.mr;
-        PACKED.with_borrow_mut(|wp| {
+        PACKED.with_borrow_mut(|(wp, wrow)| {
             // wp[i·mr + r] = w[co0 + r][i]; rows past the last channel are zero and their results dropped.
             wp.clear();
             wp.resize(ksize * k.mr, 0.0);
+            wrow.resize(ksize, 0.0);
             for r in 0..nco {
-                let row = &w[(co0 + r) * ksize..][..ksize];
-                for (i, v) in row.iter().enumerate() {
-                    wp[i * k.mr + r] = v.to_f32();
+                W::widen(&w[(co0 + r) * ksize..][..ksize], wrow);
+                for (i, v) in wrow.iter().enumerate() {
+                    wp[i * k.mr + r] = *v;
                 }
             }
             let mut bias = [0f32; MAX_MR];
@@ -488,8 +490,9 @@ fn with_f32<W: Weight>(w: &[W], len: usize, f: impl FnOnce(&[f32]) -> bool) -> b
         static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
     WIDE.with_borrow_mut(|buf| {
-        buf.clear();
-        buf.extend(w[..len.min(w.len())].iter().map(|v| v.to_f32()));
+        let len = len.min(w.len());
+        buf.resize(len, 0.0);
+        W::widen(&w[..len], buf);
         f(buf)
     })
 }
@@ -554,6 +557,90 @@ unsafe fn softmax_columns_avx512(sc: &mut [f32], np: usize, scale: f32) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_columns_avx2(sc: &mut [f32], np: usize, scale: f32) {
     softmax_columns(sc, np, scale)
+}
+
+/// `out[oc] = b[oc] + Σ_k w[oc][k]·x[k]` for one row of `x`, in 16 interleaved partial sums (the time
+/// embedding's layers). Each weight row is widened to f32 first, so f16 costs no more than f32.
+#[inline(always)]
+fn linear_row<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], i: usize, oc0: usize, row: &mut Vec<f32>) {
+    row.resize(i, 0.0);
+    for (k, o) in out.iter_mut().enumerate() {
+        W::widen(&w[(oc0 + k) * i..][..i], row);
+        let mut acc = [0f32; 16];
+        let mut wc = row.chunks_exact(16);
+        let mut xc = x.chunks_exact(16);
+        for (wb, xb) in (&mut wc).zip(&mut xc) {
+            for j in 0..16 {
+                acc[j] = wb[j].mul_add(xb[j], acc[j]);
+            }
+        }
+        let mut s = 8;
+        while s > 0 {
+            for j in 0..s {
+                acc[j] += acc[j + s];
+            }
+            s /= 2;
+        }
+        let tail = wc.remainder().iter().zip(xc.remainder()).fold(acc[0], |t, (a, v)| a.mul_add(*v, t));
+        *o = b[oc0 + k] + tail;
+    }
+}
+
+/// [`linear_row`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU has AVX-512F and FMA.
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn linear_row_avx512<W: Weight>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    b: &[f32],
+    i: usize,
+    oc0: usize,
+    row: &mut Vec<f32>,
+) {
+    linear_row(out, x, w, b, i, oc0, row)
+}
+
+/// [`linear_row`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn linear_row_avx2<W: Weight>(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    b: &[f32],
+    i: usize,
+    oc0: usize,
+    row: &mut Vec<f32>,
+) {
+    linear_row(out, x, w, b, i, oc0, row)
+}
+
+/// [`super::linear_rows`] for a single row (`x` of `i` values); `false`, having written nothing, for more rows
+/// or without AVX2+FMA.
+// w (o,i) · x (i) + b (o) -> out (o)
+pub(crate) fn linear_rows<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], i: usize, o: usize) -> bool {
+    let Some(isa) = isa() else { return false };
+    if i == 0 || o == 0 || x.len() != i || out.len() != o || w.len() < o * i || b.len() < o {
+        return false;
+    }
+    thread_local! {
+        /// One weight row widened to f32 (`i` floats).
+        static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    par::for_each_chunk(out, 64, |blk, oc| {
+        ROW.with_borrow_mut(|row| match isa {
+            // SAFETY: `isa()` found the instruction sets each variant needs.
+            Isa::Avx512 => unsafe { linear_row_avx512(oc, x, w, b, i, blk * 64, row) },
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { linear_row_avx2(oc, x, w, b, i, blk * 64, row) },
+        })
+    });
+    true
 }
 
 /// The instruction set the elementwise kernels are compiled for.
@@ -886,6 +973,30 @@ mod tests {
             let mut s1 = vec![f32::NAN; 4 * n];
             assert!(pool.install(|| attention(&mut s1, &xn, c, hw, heads, w4, b4)));
             assert!(s1[2 * n..3 * n] == sf[2 * n..3 * n], "case {n_case}: thread count changed the bits");
+        }
+    }
+
+    /// One-row linear layers (the time embedding's): within 1e-5 × max|ref| of the portable kernel, f16 weights
+    /// the same bits as their f32 values.
+    #[test]
+    fn linear_row_matches_the_portable_kernel() {
+        if isa().is_none() {
+            return;
+        }
+        for (i, o) in [(128usize, 512usize), (512, 256), (37, 5)] {
+            let x = noise(i, 1);
+            let w: Vec<f32> = noise(o * i, 2).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+            let w16: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(*v)).collect();
+            let b = noise(o, 3);
+            let mut want = vec![0f32; o];
+            crate::ops::linear_rows(&mut want, &x, &w, &b, i, o);
+            let (mut got, mut got16) = (vec![0f32; o], vec![0f32; o]);
+            assert!(linear_rows(&mut got, &x, &w, &b, i, o));
+            assert!(linear_rows(&mut got16, &x, &w16, &b, i, o));
+            let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-5 * max_ref, "{i}x{o}: err {err:e}, max|ref| {max_ref}");
+            assert!(got == got16, "{i}x{o}: f16 differs");
         }
     }
 

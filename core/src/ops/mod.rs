@@ -30,7 +30,7 @@ pub use int8::{
     QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
-pub use linear::{dot, linear_rows};
+pub use linear::{dot, linear_rows, linear_rows_using};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
 pub use resample::upsample2x_nearest;
 pub use timestep::timestep_embedding;
@@ -54,6 +54,10 @@ pub trait Weight: Copy + Send + Sync + 'static {
     const CONVERTS: bool;
     /// The value as `f32`.
     fn to_f32(self) -> f32;
+    /// `dst[i] = src[i].to_f32()` for the common length (the same values, vectorised where it can be).
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+    }
 }
 
 impl Weight for f32 {
@@ -71,5 +75,10 @@ impl Weight for half::f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
+    }
+
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&src[..n], &mut dst[..n]);
     }
 }
