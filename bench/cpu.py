@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""CPU benchmark: host-cli (Rust, f32 and f16 blobs) against PyTorch eager diffusers.
+"""CPU benchmark: host-cli (Rust, f32 and f16 blobs) against PyTorch eager diffusers and ONNX Runtime.
 
 Exact command (from the repository root):
 
-    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build]
+    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build] [--exact]
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
 measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
@@ -26,14 +26,20 @@ For each model, in one run:
 3. Time batch-1 forwards at timestep 500 with N threads: PyTorch eager (float32,
    ``torch.no_grad()``, ``torch.set_num_threads(N)``) in this process, and
    ``host-cli --threads N bench`` (a subprocess) for the f32 and the f16 blob.
-   The three are interleaved: each round runs Rust f32, Rust f16, torch, each with one
-   untimed warm-up then K timed forwards. A measurement's figure is the median over the
+   The same model exported with ``torch.onnx.export`` runs in ONNX Runtime
+   (``CPUExecutionProvider``, all graph optimisations, ``intra_op_num_threads=N``,
+   ``inter_op_num_threads=1``); its output is checked against torch like ours.
+   The four are interleaved: each round runs Rust f32, Rust f16, torch, ONNX Runtime,
+   each with one untimed warm-up then K timed forwards. A measurement's figure is the median over the
    rounds of each round's median; the spread table gives the lowest and highest round
    median, so noise from other processes on the machine shows up there.
-4. Print torch/diffusers versions, CPU model, thread count and load averages.
+4. Print torch/diffusers/onnxruntime versions, CPU model, thread count and load averages,
+   then one table of latencies, ratios (ours / ONNX Runtime, ours / torch) and achieved
+   GFLOP/s (host-cli inspect's FLOP count over the median latency).
 
 ``--no-build`` skips ``cargo build --release -p host-cli`` (run by default so the
-binary matches the source tree); ``--bin PATH`` uses another binary.
+binary matches the source tree); ``--bin PATH`` uses another binary; ``--exact`` times
+host-cli's portable kernels (``host-cli bench --exact``, the firmware's bits).
 """
 
 import argparse
@@ -48,9 +54,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 import diffusers
@@ -223,8 +231,9 @@ def parse_inspect(text):
 BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) batch \d+ cpu threads (\d+) gflops ([0-9.]+)")
 
 
-def rust_bench(binary, blob, threads, iters):
-    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1])
+def rust_bench(binary, blob, threads, iters, exact):
+    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1]
+            + (["--exact"] if exact else []))
     m = BENCH_RE.search(p.stdout)
     if not m:
         log(f"unexpected bench output: {p.stdout!r} {p.stderr!r}")
@@ -242,6 +251,45 @@ def torch_bench(model, x, iters):
             t0 = time.perf_counter()
             model(x, TIMESTEP)
             times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+class _Eps(torch.nn.Module):
+    """The UNet as a plain (x, t) -> eps module, for torch.onnx.export."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t):
+        return self.model(x, t).sample
+
+
+def ort_session(model, x, path, threads):
+    """Export the model to ONNX (timestep a [1] int64 input) and open it in ONNX Runtime."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on diffusers' shape asserts
+        torch.onnx.export(_Eps(model), (x, torch.tensor([TIMESTEP])), str(path),
+                          input_names=["sample", "timestep"], output_names=["eps"], dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_feeds(x):
+    return {"sample": x.numpy().astype(np.float32), "timestep": np.array([TIMESTEP], dtype=np.int64)}
+
+
+def ort_bench(sess, feeds, iters):
+    times = []
+    sess.run(None, feeds)  # warm-up
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times), min(times)
 
 
@@ -278,7 +326,7 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     for prec, blob in blobs.items():
         out = tmp / f"y_{prec}.npy"
         run([binary, "--threads", args.threads, "forward", blob, "--input", tmp / "x.npy",
-             "--timestep", TIMESTEP, "-o", out])
+             "--timestep", TIMESTEP, "-o", out] + (["--exact"] if args.exact else []))
         y = np.load(out)
         if y.shape != ref.shape:
             log(f"WARNING: {prec} output shape {y.shape}, torch {ref.shape}")
@@ -289,25 +337,32 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
             errs["f16_vs_rounded"] = rel_err(y, ref16)
     log(f"max|ours-torch|/max|torch|: f32 {errs['f32']:.2e}  f16 {errs['f16']:.2e}  "
         f"(f16 vs torch with f16-rounded weights {errs.get('f16_vs_rounded', float('nan')):.2e})")
+    t_export = time.perf_counter()
+    sess = ort_session(model, x, tmp / f"{name}.onnx", args.threads)
+    feeds = ort_feeds(x)
+    errs["ort"] = rel_err(sess.run(None, feeds)[0], ref)
+    log(f"onnxruntime: exported and loaded in {time.perf_counter() - t_export:.0f} s; "
+        f"max|ort-torch|/max|torch| {errs['ort']:.2e}")
 
     # --- timing, interleaved ----------------------------------------------------------------
     iters = args.iters or default_iters
-    samples = {"torch": [], "f32": [], "f16": []}
-    mins = {"torch": [], "f32": [], "f16": []}
-    other = {"torch": [], "f32": [], "f16": []}
+    keys = ("f32", "f16", "torch", "ort")
+    samples, mins, other = ({k: [] for k in keys} for _ in range(3))
     for r in range(args.rounds):
-        for prec in ("f32", "f16"):
-            (med, mn), o = measure(rust_bench, binary, blobs[prec], args.threads, iters)
-            samples[prec].append(med)
-            mins[prec].append(mn)
-            other[prec].append(o)
-        (med, mn), o = measure(torch_bench, model, x, iters)
-        samples["torch"].append(med)
-        mins["torch"].append(mn)
-        other["torch"].append(o)
+        for k in keys:
+            if k in blobs:
+                (med, mn), o = measure(rust_bench, binary, blobs[k], args.threads, iters, args.exact)
+            elif k == "torch":
+                (med, mn), o = measure(torch_bench, model, x, iters)
+            else:
+                (med, mn), o = measure(ort_bench, sess, feeds, iters)
+            samples[k].append(med)
+            mins[k].append(mn)
+            other[k].append(o)
         log(f"round {r + 1}/{args.rounds} ({iters} iters): "
             + "  ".join(f"{lbl} {samples[k][-1]:.2f} ms (other load {100 * other[k][-1]:.0f}%)"
-                        for k, lbl in (("torch", "torch"), ("f32", "ours f32"), ("f16", "ours f16"))))
+                        for k, lbl in (("ort", "onnxruntime"), ("torch", "torch"), ("f32", "ours f32"),
+                                       ("f16", "ours f16"))))
     res = {k: statistics.median(v) for k, v in samples.items()}
     log(f"{name} done in {time.perf_counter() - t_start:.0f} s")
     log()
@@ -325,6 +380,7 @@ def main():
     ap.add_argument("--models", default="cifar10,mnist")
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release -p host-cli")
+    ap.add_argument("--exact", action="store_true", help="time host-cli's portable kernels (bench --exact)")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for n in names:
@@ -348,7 +404,7 @@ def main():
     log(f"threads     {args.threads} (torch.get_num_threads() = {torch.get_num_threads()}, "
         f"host-cli --threads {args.threads})")
     log(f"python      {platform.python_version()}  torch {torch.__version__}  "
-        f"diffusers {diffusers.__version__}  numpy {np.__version__}")
+        f"diffusers {diffusers.__version__}  onnxruntime {ort.__version__}  numpy {np.__version__}")
     log(f"host-cli    {args.bin} (built {datetime.datetime.fromtimestamp(args.bin.stat().st_mtime).isoformat(timespec='seconds')}, "
         f"git {git_rev()})")
     log(f"loadavg     {loadavg()} (start)")
@@ -360,28 +416,34 @@ def main():
             cfg, default_iters = MODELS[n]
             results.append(bench_model(n, cfg, default_iters, args, args.bin, Path(tmp)))
 
-    log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, CPU {cpu_model()}, "
-        f"{args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
-        f"{args.rounds} rounds, median of round medians")
+    log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, onnxruntime {ort.__version__}, "
+        f"CPU {cpu_model()}, {args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
+        f"{args.rounds} rounds, median of round medians{', host-cli --exact' if args.exact else ''}")
     log()
-    log("| model | params | GFLOP/fwd | torch ms | ours f32 ms | ours f16 ms | f32/torch | f16/torch |")
-    log("|---|---:|---:|---:|---:|---:|---:|---:|")
+    log("| model | params | GFLOP/fwd | onnxruntime ms | torch ms | ours f32 ms | ours f16 ms | "
+        "f32/ort | f16/ort | f32/torch | GFLOP/s ort | torch | ours f32 | ours f16 |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m = r["med"]
-        log(f"| {r['name']} | {r['params']:,} | {r['gflop']:.3f} | {m['torch']:.2f} | {m['f32']:.2f} | "
-            f"{m['f16']:.2f} | {m['f32'] / m['torch']:.2f} | {m['f16'] / m['torch']:.2f} |")
+        gfs = {k: r["gflop"] / (m[k] / 1e3) for k in m}
+        log(f"| {r['name']} | {r['params']:,} | {r['gflop']:.3f} | {m['ort']:.2f} | {m['torch']:.2f} | "
+            f"{m['f32']:.2f} | {m['f16']:.2f} | {m['f32'] / m['ort']:.2f} | {m['f16'] / m['ort']:.2f} | "
+            f"{m['f32'] / m['torch']:.2f} | {gfs['ort']:.1f} | {gfs['torch']:.1f} | {gfs['f32']:.1f} | "
+            f"{gfs['f16']:.1f} |")
     log()
     log("Spread (lowest..highest round median; fastest single forward) and accuracy:")
     log()
-    log("| model | iters x rounds | other load | torch ms | ours f32 ms | ours f16 ms | err f32 | err f16 | err f16 vs f16-rounded torch |")
-    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    log("| model | iters x rounds | other load | onnxruntime ms | torch ms | ours f32 ms | ours f16 ms | "
+        "err ort | err f32 | err f16 | err f16 vs f16-rounded torch |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         s, mn, e = r["samples"], r["mins"], r["errs"]
         cell = lambda k: f"{min(s[k]):.2f}..{max(s[k]):.2f}; {mn[k]:.2f}"  # noqa: E731
-        log(f"| {r['name']} | {r['iters']} x {len(s['torch'])} | {100 * r['other']:.0f}% | {cell('torch')} | {cell('f32')} | {cell('f16')} | "
-            f"{e['f32']:.1e} | {e['f16']:.1e} | {e.get('f16_vs_rounded', float('nan')):.1e} |")
+        log(f"| {r['name']} | {r['iters']} x {len(s['torch'])} | {100 * r['other']:.0f}% | {cell('ort')} | "
+            f"{cell('torch')} | {cell('f32')} | {cell('f16')} | {e['ort']:.1e} | {e['f32']:.1e} | "
+            f"{e['f16']:.1e} | {e.get('f16_vs_rounded', float('nan')):.1e} |")
     log()
-    log("err = max|ours - torch| / max|torch| on one seeded random input, timestep 500.")
+    log("err = max|ours (or onnxruntime) - torch| / max|torch| on one seeded random input, timestep 500.")
     log("other load = mean share of all cores' time used by other processes while timing "
         "(/proc/stat minus our own CPU time); well above 0% means the timings are inflated.")
     log(f"loadavg     {loadavg()} (end)")

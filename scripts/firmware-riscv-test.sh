@@ -76,7 +76,7 @@ for target in $TARGETS; do
             continue
         fi
         # --threads 1: this machine is shared; the checksum does not depend on the thread count.
-        host=$("$HOST" --threads 1 sample "$blob" -n 1 --seed "$SEED" --steps "$steps" --sampler "$sampler" \
+        host=$("$HOST" --threads 1 sample "$blob" --exact -n 1 --seed "$SEED" --steps "$steps" --sampler "$sampler" \
             -o "$WORK/$tag.png" 2>&1 | grep -o '^checksum [0-9a-f]\{16\}$' || true)
         if [ -z "$host" ]; then
             fail "$case" "host-cli sample printed no checksum"

@@ -78,7 +78,7 @@ for model in $MODELS; do
             case="${name} ${precision} ${sampler} seed ${SEED} steps ${STEPS}"
             tag=${name}_${precision}_${sampler}
             echo "== $case"
-            host=$("$HOST" sample "$blob" -n 1 --seed "$SEED" --steps "$STEPS" --sampler "$sampler" \
+            host=$("$HOST" sample "$blob" --exact -n 1 --seed "$SEED" --steps "$STEPS" --sampler "$sampler" \
                 -o "$WORK/$tag.png" 2>&1 | grep -o '^checksum [0-9a-f]\{16\}$' || true)
             if [ -z "$host" ]; then
                 fail "$case" "host-cli sample printed no checksum"

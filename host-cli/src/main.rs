@@ -68,12 +68,25 @@ struct BackendOpts {
     /// GPU device: an index or a name substring (default: the first discrete GPU, else any).
     #[arg(long)]
     device: Option<String>,
+    /// CPU: run the portable kernels, which give the same bits on every machine (the firmware's). Default: the
+    /// fastest kernels of this CPU (AVX2+FMA or AVX-512 where it has them; within rounding of the portable ones).
+    #[arg(long)]
+    exact: bool,
 }
 
 impl BackendOpts {
     /// `Some(device selector)` for the GPU, `None` for the CPU.
     fn gpu(&self) -> Option<Option<&str>> {
         (self.backend == BackendArg::Gpu).then_some(self.device.as_deref())
+    }
+
+    /// The CPU kernels asked for.
+    fn kernels(&self) -> ddpm_core::Kernels {
+        if self.exact {
+            ddpm_core::Kernels::Exact
+        } else {
+            ddpm_core::Kernels::Fast
+        }
     }
 }
 
@@ -393,9 +406,10 @@ fn run(cli: Cli) -> Result<()> {
                 GifOfArg::X0 => sample::GifOf::X0,
             };
             let gpu = on.gpu().map(|d| d.map(str::to_string));
+            let kernels = on.kernels();
             let args =
                 sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of, gpu };
-            sample::run(&blob.model()?, &args)
+            sample::run(&blob.model()?.with_kernels(kernels), &args)
         }
         Cmd::Noise { model, run: RunOpts { num, seed, steps }, output } => {
             let blob = blobfile::read(&model)?;
@@ -415,7 +429,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Inspect { model } => inspect(&blobfile::read_or_default(model.as_deref())?.model()?),
         Cmd::Forward { model, input, timestep, class, output, on } => {
             let blob = blobfile::read(&model)?;
-            let m = blob.model()?;
+            let m = blob.model()?.with_kernels(on.kernels());
             let (shape, data) = load::read_npy(&input)?;
             let expect = [m.in_channels(), m.height(), m.width()];
             if shape.len() != 4 || shape[1..] != expect {
@@ -445,7 +459,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { model, iters, warmup, per_op, on, batch, sample_steps } => {
             let blob = blobfile::read(&model)?;
-            let m = blob.model()?;
+            let m = blob.model()?.with_kernels(on.kernels());
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }

@@ -1,8 +1,9 @@
 //! End-to-end golden run of the shipped MNIST model (tests/fixtures/golden, made by make_golden.py there): seed 0,
 //! 4 images, 20 DDIM steps.
-//! - The built-in default model gives exactly the committed f32 output, and the shipped f16 and int8 blobs exactly
-//!   theirs: the engine promises the same bits on every machine.
-//! - f32 agrees with diffusers' DDIM loop on the same model and the same noise to 1e-3 max abs.
+//! - With `--exact` (the portable kernels) the built-in default model gives exactly the committed f32 output, and
+//!   the shipped f16 and int8 blobs exactly theirs: the portable kernels promise the same bits on every machine.
+//! - f32 agrees with diffusers' DDIM loop on the same model and the same noise to 1e-3 max abs, with the portable
+//!   kernels and with the default (fastest on this CPU) ones.
 //! - f16 agrees with it on average: mean abs ≤ 5e-3. Not pixel for pixel: f16 weights differ from f32 by ~1e-3
 //!   relative per forward (bounded per forward in tests/parity.rs), and the deterministic DDIM trajectory amplifies
 //!   that where it forks (an image can take another turn at one stroke). The bound leaves room for about one such
@@ -18,12 +19,13 @@ mod common;
 
 use common::{fixtures, host_cli_ok, read_npy};
 
-fn run(model: Option<&str>, tag: &str) -> Vec<f32> {
+fn run(model: Option<&str>, tag: &str, exact: bool) -> Vec<f32> {
     let tmp = tempfile::tempdir().unwrap();
     let npy = tmp.path().join(format!("{tag}.npy"));
     let png = tmp.path().join(format!("{tag}.png"));
     let mut args = vec!["sample"];
     args.extend(model);
+    args.extend(exact.then_some("--exact"));
     args.extend(["-n", "4", "--seed", "0", "--steps", "20", "--sampler", "ddim"]);
     args.extend(["--npy", npy.to_str().unwrap(), "-o", png.to_str().unwrap()]);
     host_cli_ok(&args);
@@ -38,7 +40,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn default_model_reproduces_committed_output_and_pytorch() {
     let dir = fixtures().join("golden");
-    let ours = run(None, "f32");
+    let ours = run(None, "f32", true);
     let (_, want) = read_npy(&dir.join("ours_ddim20_f32.npy"));
     assert!(
         ours == want,
@@ -49,6 +51,10 @@ fn default_model_reproduces_committed_output_and_pytorch() {
     let err = max_abs_diff(&ours, &torch);
     eprintln!("f32 vs diffusers: max abs error {err:.2e}");
     assert!(err <= 1e-3, "f32 vs diffusers: {err:.3e}");
+    let fast = run(None, "f32-fast", false);
+    let err = max_abs_diff(&fast, &torch);
+    eprintln!("f32 (default kernels) vs diffusers: max abs error {err:.2e}");
+    assert!(err <= 1e-3, "f32 (default kernels) vs diffusers: {err:.3e}");
 }
 
 /// Runs a shipped blob and checks it against its committed output (bit for bit) and diffusers (mean abs).
@@ -56,7 +62,7 @@ fn check_shipped(precision: &str, mean_bound: f64) {
     let dir = fixtures().join("golden");
     let blob =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../weights/mnist/mnist-{precision}.blob"));
-    let ours = run(Some(blob.to_str().unwrap()), precision);
+    let ours = run(Some(blob.to_str().unwrap()), precision, true);
     let (_, want) = read_npy(&dir.join(format!("ours_ddim20_{precision}.npy")));
     assert!(
         ours == want,

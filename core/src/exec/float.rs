@@ -46,7 +46,7 @@ impl Exec<'_, '_> {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 let (wv, bv) = (self.weights(w)?, self.vector(b)?);
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::linear_rows(od, xd, w, bv, xi.c, o.c));
+                with_weights!(wv, w => ops::linear_rows_using(self.m.kernels(), od, xd, w, bv, xi.c, o.c));
             }
             Op::Silu { out, x } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
@@ -70,14 +70,14 @@ impl Exec<'_, '_> {
                 let (sd, xd) = split_pair(a, si.range(), xi.range()).ok_or(bad)?;
                 ops::conv2d_pad(sd, xd, &g);
                 let (od, sd) = split_pair(a, o.range(), si.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::conv2d(od, sd, w, bv, &g));
+                with_weights!(wv, w => ops::conv2d_using(self.m.kernels(), od, sd, w, bv, &g));
             }
             Op::GroupNorm { out, x, gamma, beta, groups, eps, silu } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
                 Self::copy(a, &o, &xi)?;
                 let (g, bt) = (self.vector(gamma)?, self.vector(beta)?);
                 let od = a.get_mut(o.range()).ok_or(bad)?;
-                ops::group_norm(od, o.c, o.h * o.w, groups as usize, g, bt, eps, silu);
+                ops::group_norm_using(self.m.kernels(), od, o.c, o.h * o.w, groups as usize, g, bt, eps, silu);
             }
             Op::AddChannel { x, v } | Op::ScaleShift { x, v } => {
                 let (xi, vi) = (self.value(x)?, self.value(v)?);
@@ -105,22 +105,41 @@ impl Exec<'_, '_> {
                 let (o, xi, ni, si) = (self.value(out)?, self.value(x)?, self.value(xn)?, self.value(scratch)?);
                 let (c, hw) = (o.c, o.h * o.w);
                 let n = c * hw;
-                {
+                let fast = {
                     let (sd, nd) = split_pair(a, si.range(), ni.range()).ok_or(bad)?;
                     let sd = sd.get_mut(..4 * n).ok_or(bad)?;
-                    ops::attention_project(&mut sd[..n], nd, c, hw);
-                    for (part, pair) in w[..6].chunks_exact(2).enumerate() {
-                        let (wv, bv) = (self.weights(pair[0])?, self.vector(pair[1])?);
-                        let (t, rest) = sd.split_at_mut(n);
-                        let dst = &mut rest[part * n..][..n];
-                        with_weights!(wv, w => ops::linear_rows(dst, t, w, bv, c, c));
+                    let kernels = self.m.kernels();
+                    let bs = [self.vector(w[1])?, self.vector(w[3])?, self.vector(w[5])?, self.vector(w[7])?];
+                    let heads = heads as usize;
+                    let fast = match [w[0], w[2], w[4], w[6]].map(|i| self.weights(i)) {
+                        [Ok(TensorView::F32(q)), Ok(TensorView::F32(k)), Ok(TensorView::F32(v)), Ok(TensorView::F32(wo))] => {
+                            ops::attention_fast(kernels, sd, nd, c, hw, heads, [q, k, v, wo], bs)
+                        }
+                        [Ok(TensorView::F16(q)), Ok(TensorView::F16(k)), Ok(TensorView::F16(v)), Ok(TensorView::F16(wo))] => {
+                            ops::attention_fast(kernels, sd, nd, c, hw, heads, [q, k, v, wo], bs)
+                        }
+                        _ => false,
+                    };
+                    if !fast {
+                        ops::attention_project(&mut sd[..n], nd, c, hw);
+                        for (part, pair) in w[..6].chunks_exact(2).enumerate() {
+                            let (wv, bv) = (self.weights(pair[0])?, self.vector(pair[1])?);
+                            let (t, rest) = sd.split_at_mut(n);
+                            let dst = &mut rest[part * n..][..n];
+                            with_weights!(wv, w => ops::linear_rows(dst, t, w, bv, c, c));
+                        }
+                        ops::attention_core(sd, c, hw, heads);
                     }
-                    ops::attention_core(sd, c, hw, heads as usize);
-                }
+                    fast
+                };
                 Self::copy(a, &o, &xi)?;
-                let (wv, bv) = (self.weights(w[6])?, self.vector(w[7])?);
                 let (od, sd) = split_pair(a, o.range(), si.range()).ok_or(bad)?;
-                with_weights!(wv, w => ops::attention_output(od, sd, c, hw, w, bv, scale));
+                if fast {
+                    ops::add_assign_scaled(od, sd.get(2 * n..3 * n).ok_or(bad)?, scale);
+                } else {
+                    let (wv, bv) = (self.weights(w[6])?, self.vector(w[7])?);
+                    with_weights!(wv, w => ops::attention_output(od, sd, c, hw, w, bv, scale));
+                }
             }
             Op::Upsample2x { out, x } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);

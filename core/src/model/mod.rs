@@ -10,6 +10,7 @@ use crate::format::{
     self, schedule, tensor, value, value_type, BetaSchedule, DType, Header, Precision, Schedule, TensorRecord,
     ValueRecord, ValueTypeRecord, ALIGN, HEADER_BYTES, OP_RECORD_BYTES, OP_WORDS, VERSION_FLOAT,
 };
+use crate::ops::Kernels;
 use crate::program::Op;
 
 pub use check::conv_shape;
@@ -137,6 +138,7 @@ pub struct Model<'a> {
     input: u32,
     output: u32,
     config: &'a str,
+    kernels: Kernels,
 }
 
 /// The sub-slice `off..off + len` of `b`, if it lies inside.
@@ -202,6 +204,7 @@ impl<'a> Model<'a> {
             input: h.input,
             output: h.output,
             config,
+            kernels: Kernels::default(),
         };
         model.validate_tensors()?;
         model.validate_values()?;
@@ -365,6 +368,16 @@ impl<'a> Model<'a> {
     /// The ops of the program, in execution order.
     pub fn ops(&self) -> impl Iterator<Item = Op> + '_ {
         (0..self.num_ops()).filter_map(|i| self.op(i))
+    }
+
+    /// The same model, running its float ops with `kernels` ([`Kernels::Fast`] unless set).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+    /// Which float kernels [`Model::forward`] runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// Weight precision.

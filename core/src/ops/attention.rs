@@ -11,7 +11,7 @@
 use super::linear::dot;
 #[cfg(doc)]
 use super::linear::linear_rows;
-use super::Weight;
+use super::{Kernels, Weight};
 use crate::par;
 
 /// Phase 1: transposes the normalised input to token-major `t`; the caller then applies the q, k, v
@@ -87,6 +87,30 @@ pub fn attention_output<W: Weight>(
             *o = (*o + bo[ch] + dot(w, &t[i * c..][..c])) * scale;
         }
     });
+}
+
+/// With [`Kernels::Fast`] on a CPU with a fast kernel that fits: phases 1 and 2 and the output projection as
+/// matrix products through it (see `fast.rs`), leaving `proj = wo·t + bo` channel-major `(c, hw)` in
+/// `scratch[2n..3n]` (`n = c·hw`) for the caller to finish as `out = (out + proj)·scale`. Returns `false` where it
+/// did not (the portable phases then run; they recompute everything they read from `xn`).
+// xn (c,hw); scratch [t | q | k | v]; w = [wq, wk, wv, wo] (c,c); b = [bq, bk, bv, bo] (c)
+#[allow(clippy::too_many_arguments)] // the attention's operands, plus the kernel choice
+pub fn attention_fast<W: Weight>(
+    kernels: Kernels,
+    scratch: &mut [f32],
+    xn: &[f32],
+    c: usize,
+    hw: usize,
+    heads: usize,
+    w: [&[W]; 4],
+    b: [&[f32]; 4],
+) -> bool {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast {
+        return super::fast::attention(scratch, xn, c, hw, heads, w, b);
+    }
+    let _ = (kernels, scratch, xn, c, hw, heads, w, b);
+    false
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! 2-D convolution, direct (no im2col buffer: the arena stays the size of the activations).
 
-use super::Weight;
+use super::{Kernels, Weight};
 use crate::par;
 
 /// Geometry of one convolution.
@@ -165,6 +165,18 @@ pub fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Co
             }
         }
     });
+}
+
+/// [`conv2d`], or with [`Kernels::Fast`] the fast kernel of this CPU where one applies (the same sum with fused
+/// multiply-adds; see `fast.rs`).
+// w (co,ci,kh,kw) * xp (ci,hp,rs) + b (co) -> out (co,ho,wo)
+pub fn conv2d_using<W: Weight>(kernels: Kernels, out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::conv2d(out, xp, w, b, g) {
+        return;
+    }
+    let _ = kernels;
+    conv2d(out, xp, w, b, g);
 }
 
 /// Output size of a convolution along one axis, if the kernel fits.

@@ -1,6 +1,7 @@
 //! Group normalisation (PyTorch's `GroupNorm`, biased variance), optionally fused with SiLU.
 
 use super::elementwise::silu1;
+use super::Kernels;
 use crate::par;
 
 /// Normalises each group of `c / groups` channels to zero mean and unit variance, then applies the per-channel
@@ -36,6 +37,29 @@ pub fn group_norm(
             }
         }
     });
+}
+
+/// [`group_norm`], or with [`Kernels::Fast`] the vectorised kernel of this CPU where there is one (sums in 16
+/// interleaved parts, a polynomial `exp`; see `fast.rs`).
+// x (c,hw) in place; gamma, beta (c)
+#[allow(clippy::too_many_arguments)] // group_norm's, plus the kernel choice
+pub fn group_norm_using(
+    kernels: Kernels,
+    x: &mut [f32],
+    c: usize,
+    hw: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    silu: bool,
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::group_norm(x, c, hw, groups, gamma, beta, eps, silu) {
+        return;
+    }
+    let _ = kernels;
+    group_norm(x, c, hw, groups, gamma, beta, eps, silu);
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Dense layers and dot products.
 
-use super::Weight;
+use super::{Kernels, Weight};
 use crate::par;
 
 /// Dot product with eight independent partial sums (lets the compiler vectorise; the summation order is
@@ -55,6 +55,27 @@ pub fn linear_rows<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], i:
             }
         }
     });
+}
+
+/// [`linear_rows`], or with [`Kernels::Fast`] for a single row the vectorised kernel of this CPU where there is
+/// one (16 interleaved partial sums of fused multiply-adds; see `fast.rs`).
+// w (o,i) · x (n,i) + b (o) -> out (n,o)
+#[allow(clippy::too_many_arguments)] // linear_rows', plus the kernel choice
+pub fn linear_rows_using<W: Weight>(
+    kernels: Kernels,
+    out: &mut [f32],
+    x: &[f32],
+    w: &[W],
+    b: &[f32],
+    i: usize,
+    o: usize,
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::linear_rows(out, x, w, b, i, o) {
+        return;
+    }
+    let _ = kernels;
+    linear_rows(out, x, w, b, i, o);
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ mod axis;
 mod conv2d;
 mod conv_transpose;
 mod elementwise;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod fast;
 mod group_norm;
 mod int8;
 mod layer_norm;
@@ -24,18 +26,18 @@ mod resample;
 mod softmax;
 mod timestep;
 
-pub use attention::{attention_core, attention_output, attention_project};
+pub use attention::{attention_core, attention_fast, attention_output, attention_project};
 pub use axis::{concat_axis, slice_axis};
-pub use conv2d::{conv2d, conv2d_pad, conv_out_len, Conv2dShape};
+pub use conv2d::{conv2d, conv2d_pad, conv2d_using, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
-pub use group_norm::group_norm;
+pub use group_norm::{group_norm, group_norm_using};
 pub use int8::{
     dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
     QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
-pub use linear::{dot, linear_rows};
+pub use linear::{dot, linear_rows, linear_rows_using};
 pub use matmul::{matmul, MatMulShape};
 pub use permute::{permute, PERMUTE_DIMS};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
@@ -45,12 +47,29 @@ pub use resample::{resize, resize_mode, upsample2x_nearest, ResizeCoord, ResizeS
 pub use softmax::softmax;
 pub use timestep::timestep_embedding;
 
+/// Which float kernels the CPU forward pass runs ([`crate::Model::with_kernels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// With the `std` feature on an x86-64 CPU with AVX2+FMA or AVX-512F, the kernels of that instruction set
+    /// where one applies (chosen at run time; fused multiply-adds, so within rounding of the portable kernels:
+    /// 1e-5 × max|ref| per layer, tested); everywhere else the portable kernels. The same bits for any thread
+    /// count on one machine.
+    #[default]
+    Fast,
+    /// The portable kernels only: the same bits on every machine and target, the firmware's included.
+    Exact,
+}
+
 /// A stored weight element, widened to `f32` for arithmetic.
 pub trait Weight: Copy + Send + Sync + 'static {
     /// Whether [`Weight::to_f32`] does work (kernels then convert once into a buffer instead of per use).
     const CONVERTS: bool;
     /// The value as `f32`.
     fn to_f32(self) -> f32;
+    /// `dst[i] = src[i].to_f32()` for the common length (the same values, vectorised where it can be).
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+    }
 }
 
 impl Weight for f32 {
@@ -68,5 +87,10 @@ impl Weight for half::f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
+    }
+
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&src[..n], &mut dst[..n]);
     }
 }

@@ -80,7 +80,8 @@ pub fn to_int8(
     }
     let f32_hdr = ModelHeader { precision: Precision::F32, config_json: hdr.config_json.clone(), ..*hdr };
     let f32_blob = AlignedBlob::from_bytes(&crate::emit::blob(g, &f32_hdr, input, output)?);
-    let model = f32_blob.model()?;
+    // The portable kernels, so that an int8 blob comes out byte for byte the same on every machine.
+    let model = f32_blob.model()?.with_kernels(ddpm_core::Kernels::Exact);
     let (hists, means) = calibrate(g, &model, cal)?;
 
     let mut b = Builder {
