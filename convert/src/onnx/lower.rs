@@ -213,6 +213,15 @@ fn attr_f(n: &Node, k: &str, d: f32) -> Result<f32> {
     }
 }
 
+/// A norm's `epsilon` attribute (default 1e-5), finite and not negative.
+fn norm_eps(n: &Node) -> Result<f32> {
+    let eps = attr_f(n, "epsilon", 1e-5)?;
+    if !eps.is_finite() || eps < 0.0 {
+        bail!(Model, "node {} ({}): attribute epsilon={eps} (a finite number >= 0 is needed)", n.name, n.op);
+    }
+    Ok(eps)
+}
+
 fn attr_ints(n: &Node, k: &str) -> Result<Option<Vec<i64>>> {
     match n.attrs.get(k) {
         None => Ok(None),
@@ -600,7 +609,7 @@ impl<'m> Lower<'m> {
                 if n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
                     refuse!(n, "the mean and inverse standard deviation outputs are not supported");
                 }
-                let eps = attr_f(n, "epsilon", 1e-5)?;
+                let eps = norm_eps(n)?;
                 let gt = self.g.tensor(&format!("{}.scale", n.name), vec![count], gamma);
                 let bt = self.g.tensor(&format!("{}.bias", n.name), vec![count], beta);
                 let o = self.new_value(&s)?;

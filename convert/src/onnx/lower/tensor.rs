@@ -10,7 +10,7 @@
 use ddpm_core::ops::{BinaryFn, PadMode, PoolFn, ReduceFn, ResizeCoord, ResizeSample, PERMUTE_DIMS};
 use ddpm_core::program::Op;
 
-use super::{attr_f, attr_i, attr_ints, attr_s, chw, collapse, Lower, Sym};
+use super::{attr_f, attr_i, attr_ints, attr_s, chw, collapse, norm_eps, Lower, Sym};
 use crate::error::{Context, Result};
 use crate::onnx::arr::{self, Arr};
 use crate::onnx::read::Node;
@@ -518,7 +518,7 @@ impl Lower<'_> {
             refuse!(n, "attribute num_groups={groups} does not divide the {c} channels");
         }
         let (gamma, beta) = self.channel_params(n, c, groups)?;
-        let eps = attr_f(n, "epsilon", 1e-5)?;
+        let eps = norm_eps(n)?;
         let (cc, _, _) = chw(&s)?;
         debug_assert_eq!(cc, c);
         let gt = self.g.tensor(&format!("{}.scale", n.name), vec![c], gamma);
@@ -546,7 +546,7 @@ impl Lower<'_> {
             }
         };
         let (scale, bias, mean, var) = (p(1)?, p(2)?, p(3)?, p(4)?);
-        let eps = attr_f(n, "epsilon", 1e-5)?;
+        let eps = norm_eps(n)?;
         let a: Vec<f32> = scale.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
         let b: Vec<f32> = bias.iter().zip(&mean).zip(&a).map(|((b, m), a)| b - m * a).collect();
         let per_c: Vec<usize> = (0..s.len()).map(|d| if d == 1 { c } else { 1 }).collect();
