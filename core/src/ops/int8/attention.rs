@@ -52,8 +52,15 @@ pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p
                 sum += i64::from(*e);
             }
             let sum = sum.max(1);
+            let half = sum / 2;
             for e in s.iter_mut() {
-                *e = ((i64::from(*e) << 15) + sum / 2).wrapping_div(sum) as i32;
+                let num = (i64::from(*e) << 15) + half;
+                // The same quotient in 32 bits when both fit (always, for tables of 15-bit values and fewer than
+                // 2^16 tokens): a 64-bit division is a library call on 32-bit cores.
+                *e = match (u32::try_from(num), u32::try_from(sum)) {
+                    (Ok(num), Ok(sum)) => (num / sum) as i32,
+                    _ => num.wrapping_div(sum) as i32,
+                };
             }
             for d in chans.clone() {
                 let acc: i64 =

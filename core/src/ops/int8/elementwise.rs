@@ -1,7 +1,7 @@
 //! Integer element-wise ops: sums, requantizing copies, lookup tables, the scale-shift time embedding and the
 //! class embedding.
 
-use super::{channel_affine, rq, QMut, QRef, Src};
+use super::{channel_affine, rq, QElem, QMut, QRef, Src};
 
 /// Scale-shift time embedding: `out[c] = x[c]·(1 + v[c]) + v[C + c]` (`x` `(c, hw)`, `v` `(2c)`), with
 /// the per-channel factors in f32 and the per-element work in fixed point.
@@ -29,18 +29,117 @@ pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f3
 #[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift and the broadcast flag
 pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift: u32, hw: usize, b_per_channel: bool) {
     let half = (1i64 << shift) >> 1;
+    let f = |av: i32, bv: i32| (i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half) >> shift;
+    let hw = if b_per_channel { hw.max(1) } else { out.len().max(1) };
+    // The element types resolved once, not per element.
+    let done = match out {
+        QMut::I8(o) => typed_add(o, a, b, b_per_channel, hw, f),
+        QMut::I16(o) => typed_add(o, a, b, b_per_channel, hw, f),
+    };
+    if done {
+        return;
+    }
     for i in 0..out.len() {
-        let bi = if b_per_channel { i / hw.max(1) } else { i };
-        let av = i64::from(a.get(out, i));
-        let bv = i64::from(b.get(out, bi));
-        out.set(i, (av * i64::from(ma) + bv * i64::from(mb) + half) >> shift);
+        let bi = if b_per_channel { i / hw } else { i };
+        let av = a.get(out, i);
+        let bv = b.get(out, bi);
+        out.set(i, f(av, bv));
+    }
+}
+
+/// An operand of [`typed_add`]: a slice, or the output's own elements.
+#[derive(Clone, Copy)]
+enum Arg<'a, T> {
+    Slice(&'a [T]),
+    Out,
+}
+
+/// [`qadd`] over chunks of `hw` elements (one chunk when `b` is not per channel); `false` (nothing written)
+/// when an operand is shorter than the output needs or a per-channel `b` is the output.
+#[inline(always)]
+fn typed_add<O: QElem>(
+    o: &mut [O],
+    a: Src<'_>,
+    b: Src<'_>,
+    per_channel: bool,
+    hw: usize,
+    f: impl Fn(i32, i32) -> i64 + Copy,
+) -> bool {
+    fn run<O: QElem, A: QElem, B: QElem>(
+        o: &mut [O],
+        a: Arg<'_, A>,
+        b: Arg<'_, B>,
+        per_channel: bool,
+        hw: usize,
+        f: impl Fn(i32, i32) -> i64,
+    ) -> bool {
+        let n = o.len();
+        let short = |len: usize, need: usize| len < need;
+        if matches!(a, Arg::Slice(s) if short(s.len(), n))
+            || matches!(b, Arg::Slice(s) if short(s.len(), if per_channel { n.div_ceil(hw) } else { n }))
+            || (per_channel && matches!(b, Arg::Out))
+        {
+            return false;
+        }
+        for (ch, oc) in o.chunks_mut(hw).enumerate() {
+            let base = ch * hw;
+            let av = |oc: &[O], i: usize| match a {
+                Arg::Slice(s) => s[base..base + oc.len()][i].get(),
+                Arg::Out => oc[i].get(),
+            };
+            let bv = |oc: &[O], i: usize| match b {
+                Arg::Slice(s) if per_channel => s[ch].get(),
+                Arg::Slice(s) => s[base..base + oc.len()][i].get(),
+                Arg::Out => oc[i].get(),
+            };
+            for i in 0..oc.len() {
+                let v = f(av(oc, i), bv(oc, i));
+                oc[i] = O::sat(v);
+            }
+        }
+        true
+    }
+    fn with_b<O: QElem, A: QElem>(
+        o: &mut [O],
+        a: Arg<'_, A>,
+        b: Src<'_>,
+        per_channel: bool,
+        hw: usize,
+        f: impl Fn(i32, i32) -> i64,
+    ) -> bool {
+        match b {
+            Src::Out => run::<O, A, i8>(o, a, Arg::Out, per_channel, hw, f),
+            Src::Other(QRef::I8(s)) => run(o, a, Arg::Slice(s), per_channel, hw, f),
+            Src::Other(QRef::I16(s)) => run(o, a, Arg::Slice(s), per_channel, hw, f),
+        }
+    }
+    match a {
+        Src::Out => with_b::<O, i8>(o, Arg::Out, b, per_channel, hw, f),
+        Src::Other(QRef::I8(s)) => with_b(o, Arg::Slice(s), b, per_channel, hw, f),
+        Src::Other(QRef::I16(s)) => with_b(o, Arg::Slice(s), b, per_channel, hw, f),
     }
 }
 
 /// `out[at + i] = sat(rq(x[i], m, s))`: a requantizing copy (one half of a concatenation).
 pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
-    for i in 0..x.len() {
-        out.set(at + i, rq(i64::from(x.get(i)), m, s));
+    fn copy<O: QElem, X: QElem>(o: &mut [O], at: usize, x: &[X], m: i32, s: u32) -> bool {
+        let Some(o) = o.get_mut(at..at + x.len()) else { return false };
+        for (d, &v) in o.iter_mut().zip(x) {
+            *d = O::sat(rq(i64::from(v.get()), m, s));
+        }
+        true
+    }
+    // The element types resolved once, not per element.
+    let done = match (&mut *out, x) {
+        (QMut::I8(o), QRef::I8(x)) => copy(o, at, x, m, s),
+        (QMut::I8(o), QRef::I16(x)) => copy(o, at, x, m, s),
+        (QMut::I16(o), QRef::I8(x)) => copy(o, at, x, m, s),
+        (QMut::I16(o), QRef::I16(x)) => copy(o, at, x, m, s),
+    };
+    if !done {
+        for i in 0..x.len() {
+            out.set(at + i, rq(i64::from(x.get(i)), m, s));
+        }
     }
 }
 

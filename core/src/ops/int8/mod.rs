@@ -11,6 +11,11 @@
 
 mod attention;
 mod conv2d;
+#[cfg(any(test, all(target_arch = "arm", ddpm_dsp)))]
+mod conv2d_dsp;
+#[cfg(any(test, all(target_arch = "arm", ddpm_dsp)))]
+#[allow(unsafe_code)]
+mod dsp;
 mod elementwise;
 mod group_norm;
 mod quantize;
@@ -38,6 +43,11 @@ pub trait QElem: Copy + Send + Sync + 'static {
     fn get(self) -> i32;
     /// `v` clamped to `±MAX`.
     fn sat(v: i64) -> Self;
+    /// Four consecutive taps widened to two words of i16 pairs, (tap 0, tap 2) and (tap 1, tap 3): the order in
+    /// which `sxtb16` widens a word of four i8 weights (the packed convolution kernel's operands).
+    fn pairs(t: [Self; 4]) -> [u32; 2];
+    /// The slice as i8, if that is the element type.
+    fn as_i8(s: &[Self]) -> Option<&[i8]>;
 }
 
 impl QElem for i8 {
@@ -51,6 +61,14 @@ impl QElem for i8 {
     fn sat(v: i64) -> Self {
         v.clamp(-127, 127) as i8
     }
+    #[inline(always)]
+    fn pairs(t: [Self; 4]) -> [u32; 2] {
+        let v = u32::from_le_bytes(t.map(|b| b as u8));
+        [dsp_pair(v, false), dsp_pair(v, true)]
+    }
+    fn as_i8(s: &[Self]) -> Option<&[i8]> {
+        Some(s)
+    }
 }
 
 impl QElem for i16 {
@@ -63,6 +81,33 @@ impl QElem for i16 {
     #[inline(always)]
     fn sat(v: i64) -> Self {
         v.clamp(-32767, 32767) as i16
+    }
+    #[inline(always)]
+    fn pairs(t: [Self; 4]) -> [u32; 2] {
+        let h = |v: i16| u32::from(v as u16);
+        [h(t[0]) | h(t[2]) << 16, h(t[1]) | h(t[3]) << 16]
+    }
+    fn as_i8(_: &[Self]) -> Option<&[i8]> {
+        None
+    }
+}
+
+/// `sxtb16` of `v` (bytes 0 and 2), or of `v` rotated by 8 (bytes 1 and 3): the instruction where the packed
+/// kernel runs, portable arithmetic elsewhere.
+#[inline(always)]
+fn dsp_pair(v: u32, odd: bool) -> u32 {
+    #[cfg(any(test, all(target_arch = "arm", ddpm_dsp)))]
+    {
+        if odd {
+            dsp::sxtb16_ror8(v)
+        } else {
+            dsp::sxtb16(v)
+        }
+    }
+    #[cfg(not(any(test, all(target_arch = "arm", ddpm_dsp))))]
+    {
+        let v = if odd { v >> 8 } else { v };
+        u32::from(i16::from(v as u8 as i8) as u16) | u32::from(i16::from((v >> 16) as u8 as i8) as u16) << 16
     }
 }
 
@@ -189,14 +234,47 @@ fn channel_affine(
 ) {
     let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
     let (a, b) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
-    for i in range {
-        let y = ((i64::from(x.get(out, i)) * a + b) >> NORM_FRAC).clamp(-ymax, ymax);
-        let y = match lut {
+    let f = |v: i32| {
+        let y = ((i64::from(v) * a + b) >> NORM_FRAC).clamp(-ymax, ymax);
+        match lut {
             Some(t) => i64::from(t[(y + 128) as u8 as usize]),
             None => y,
-        };
-        out.set(i, y);
+        }
+    };
+    // The element types resolved once, not per element (the loops then compile to a few instructions each).
+    let done = match (&mut *out, x) {
+        (QMut::I8(o), x) => typed_map(o, x, range.clone(), f),
+        (QMut::I16(o), x) => typed_map(o, x, range.clone(), f),
+    };
+    if !done {
+        for i in range {
+            out.set(i, f(x.get(out, i)));
+        }
     }
+}
+
+/// `o[i] = sat(f(x[i]))` over `range` with `x` an operand of `o`'s length or `o` itself; `false` (nothing
+/// written) when `range` is not inside both.
+#[inline(always)]
+fn typed_map<O: QElem>(o: &mut [O], x: Src<'_>, range: core::ops::Range<usize>, f: impl Fn(i32) -> i64) -> bool {
+    fn apart<O: QElem, X: QElem>(o: &mut [O], x: &[X], f: impl Fn(i32) -> i64) {
+        for (d, &v) in o.iter_mut().zip(x) {
+            *d = O::sat(f(v.get()));
+        }
+    }
+    let Some(o) = o.get_mut(range.clone()) else { return false };
+    match x {
+        Src::Out => o.iter_mut().for_each(|d| *d = O::sat(f(d.get()))),
+        Src::Other(QRef::I8(x)) => match x.get(range) {
+            Some(x) => apart(o, x, f),
+            None => return false,
+        },
+        Src::Other(QRef::I16(x)) => match x.get(range) {
+            Some(x) => apart(o, x, f),
+            None => return false,
+        },
+    }
+    true
 }
 
 #[cfg(test)]
