@@ -29,12 +29,21 @@ pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f3
 #[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift and the broadcast flag
 pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift: u32, hw: usize, b_per_channel: bool) {
     let half = (1i64 << shift) >> 1;
-    let f = |av: i32, bv: i32| (i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half) >> shift;
+    let f = move |av: i32, bv: i32| (i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half) >> shift;
     let hw = if b_per_channel { hw.max(1) } else { out.len().max(1) };
-    // The element types resolved once, not per element.
-    let done = match out {
-        QMut::I8(o) => typed_add(o, a, b, b_per_channel, hw, f),
-        QMut::I16(o) => typed_add(o, a, b, b_per_channel, hw, f),
+    // The element types resolved once, not per element; with a shift of 32 or more the sum's low word is
+    // dropped first (the same floor division, cheaper on 32-bit cores).
+    let done = match (&mut *out, shift) {
+        (QMut::I8(o), 32..=63) => typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+            let p = i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half;
+            i64::from(((p >> 32) as i32) >> (shift - 32))
+        }),
+        (QMut::I16(o), 32..=63) => typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+            let p = i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half;
+            i64::from(((p >> 32) as i32) >> (shift - 32))
+        }),
+        (QMut::I8(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
+        (QMut::I16(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
     };
     if done {
         return;
@@ -47,15 +56,8 @@ pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift:
     }
 }
 
-/// An operand of [`typed_add`]: a slice, or the output's own elements.
-#[derive(Clone, Copy)]
-enum Arg<'a, T> {
-    Slice(&'a [T]),
-    Out,
-}
-
-/// [`qadd`] over chunks of `hw` elements (one chunk when `b` is not per channel); `false` (nothing written)
-/// when an operand is shorter than the output needs or a per-channel `b` is the output.
+/// [`qadd`] with the output typed and `b` broadcast per chunk of `hw` elements when `per_channel`; `false`
+/// (nothing written) when an operand is shorter than the output needs or a per-channel `b` is the output.
 #[inline(always)]
 fn typed_add<O: QElem>(
     o: &mut [O],
@@ -65,58 +67,72 @@ fn typed_add<O: QElem>(
     hw: usize,
     f: impl Fn(i32, i32) -> i64 + Copy,
 ) -> bool {
-    fn run<O: QElem, A: QElem, B: QElem>(
+    fn apart<O: QElem, A: QElem, B: QElem>(
         o: &mut [O],
-        a: Arg<'_, A>,
-        b: Arg<'_, B>,
-        per_channel: bool,
+        a: &[A],
+        b: &[B],
+        pc: bool,
         hw: usize,
-        f: impl Fn(i32, i32) -> i64,
+        f: impl Fn(i32, i32) -> i64 + Copy,
     ) -> bool {
-        let n = o.len();
-        let short = |len: usize, need: usize| len < need;
-        if matches!(a, Arg::Slice(s) if short(s.len(), n))
-            || matches!(b, Arg::Slice(s) if short(s.len(), if per_channel { n.div_ceil(hw) } else { n }))
-            || (per_channel && matches!(b, Arg::Out))
-        {
+        if a.len() < o.len() || b.len() < if pc { o.len().div_ceil(hw) } else { o.len() } {
             return false;
         }
-        for (ch, oc) in o.chunks_mut(hw).enumerate() {
-            let base = ch * hw;
-            let av = |oc: &[O], i: usize| match a {
-                Arg::Slice(s) => s[base..base + oc.len()][i].get(),
-                Arg::Out => oc[i].get(),
-            };
-            let bv = |oc: &[O], i: usize| match b {
-                Arg::Slice(s) if per_channel => s[ch].get(),
-                Arg::Slice(s) => s[base..base + oc.len()][i].get(),
-                Arg::Out => oc[i].get(),
-            };
-            for i in 0..oc.len() {
-                let v = f(av(oc, i), bv(oc, i));
-                oc[i] = O::sat(v);
+        if pc {
+            for ((oc, ac), &bv) in o.chunks_mut(hw).zip(a.chunks(hw)).zip(b) {
+                for (d, &av) in oc.iter_mut().zip(ac) {
+                    *d = O::sat(f(av.get(), bv.get()));
+                }
+            }
+        } else {
+            for ((d, &av), &bv) in o.iter_mut().zip(a).zip(b) {
+                *d = O::sat(f(av.get(), bv.get()));
             }
         }
         true
     }
-    fn with_b<O: QElem, A: QElem>(
-        o: &mut [O],
-        a: Arg<'_, A>,
-        b: Src<'_>,
-        per_channel: bool,
-        hw: usize,
-        f: impl Fn(i32, i32) -> i64,
-    ) -> bool {
-        match b {
-            Src::Out => run::<O, A, i8>(o, a, Arg::Out, per_channel, hw, f),
-            Src::Other(QRef::I8(s)) => run(o, a, Arg::Slice(s), per_channel, hw, f),
-            Src::Other(QRef::I16(s)) => run(o, a, Arg::Slice(s), per_channel, hw, f),
+    fn a_in_place<O: QElem, B: QElem>(o: &mut [O], b: &[B], pc: bool, hw: usize, f: impl Fn(i32, i32) -> i64) -> bool {
+        if b.len() < if pc { o.len().div_ceil(hw) } else { o.len() } {
+            return false;
         }
+        if pc {
+            for (oc, &bv) in o.chunks_mut(hw).zip(b) {
+                for d in oc.iter_mut() {
+                    *d = O::sat(f(d.get(), bv.get()));
+                }
+            }
+        } else {
+            for (d, &bv) in o.iter_mut().zip(b) {
+                *d = O::sat(f(d.get(), bv.get()));
+            }
+        }
+        true
     }
-    match a {
-        Src::Out => with_b::<O, i8>(o, Arg::Out, b, per_channel, hw, f),
-        Src::Other(QRef::I8(s)) => with_b(o, Arg::Slice(s), b, per_channel, hw, f),
-        Src::Other(QRef::I16(s)) => with_b(o, Arg::Slice(s), b, per_channel, hw, f),
+    fn b_in_place<O: QElem, A: QElem>(o: &mut [O], a: &[A], f: impl Fn(i32, i32) -> i64) -> bool {
+        if a.len() < o.len() {
+            return false;
+        }
+        for (d, &av) in o.iter_mut().zip(a) {
+            *d = O::sat(f(av.get(), d.get()));
+        }
+        true
+    }
+    match (a, b, per_channel) {
+        (Src::Other(QRef::I8(a)), Src::Other(QRef::I8(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I8(a)), Src::Other(QRef::I16(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I16(a)), Src::Other(QRef::I8(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I16(a)), Src::Other(QRef::I16(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Out, Src::Other(QRef::I8(b)), pc) => a_in_place(o, b, pc, hw, f),
+        (Src::Out, Src::Other(QRef::I16(b)), pc) => a_in_place(o, b, pc, hw, f),
+        (Src::Other(QRef::I8(a)), Src::Out, false) => b_in_place(o, a, f),
+        (Src::Other(QRef::I16(a)), Src::Out, false) => b_in_place(o, a, f),
+        (Src::Out, Src::Out, false) => {
+            for d in o.iter_mut() {
+                *d = O::sat(f(d.get(), d.get()));
+            }
+            true
+        }
+        _ => false,
     }
 }
 
@@ -124,8 +140,17 @@ fn typed_add<O: QElem>(
 pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
     fn copy<O: QElem, X: QElem>(o: &mut [O], at: usize, x: &[X], m: i32, s: u32) -> bool {
         let Some(o) = o.get_mut(at..at + x.len()) else { return false };
-        for (d, &v) in o.iter_mut().zip(x) {
-            *d = O::sat(rq(i64::from(v.get()), m, s));
+        if (32..64).contains(&s) {
+            // `rq` with the product's low word dropped first: the same floor division, in 32-bit halves.
+            let round = (1i64 << s) >> 1;
+            for (d, &v) in o.iter_mut().zip(x) {
+                let p = i64::from(v.get()) * i64::from(m) + round;
+                *d = O::sat(i64::from(((p >> 32) as i32) >> (s - 32)));
+            }
+        } else {
+            for (d, &v) in o.iter_mut().zip(x) {
+                *d = O::sat(rq(i64::from(v.get()), m, s));
+            }
         }
         true
     }
