@@ -248,17 +248,25 @@ fn channel_affine(
 ) {
     let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
     let (a, b) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
-    let f = |v: i32| {
-        let y = ((i64::from(v) * a + b) >> NORM_FRAC).clamp(-ymax, ymax);
-        match lut {
-            Some(t) => i64::from(t[(y + 128) as u8 as usize]),
-            None => y,
-        }
+    let look = move |y: i64| match lut {
+        Some(t) => i64::from(t[(y + 128) as u8 as usize]),
+        None => y,
+    };
+    let f = move |v: i32| look(((i64::from(v) * a + b) >> NORM_FRAC).clamp(-ymax, ymax));
+    // For i8 inputs the same floor in 32 bits: with a = ah·2^24 + al and b = bh·2^24 + bl (al, bl in
+    // [0, 2^24)), ⌊(v·a + b)/2^24⌋ = v·ah + bh + ⌊(v·al + bl)/2^24⌋, and |v·al + bl| < 2^31 for |v| ≤ 128;
+    // |v·ah + bh| < 2^24 since |a|, |b| ≤ 2^40 + 2^23 (NORM_LIMIT).
+    let (ah, al, bh, bl) =
+        ((a >> NORM_FRAC) as i32, (a & 0xff_ffff) as i32, (b >> NORM_FRAC) as i32, (b & 0xff_ffff) as i32);
+    let ymax32 = ymax.clamp(0, i64::from(i32::MAX)) as i32;
+    let f8 = move |v: i32| {
+        let y = v * ah + bh + ((v * al + bl) >> NORM_FRAC);
+        look(i64::from(y.clamp(-ymax32, ymax32)))
     };
     // The element types resolved once, not per element (the loops then compile to a few instructions each).
     let done = match (&mut *out, x) {
-        (QMut::I8(o), x) => typed_map(o, x, range.clone(), f),
-        (QMut::I16(o), x) => typed_map(o, x, range.clone(), f),
+        (QMut::I8(o), x) => typed_map(o, x, range.clone(), f, f8),
+        (QMut::I16(o), x) => typed_map(o, x, range.clone(), f, f8),
     };
     if !done {
         for i in range {
@@ -267,10 +275,16 @@ fn channel_affine(
     }
 }
 
-/// `o[i] = sat(f(x[i]))` over `range` with `x` an operand of `o`'s length or `o` itself; `false` (nothing
-/// written) when `range` is not inside both.
+/// `o[i] = sat(f(x[i]))` over `range` with `x` an operand of `o`'s length or `o` itself (`f8`, equal to `f` on
+/// `-128..=127`, for i8 elements); `false` (nothing written) when `range` is not inside both.
 #[inline(always)]
-fn typed_map<O: QElem>(o: &mut [O], x: Src<'_>, range: core::ops::Range<usize>, f: impl Fn(i32) -> i64) -> bool {
+fn typed_map<O: QElem>(
+    o: &mut [O],
+    x: Src<'_>,
+    range: core::ops::Range<usize>,
+    f: impl Fn(i32) -> i64 + Copy,
+    f8: impl Fn(i32) -> i64 + Copy,
+) -> bool {
     fn apart<O: QElem, X: QElem>(o: &mut [O], x: &[X], f: impl Fn(i32) -> i64) {
         for (d, &v) in o.iter_mut().zip(x) {
             *d = O::sat(f(v.get()));
@@ -278,9 +292,10 @@ fn typed_map<O: QElem>(o: &mut [O], x: Src<'_>, range: core::ops::Range<usize>, 
     }
     let Some(o) = o.get_mut(range.clone()) else { return false };
     match x {
+        Src::Out if O::MAX == i8::MAX.into() => o.iter_mut().for_each(|d| *d = O::sat(f8(d.get()))),
         Src::Out => o.iter_mut().for_each(|d| *d = O::sat(f(d.get()))),
         Src::Other(QRef::I8(x)) => match x.get(range) {
-            Some(x) => apart(o, x, f),
+            Some(x) => apart(o, x, f8),
             None => return false,
         },
         Src::Other(QRef::I16(x)) => match x.get(range) {
@@ -313,6 +328,31 @@ mod tests {
             }
         }
         assert_eq!(rq_fast(i64::from(i32::MIN), i32::MIN, 63), rq(i64::from(i32::MIN), i32::MIN, 63));
+    }
+
+    #[test]
+    fn channel_affine_on_i8_is_the_64_bit_formula() {
+        let x: [i8; 256] = core::array::from_fn(|i| (i as i32 - 128) as i8);
+        let lut: [i8; 256] = core::array::from_fn(|i| ((i as i32 * 7) % 255 - 127) as i8);
+        for (a, b) in [(0.37f32, -3.2f32), (-1.9e3, 4.4e4), (6.0e4, -6.0e4), (1e-7, 0.49), (-0.0, -0.5), (7.7e4, 1e9)] {
+            for (ymax, t) in [(127, None), (127, Some(&lut)), (32767, None)] {
+                let mut o8 = [0i8; 256];
+                let mut o16 = [0i16; 256];
+                channel_affine(&mut QMut::I8(&mut o8), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t);
+                channel_affine(&mut QMut::I16(&mut o16), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t);
+                let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
+                let (fa, fb) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
+                for (i, &v) in x.iter().enumerate() {
+                    let y = ((i64::from(v) * fa + fb) >> NORM_FRAC).clamp(-ymax, ymax);
+                    let y = t.map_or(y, |t| i64::from(t[(y + 128) as u8 as usize]));
+                    assert_eq!(i64::from(o8[i]), y.clamp(-127, 127), "{a} {b} {v}");
+                    assert_eq!(i64::from(o16[i]), y.clamp(-32767, 32767), "{a} {b} {v}");
+                }
+                let mut inplace = x;
+                channel_affine(&mut QMut::I8(&mut inplace), Src::Out, 0..256, a, b, ymax, t);
+                assert_eq!(inplace, o8);
+            }
+        }
     }
 
     #[test]
