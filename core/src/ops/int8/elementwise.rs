@@ -1,7 +1,7 @@
 //! Integer element-wise ops: sums, requantizing copies, lookup tables, the scale-shift time embedding and the
 //! class embedding.
 
-use super::{channel_affine, rq, QElem, QMut, QRef, Src};
+use super::{channel_affine, rq, shr_small, small_shift_fits, QElem, QMut, QRef, Src};
 
 /// Scale-shift time embedding: `out[c] = x[c]·(1 + v[c]) + v[C + c]` (`x` `(c, hw)`, `v` `(2c)`), with
 /// the per-channel factors in f32 and the per-element work in fixed point.
@@ -42,6 +42,16 @@ pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift:
             let p = i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half;
             i64::from(((p >> 32) as i32) >> (shift - 32))
         }),
+        (QMut::I8(o), _) if small_shift_fits(&[ma, mb], shift) => {
+            typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+                shr_small(i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half, shift)
+            })
+        }
+        (QMut::I16(o), _) if small_shift_fits(&[ma, mb], shift) => {
+            typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+                shr_small(i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half, shift)
+            })
+        }
         (QMut::I8(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
         (QMut::I16(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
     };
@@ -146,6 +156,11 @@ pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
             for (d, &v) in o.iter_mut().zip(x) {
                 let p = i64::from(v.get()) * i64::from(m) + round;
                 *d = O::sat(i64::from(((p >> 32) as i32) >> (s - 32)));
+            }
+        } else if small_shift_fits(&[m], s) {
+            let round = (1i64 << s) >> 1;
+            for (d, &v) in o.iter_mut().zip(x) {
+                *d = O::sat(shr_small(i64::from(v.get()) * i64::from(m) + round, s));
             }
         } else {
             for (d, &v) in o.iter_mut().zip(x) {
