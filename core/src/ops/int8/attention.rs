@@ -1,6 +1,6 @@
 //! Integer multi-head attention core (the q, k, v and output projections are 1×1 [`super::qconv2d`]s).
 
-use super::{rq, QElem};
+use super::{rq_fast, QElem};
 
 /// Parameters of [`qsdpa`].
 pub struct QAttention<'a> {
@@ -37,31 +37,90 @@ pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p
     for head in 0..p.heads {
         let chans = head * dh..(head + 1) * dh;
         for i in 0..n {
+            // Scores four dimensions at a time (the four query values in registers, one load and store of
+            // each score per four products); the sums are the same integers in any order.
             s.fill(0);
-            for d in chans.clone() {
+            let mut d = chans.start;
+            while d + 4 <= chans.end {
+                let qv = |d: usize| i32::from(q[d * n + i]);
+                let (q0, q1, q2, q3) = (qv(d), qv(d + 1), qv(d + 2), qv(d + 3));
+                let kr = |d: usize| &k[d * n..(d + 1) * n];
+                let rows = kr(d).iter().zip(kr(d + 1)).zip(kr(d + 2)).zip(kr(d + 3));
+                for (e, (((&k0, &k1), &k2), &k3)) in s.iter_mut().zip(rows) {
+                    *e += q0 * i32::from(k0) + q1 * i32::from(k1) + q2 * i32::from(k2) + q3 * i32::from(k3);
+                }
+                d += 4;
+            }
+            for d in d..chans.end {
                 let qv = i32::from(q[d * n + i]);
                 for (e, &kv) in s.iter_mut().zip(&k[d * n..(d + 1) * n]) {
                     *e += qv * i32::from(kv);
                 }
             }
-            let mx = s.iter().copied().max().unwrap_or(0);
-            let mut sum = 0i64;
-            for e in s.iter_mut() {
-                let z = rq(i64::from(mx) - i64::from(*e), p.m_score, p.s_score).clamp(0, last as i64) as usize;
-                *e = i32::from(p.exp[z]);
-                sum += i64::from(*e);
+            let psum = softmax(s, p, last);
+            // Σ p·v: four dimensions at a time in i32 when Σ|p|·128 bounds every partial sum below 2^31 (the same
+            // integers as the i64 sums), else one at a time in i64.
+            let mut d = chans.start;
+            if psum < 1 << 23 {
+                while d + 4 <= chans.end {
+                    let vr = |d: usize| &v[d * n..(d + 1) * n];
+                    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+                    let rows = vr(d).iter().zip(vr(d + 1)).zip(vr(d + 2)).zip(vr(d + 3));
+                    for (&pj, (((&v0, &v1), &v2), &v3)) in s.iter().zip(rows) {
+                        a0 += pj * i32::from(v0);
+                        a1 += pj * i32::from(v1);
+                        a2 += pj * i32::from(v2);
+                        a3 += pj * i32::from(v3);
+                    }
+                    for (j, acc) in [a0, a1, a2, a3].into_iter().enumerate() {
+                        out[(d + j) * n + i] = i8::sat(rq_fast(i64::from(acc), p.m_out, p.s_out));
+                    }
+                    d += 4;
+                }
             }
-            let sum = sum.max(1);
-            for e in s.iter_mut() {
-                *e = ((i64::from(*e) << 15) + sum / 2).wrapping_div(sum) as i32;
-            }
-            for d in chans.clone() {
+            for d in d..chans.end {
                 let acc: i64 =
                     s.iter().zip(&v[d * n..(d + 1) * n]).map(|(&pj, &vj)| i64::from(pj) * i64::from(vj)).sum();
-                out[d * n + i] = i8::sat(rq(acc, p.m_out, p.s_out));
+                out[d * n + i] = i8::sat(rq_fast(acc, p.m_out, p.s_out));
             }
         }
     }
+}
+
+/// The scores `s` of one query into 15-bit probabilities (table-driven exponentials, rounded division by their
+/// sum); returns `Σ|p|`. Its own function: inlined, its loop state spilled.
+#[inline(never)]
+fn softmax(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
+    let mx = s.iter().copied().max().unwrap_or(0);
+    let mut sum = 0i64;
+    let z_fast = (32..64).contains(&p.s_score);
+    let round = if z_fast { (1i64 << p.s_score) >> 1 } else { 0 };
+    for e in s.iter_mut() {
+        // `rq(mx − e)`, in 32-bit halves when the difference fits in i32 (see `rq_fast`).
+        let z = match mx.checked_sub(*e) {
+            Some(dz) if z_fast => {
+                let p64 = i64::from(dz).wrapping_mul(i64::from(p.m_score)).wrapping_add(round);
+                i64::from(((p64 >> 32) as i32) >> (p.s_score - 32))
+            }
+            _ => rq_fast(i64::from(mx) - i64::from(*e), p.m_score, p.s_score),
+        };
+        *e = i32::from(p.exp[z.clamp(0, last as i64) as usize]);
+        sum += i64::from(*e);
+    }
+    let sum = sum.max(1);
+    let half = sum / 2;
+    // The same quotients in 32 bits when they fit (a 64-bit division is a library call on 32-bit cores):
+    // always for a table of non-negative 15-bit values and fewer than 2^16 tokens.
+    let (sum32, half32) = (u32::try_from(sum).ok().filter(|&s| s < 1 << 31), half as u32);
+    let mut psum = 0u64;
+    for e in s.iter_mut() {
+        *e = match (sum32, u32::try_from(*e)) {
+            (Some(s32), Ok(e32)) if e32 < 1 << 16 => ((e32 << 15) + half32) / s32,
+            _ => ((i64::from(*e) << 15) + half).wrapping_div(sum) as u32,
+        } as i32;
+        psum += u64::from(e.unsigned_abs());
+    }
+    psum
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
     if plane == 0 || taps == 0 || x.len() < g.ci * g.h * g.w || w.len() < g.co * taps || brq.len() < 3 * g.co {
         return;
     }
+    #[cfg(all(target_arch = "arm", ddpm_dsp))]
+    if out.len() >= g.co * plane && super::conv2d_dsp::qconv2d_packed(out, x, w, brq, g, pad) {
+        return;
+    }
     // Columns [xa, xb) read only inside the row.
     let xa = pl.div_ceil(s).min(g.wo);
     let xb = match (g.w + pl).checked_sub(kw) {
@@ -209,7 +213,7 @@ fn tile_any<X: QElem>(r: &Rows<'_, X>, ws: &[&[i8]; QCO], bias: [i32; QCO]) -> (
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     extern crate std;
     use super::*;
     use crate::ops::int8::tests::ints;
@@ -242,7 +246,11 @@ mod tests {
         out
     }
 
+    /// A convolution kernel with [`qconv2d`]'s signature.
+    pub(crate) type Kernel<X, Y> = fn(&mut [Y], &[X], &[i8], &[i32], &Conv2dShape, X);
+
     fn check_conv<X: QElem + core::fmt::Debug, Y: QElem + PartialEq + core::fmt::Debug + Default>(
+        kernel: Kernel<X, Y>,
         from: fn(i32) -> X,
         g: Conv2dShape,
         pad: i32,
@@ -250,41 +258,66 @@ mod tests {
         let x: Vec<X> = ints(g.ci * g.h * g.w, X::MAX, 1).map(from).collect();
         let w: Vec<i8> = ints(g.co * g.ci * g.kh * g.kw, 127, 2).map(|v| v as i8).collect();
         let b: Vec<i32> = ints(g.co, 5000, 3).collect();
-        // Multipliers that keep outputs mostly in range, some saturating.
-        let shift = 14 + (X::MAX > 127) as i32 * 7;
-        let brq: Vec<i32> = (0..g.co).flat_map(|o| [b[o], (1 << 30) + 12345 * o as i32, shift]).collect();
+        // Shifts that keep most outputs in range (|acc| ≈ √taps · X::MAX · 127 / 3), varied per channel so that
+        // some saturate and both sides of 32 bits are used.
+        let typical = ((g.ci * g.kh * g.kw) as f64).sqrt() * f64::from(X::MAX) * 42.0 / f64::from(Y::MAX);
+        let fit = 30 + typical.log2().ceil() as i32;
+        let brq: Vec<i32> =
+            (0..g.co).flat_map(|o| [b[o], (1 << 30) + 12345 * o as i32, fit + [0, -4, 3, -9, 1][o % 5]]).collect();
         let want = reference::<X, Y>(&x, &w, &brq, &g, pad);
         let pad = from(pad);
         let mut got = vec![Y::default(); g.co * g.ho * g.wo];
-        qconv2d(&mut got, &x, &w, &brq, &g, pad);
+        kernel(&mut got, &x, &w, &brq, &g, pad);
         assert_eq!(got, want, "{g:?}");
     }
 
-    fn shape(ci: usize, h: usize, w: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
+    /// Checks a kernel against the definition for every pair of element types, without and with a zero point.
+    pub(crate) fn check_kernel(
+        g: Conv2dShape,
+        k88: Kernel<i8, i8>,
+        k816: Kernel<i8, i16>,
+        k168: Kernel<i16, i8>,
+        k1616: Kernel<i16, i16>,
+    ) {
+        for pad in [0, -97] {
+            check_conv(k88, |v| v as i8, g, pad);
+            check_conv(k816, |v| v as i8, g, pad);
+            check_conv(k168, |v| v as i16, g, pad);
+            check_conv(k1616, |v| v as i16, g, pad);
+        }
+    }
+
+    pub(crate) const fn shape(
+        ci: usize,
+        h: usize,
+        w: usize,
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+    ) -> Conv2dShape {
         let ho = (h + pad[0] + pad[2] - k) / stride + 1;
         let wo = (w + pad[1] + pad[3] - k) / stride + 1;
         Conv2dShape { ci, h, w, co, kh: k, kw: k, stride, pad, ho, wo }
     }
 
+    /// Shapes every kernel is checked on.
+    pub(crate) const SHAPES: [Conv2dShape; 9] = [
+        shape(3, 7, 9, 5, 3, 1, [1; 4]),
+        shape(2, 8, 40, 6, 3, 1, [1; 4]), // wider than one column block, channels not a multiple of 4
+        shape(4, 9, 9, 4, 3, 2, [1; 4]),  // stride 2
+        shape(3, 8, 8, 3, 3, 2, [0, 0, 1, 1]), // diffusers' downsample_padding = 0
+        shape(5, 6, 6, 7, 1, 1, [0; 4]),  // 1×1 (linear layers, attention projections)
+        shape(1, 4, 4, 2, 3, 1, [2; 4]),  // padding wider than half the kernel
+        shape(2, 9, 11, 9, 3, 2, [1; 4]), // stride 2, odd sizes, a partial channel block
+        shape(3, 3, 2, 4, 3, 1, [1; 4]),  // narrower than the kernel
+        shape(2, 8, 9, 3, 7, 1, [3; 4]),  // 49 kernel positions: the padding sum without the table
+    ];
+
     #[test]
     fn qconv2d_matches_the_definition() {
-        for g in [
-            shape(3, 7, 9, 5, 3, 1, [1; 4]),
-            shape(2, 8, 40, 6, 3, 1, [1; 4]), // wider than one column block, channels not a multiple of 4
-            shape(4, 9, 9, 4, 3, 2, [1; 4]),  // stride 2
-            shape(3, 8, 8, 3, 3, 2, [0, 0, 1, 1]), // diffusers' downsample_padding = 0
-            shape(5, 6, 6, 7, 1, 1, [0; 4]),  // 1×1 (linear layers, attention projections)
-            shape(1, 4, 4, 2, 3, 1, [2; 4]),  // padding wider than half the kernel
-            shape(2, 9, 11, 9, 3, 2, [1; 4]), // stride 2, odd sizes, a partial channel block
-            shape(3, 3, 2, 4, 3, 1, [1; 4]),  // narrower than the kernel
-            shape(2, 8, 9, 3, 7, 1, [3; 4]),  // 49 kernel positions: the padding sum without the table
-        ] {
-            for pad in [0, -97] {
-                check_conv::<i8, i8>(|v| v as i8, g, pad);
-                check_conv::<i8, i16>(|v| v as i8, g, pad);
-                check_conv::<i16, i8>(|v| v as i16, g, pad);
-                check_conv::<i16, i16>(|v| v as i16, g, pad);
-            }
+        for g in SHAPES {
+            check_kernel(g, qconv2d, qconv2d, qconv2d, qconv2d);
         }
     }
 }

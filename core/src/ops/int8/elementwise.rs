@@ -1,7 +1,7 @@
 //! Integer element-wise ops: sums, requantizing copies, lookup tables, the scale-shift time embedding and the
 //! class embedding.
 
-use super::{channel_affine, rq, QMut, QRef, Src};
+use super::{channel_affine, rq, shr_small, small_shift_fits, QElem, QMut, QRef, Src};
 
 /// Scale-shift time embedding: `out[c] = x[c]·(1 + v[c]) + v[C + c]` (`x` `(c, hw)`, `v` `(2c)`), with
 /// the per-channel factors in f32 and the per-element work in fixed point.
@@ -29,18 +29,157 @@ pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f3
 #[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift and the broadcast flag
 pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift: u32, hw: usize, b_per_channel: bool) {
     let half = (1i64 << shift) >> 1;
+    let f = move |av: i32, bv: i32| (i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half) >> shift;
+    let hw = if b_per_channel { hw.max(1) } else { out.len().max(1) };
+    // The element types resolved once, not per element; with a shift of 32 or more the sum's low word is
+    // dropped first (the same floor division, cheaper on 32-bit cores).
+    let done = match (&mut *out, shift) {
+        (QMut::I8(o), 32..=63) => typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+            let p = i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half;
+            i64::from(((p >> 32) as i32) >> (shift - 32))
+        }),
+        (QMut::I16(o), 32..=63) => typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+            let p = i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half;
+            i64::from(((p >> 32) as i32) >> (shift - 32))
+        }),
+        (QMut::I8(o), _) if small_shift_fits(&[ma, mb], shift) => {
+            typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+                shr_small(i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half, shift)
+            })
+        }
+        (QMut::I16(o), _) if small_shift_fits(&[ma, mb], shift) => {
+            typed_add(o, a, b, b_per_channel, hw, move |av, bv| {
+                shr_small(i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half, shift)
+            })
+        }
+        (QMut::I8(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
+        (QMut::I16(o), _) => typed_add(o, a, b, b_per_channel, hw, f),
+    };
+    if done {
+        return;
+    }
     for i in 0..out.len() {
-        let bi = if b_per_channel { i / hw.max(1) } else { i };
-        let av = i64::from(a.get(out, i));
-        let bv = i64::from(b.get(out, bi));
-        out.set(i, (av * i64::from(ma) + bv * i64::from(mb) + half) >> shift);
+        let bi = if b_per_channel { i / hw } else { i };
+        let av = a.get(out, i);
+        let bv = b.get(out, bi);
+        out.set(i, f(av, bv));
+    }
+}
+
+/// [`qadd`] with the output typed and `b` broadcast per chunk of `hw` elements when `per_channel`; `false`
+/// (nothing written) when an operand is shorter than the output needs or a per-channel `b` is the output.
+#[inline(always)]
+fn typed_add<O: QElem>(
+    o: &mut [O],
+    a: Src<'_>,
+    b: Src<'_>,
+    per_channel: bool,
+    hw: usize,
+    f: impl Fn(i32, i32) -> i64 + Copy,
+) -> bool {
+    fn apart<O: QElem, A: QElem, B: QElem>(
+        o: &mut [O],
+        a: &[A],
+        b: &[B],
+        pc: bool,
+        hw: usize,
+        f: impl Fn(i32, i32) -> i64 + Copy,
+    ) -> bool {
+        if a.len() < o.len() || b.len() < if pc { o.len().div_ceil(hw) } else { o.len() } {
+            return false;
+        }
+        if pc {
+            for ((oc, ac), &bv) in o.chunks_mut(hw).zip(a.chunks(hw)).zip(b) {
+                for (d, &av) in oc.iter_mut().zip(ac) {
+                    *d = O::sat(f(av.get(), bv.get()));
+                }
+            }
+        } else {
+            for ((d, &av), &bv) in o.iter_mut().zip(a).zip(b) {
+                *d = O::sat(f(av.get(), bv.get()));
+            }
+        }
+        true
+    }
+    fn a_in_place<O: QElem, B: QElem>(o: &mut [O], b: &[B], pc: bool, hw: usize, f: impl Fn(i32, i32) -> i64) -> bool {
+        if b.len() < if pc { o.len().div_ceil(hw) } else { o.len() } {
+            return false;
+        }
+        if pc {
+            for (oc, &bv) in o.chunks_mut(hw).zip(b) {
+                for d in oc.iter_mut() {
+                    *d = O::sat(f(d.get(), bv.get()));
+                }
+            }
+        } else {
+            for (d, &bv) in o.iter_mut().zip(b) {
+                *d = O::sat(f(d.get(), bv.get()));
+            }
+        }
+        true
+    }
+    fn b_in_place<O: QElem, A: QElem>(o: &mut [O], a: &[A], f: impl Fn(i32, i32) -> i64) -> bool {
+        if a.len() < o.len() {
+            return false;
+        }
+        for (d, &av) in o.iter_mut().zip(a) {
+            *d = O::sat(f(av.get(), d.get()));
+        }
+        true
+    }
+    match (a, b, per_channel) {
+        (Src::Other(QRef::I8(a)), Src::Other(QRef::I8(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I8(a)), Src::Other(QRef::I16(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I16(a)), Src::Other(QRef::I8(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Other(QRef::I16(a)), Src::Other(QRef::I16(b)), pc) => apart(o, a, b, pc, hw, f),
+        (Src::Out, Src::Other(QRef::I8(b)), pc) => a_in_place(o, b, pc, hw, f),
+        (Src::Out, Src::Other(QRef::I16(b)), pc) => a_in_place(o, b, pc, hw, f),
+        (Src::Other(QRef::I8(a)), Src::Out, false) => b_in_place(o, a, f),
+        (Src::Other(QRef::I16(a)), Src::Out, false) => b_in_place(o, a, f),
+        (Src::Out, Src::Out, false) => {
+            for d in o.iter_mut() {
+                *d = O::sat(f(d.get(), d.get()));
+            }
+            true
+        }
+        _ => false,
     }
 }
 
 /// `out[at + i] = sat(rq(x[i], m, s))`: a requantizing copy (one half of a concatenation).
 pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
-    for i in 0..x.len() {
-        out.set(at + i, rq(i64::from(x.get(i)), m, s));
+    fn copy<O: QElem, X: QElem>(o: &mut [O], at: usize, x: &[X], m: i32, s: u32) -> bool {
+        let Some(o) = o.get_mut(at..at + x.len()) else { return false };
+        if (32..64).contains(&s) {
+            // `rq` with the product's low word dropped first: the same floor division, in 32-bit halves.
+            let round = (1i64 << s) >> 1;
+            for (d, &v) in o.iter_mut().zip(x) {
+                let p = i64::from(v.get()) * i64::from(m) + round;
+                *d = O::sat(i64::from(((p >> 32) as i32) >> (s - 32)));
+            }
+        } else if small_shift_fits(&[m], s) {
+            let round = (1i64 << s) >> 1;
+            for (d, &v) in o.iter_mut().zip(x) {
+                *d = O::sat(shr_small(i64::from(v.get()) * i64::from(m) + round, s));
+            }
+        } else {
+            for (d, &v) in o.iter_mut().zip(x) {
+                *d = O::sat(rq(i64::from(v.get()), m, s));
+            }
+        }
+        true
+    }
+    // The element types resolved once, not per element.
+    let done = match (&mut *out, x) {
+        (QMut::I8(o), QRef::I8(x)) => copy(o, at, x, m, s),
+        (QMut::I8(o), QRef::I16(x)) => copy(o, at, x, m, s),
+        (QMut::I16(o), QRef::I8(x)) => copy(o, at, x, m, s),
+        (QMut::I16(o), QRef::I16(x)) => copy(o, at, x, m, s),
+    };
+    if !done {
+        for i in 0..x.len() {
+            out.set(at + i, rq(i64::from(x.get(i)), m, s));
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Integer group normalisation, optionally fused with an i8 → i8 lookup table (SiLU).
 
-use super::{channel_affine, QMut, Src};
+use super::{channel_affine, QElem, QMut, QRef, Src};
 
 /// Parameters of [`qgroup_norm`].
 pub struct QNorm<'a> {
@@ -36,12 +36,7 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
     let ymax = i64::from(if p.lut.is_some() { 127 } else { out.max() });
     for g in 0..p.groups {
         let base = g * cg * hw;
-        let (mut s1, mut s2) = (0i64, 0i64);
-        for i in base..base + cg * hw {
-            let q = i64::from(x.get(out, i));
-            s1 += q;
-            s2 += q * q;
-        }
+        let (s1, s2) = sums(out, x, base..base + cg * hw);
         // n·Σq² − (Σq)² ≥ 0 exactly; mean and variance in units of the input's integer step.
         let var_n2 = i128::from(n) * i128::from(s2) - i128::from(s1) * i128::from(s1);
         let mean = (s1 as f64 / n as f64) as f32;
@@ -54,6 +49,33 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
             channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut);
         }
     }
+}
+
+/// `(Σ x, Σ x²)` over `range` (elements outside `x` read 0), the element type resolved once.
+fn sums(out: &QMut<'_>, x: Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) {
+    fn typed<X: QElem>(x: &[X], range: core::ops::Range<usize>) -> Option<(i64, i64)> {
+        let (mut s1, mut s2) = (0i64, 0i64);
+        for &v in x.get(range)? {
+            let q = i64::from(v.get());
+            s1 += q;
+            s2 += q * q;
+        }
+        Some((s1, s2))
+    }
+    let r = match x {
+        Src::Other(QRef::I8(d)) => typed(d, range.clone()),
+        Src::Other(QRef::I16(d)) => typed(d, range.clone()),
+        Src::Out => match out {
+            QMut::I8(d) => typed(d, range.clone()),
+            QMut::I16(d) => typed(d, range.clone()),
+        },
+    };
+    r.unwrap_or_else(|| {
+        range.fold((0, 0), |(s1, s2), i| {
+            let q = i64::from(x.get(out, i));
+            (s1 + q, s2 + q * q)
+        })
+    })
 }
 
 #[cfg(test)]
