@@ -136,7 +136,7 @@ fn accumulate(part: &mut [[i32; P]], w: &[i8], taps: usize, t: Range<usize>, buf
 #[inline(always)]
 fn dot(acc: [i32; P], w: &[i8], xs: &[Group]) -> [i32; P] {
     let acc = dot_groups(acc, w, xs);
-    if w.len() % 4 == 0 {
+    if w.len().is_multiple_of(4) {
         return acc;
     }
     let full = w.len() / 4;

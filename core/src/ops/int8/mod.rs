@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn rq_fast_is_rq() {
         for (i, acc) in ints(4000, 1 << 30, 9).enumerate() {
-            let acc = i64::from(acc) << (i % 3) * 7; // some past i32
+            let acc = i64::from(acc) << ((i % 3) * 7); // some past i32
             for (m, s) in [(1 << 30, 31), (1 << 30, 32), (12345, 33), (i32::MAX, 40), (1 << 20, 62), (7, 63), (3, 0)] {
                 assert_eq!(rq_fast(acc, m, s), rq(acc, m, s), "{acc} {m} {s}");
             }
