@@ -15,6 +15,20 @@ fn fixtures(model: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx").join(model)
 }
 
+/// `host-cli convert INPUT --precision P` with nothing else set, for the native conversion of a folder.
+fn native_args(input: &Path, precision: Precision) -> ddpm_convert::ConvertArgs {
+    ddpm_convert::ConvertArgs {
+        input: input.to_path_buf(),
+        precision,
+        key: None,
+        config: None,
+        scheduler: None,
+        sets: vec![],
+        scheduler_sets: vec![],
+        calibration: Calibration::default(),
+    }
+}
+
 fn npy(p: &Path) -> Vec<f32> {
     ddpm_convert::load::read_npy(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).1
 }
@@ -133,17 +147,8 @@ fn diffusers_unet_through_onnx_samples_like_the_native_conversion() {
     use ddpm_core::sampler::{Method, SampleSpec, Sampler};
     matches_pytorch("diffusers");
     let dir = fixtures("diffusers");
-    let native = ddpm_convert::convert_path(&ddpm_convert::ConvertArgs {
-        input: dir.join("unet"),
-        precision: Precision::F32,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: vec![],
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    })
-    .expect("native conversion");
+    let native =
+        ddpm_convert::convert_path(&native_args(&dir.join("unet"), Precision::F32)).expect("native conversion");
     let native = AlignedBlob::from_bytes(&native.blob);
     let spec =
         SampleSpec { method: Method::Ddim { eta: 0.0 }, steps: 10, batch: 1, seed: 3, class: None, first_image: 0 };
@@ -217,17 +222,8 @@ fn int8_calibrates_imported_programs_as_native_ones() {
         assert!(err <= 0.15 * big, "{model} int8: {err} > 0.15 x {big}");
     }
     let (onnx, big) = int8("diffusers", Calibration::default());
-    let native = ddpm_convert::convert_path(&ddpm_convert::ConvertArgs {
-        input: fixtures("diffusers").join("unet"),
-        precision: Precision::Int8,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: vec![],
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    })
-    .expect("native int8 conversion");
+    let native = ddpm_convert::convert_path(&native_args(&fixtures("diffusers").join("unet"), Precision::Int8))
+        .expect("native int8 conversion");
     let (native, _) = forward_error(&AlignedBlob::from_bytes(&native.blob), &fixtures("diffusers"));
     eprintln!("diffusers int8: through ONNX {:.3} x max|ref|, native {:.3} x", onnx / big, native / big);
     assert!(

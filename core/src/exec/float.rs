@@ -33,7 +33,23 @@ fn carve3(
     carve(bytes, [out, l, r])
 }
 
+/// An op's output and two inputs as f32 slices.
+type OutAndTwo<'x> = (&'x mut [f32], &'x [f32], &'x [f32]);
+
 impl Exec<'_, '_> {
+    /// The output of an op and its two inputs (which may be one value; both are apart from the output, as
+    /// validated), as f32 slices of the arena.
+    fn out_and_two<'x>(&self, a: &'x mut [f32], out: u32, lhs: u32, rhs: u32) -> Result<OutAndTwo<'x>, RunError> {
+        let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
+        let same = l.byte_range() == r.byte_range();
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
+        let [od, ld, rd] =
+            carve3(bytes, o.byte_range(), l.byte_range(), r.byte_range(), same).ok_or(RunError::Inconsistent)?;
+        let ld: &[f32] = cast(ld)?;
+        let rd: &[f32] = if same { ld } else { cast(rd)? };
+        Ok((cast_mut(od)?, ld, rd))
+    }
+
     /// Runs one float op on the f32 view of the arena.
     pub(super) fn run(&self, a: &mut [f32], op: &Op) -> Result<(), RunError> {
         let bad = RunError::Inconsistent;
@@ -271,22 +287,9 @@ impl Exec<'_, '_> {
                 ops::permute(od, xd, dims.map(|d| d as usize), p);
             }
             Op::MatMul { out, a: lhs, b: rhs, batch, m, k, n, shared, trans_b } => {
-                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
-                let g = ops::MatMulShape {
-                    batch: batch as usize,
-                    m: m as usize,
-                    k: k as usize,
-                    n: n as usize,
-                    a_shared: shared & 1 != 0,
-                    b_shared: shared & 2 != 0,
-                    trans_b,
-                };
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
-                let same = l.byte_range() == r.byte_range();
-                let [od, ld, rd] = carve3(bytes, o.byte_range(), l.byte_range(), r.byte_range(), same).ok_or(bad)?;
-                let ld: &[f32] = cast(ld)?;
-                let rd: &[f32] = if same { ld } else { cast(rd)? };
-                ops::matmul(cast_mut(od)?, ld, rd, &g);
+                let g = ops::MatMulShape::of_op(batch, m, k, n, shared, trans_b);
+                let (od, ld, rd) = self.out_and_two(a, out, lhs, rhs)?;
+                ops::matmul(od, ld, rd, &g);
             }
             Op::Softmax { out, x, outer, n, inner } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
@@ -306,14 +309,9 @@ impl Exec<'_, '_> {
                 ops::slice_axis(od, xd, outer, n, inner, start, step, count);
             }
             Op::ConcatAxis { out, a: lhs, b: rhs, outer, na, nb, inner } => {
-                let (o, l, r) = (self.value(out)?, self.value(lhs)?, self.value(rhs)?);
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
-                let same = l.byte_range() == r.byte_range();
-                let [od, ld, rd] = carve3(bytes, o.byte_range(), l.byte_range(), r.byte_range(), same).ok_or(bad)?;
-                let ld: &[f32] = cast(ld)?;
-                let rd: &[f32] = if same { ld } else { cast(rd)? };
+                let (od, ld, rd) = self.out_and_two(a, out, lhs, rhs)?;
                 let [outer, na, nb, inner] = [outer, na, nb, inner].map(|d| d as usize);
-                ops::concat_axis(cast_mut(od)?, ld, rd, outer, na, nb, inner);
+                ops::concat_axis(od, ld, rd, outer, na, nb, inner);
             }
             Op::Constant { out, t } => {
                 let o = self.value(out)?;

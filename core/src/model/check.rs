@@ -303,15 +303,7 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
         }
         Op::MatMul { out, a, b, batch, m: rows, k, n, shared, trans_b } => {
             let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
-            let g = crate::ops::MatMulShape {
-                batch: batch as usize,
-                m: rows as usize,
-                k: k as usize,
-                n: n as usize,
-                a_shared: shared & 1 != 0,
-                b_shared: shared & 2 != 0,
-                trans_b,
-            };
+            let g = crate::ops::MatMulShape::of_op(batch, rows, k, n, shared, trans_b);
             ok(
                 shared < 4
                     && g.out_len() == Some(o.numel())

@@ -24,6 +24,12 @@ pub struct MatMulShape {
 }
 
 impl MatMulShape {
+    /// The shape a `MatMul` op's operands state (`shared`: bit 0 for `a`, bit 1 for `b`).
+    pub fn of_op(batch: u32, m: u32, k: u32, n: u32, shared: u32, trans_b: bool) -> Self {
+        let [batch, m, k, n] = [batch, m, k, n].map(|d| d as usize);
+        MatMulShape { batch, m, k, n, a_shared: shared & 1 != 0, b_shared: shared & 2 != 0, trans_b }
+    }
+
     /// Elements of `a`.
     pub fn a_len(&self) -> Option<usize> {
         let one = self.m.checked_mul(self.k)?;

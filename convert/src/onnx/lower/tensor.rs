@@ -10,7 +10,7 @@
 use ddpm_core::ops::{BinaryFn, PadMode, PoolFn, ReduceFn, ResizeCoord, ResizeSample, PERMUTE_DIMS};
 use ddpm_core::program::Op;
 
-use super::{attr_f, attr_i, attr_ints, attr_s, chw, collapse, norm_eps, Lower, Sym};
+use super::{attr_f, attr_i, attr_ints, attr_s, collapse, norm_eps, Lower, Sym};
 use crate::error::{Context, Result};
 use crate::onnx::arr::{self, Arr};
 use crate::onnx::read::Node;
@@ -519,8 +519,6 @@ impl Lower<'_> {
         }
         let (gamma, beta) = self.channel_params(n, c, groups)?;
         let eps = norm_eps(n)?;
-        let (cc, _, _) = chw(&s)?;
-        debug_assert_eq!(cc, c);
         let gt = self.g.tensor(&format!("{}.scale", n.name), vec![c], gamma);
         let bt = self.g.tensor(&format!("{}.bias", n.name), vec![c], beta);
         let o = self.new_value(&s)?;
@@ -789,8 +787,8 @@ impl Lower<'_> {
                 other => refuse!(n, "attribute mode={other}"),
             }
         };
-        let (p, _) = self.permuted(v, &view, &perm)?;
-        let (o, to) = self.reshaped(p, &perm.iter().map(|&i| view[i]).collect::<Vec<_>>(), to)?;
+        let (p, permuted) = self.permuted(v, &view, &perm)?;
+        let (o, to) = self.reshaped(p, &permuted, to)?;
         self.define(n, o, to);
         Ok(())
     }
