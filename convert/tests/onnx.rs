@@ -110,6 +110,20 @@ fn class_conditional_tutorial_unet_matches_pytorch() {
     assert_ne!(a, b, "the class label changes nothing");
     assert!(m.forward(&mut arena, &x, 500.0, None, &mut b).is_err(), "a missing label ran");
     assert!(m.forward(&mut arena, &x, 500.0, Some(10), &mut b).is_err(), "label 10 of 10 classes ran");
+    // A class count for a graph without labels is a mistake, not something to ignore.
+    let mut options = serde_json::Map::new();
+    options.insert("num_classes".into(), 10.into());
+    let e = convert_onnx(OnnxRequest {
+        model: read_onnx(&fixtures("tutorial").join("legacy.onnx")).unwrap(),
+        options,
+        scheduler: None,
+        scheduler_overrides: Default::default(),
+        precision: Precision::F32,
+        calibration: Calibration::default(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no class-label input"), "{e}");
 }
 
 /// lucidrains' `Unet`: RMSNorm as `ReduceL2`/`Clip`/`Div`, attention as `Einsum`/`Softmax`, memory key/values

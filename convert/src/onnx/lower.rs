@@ -1214,6 +1214,9 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         notes.push(format!("class-label input {} ({k} classes)", ci.name));
         class_input = Some((ci.name.clone(), vec![1; ci.dims.len()], k));
     }
+    if class_input.is_none() && opts.num_classes.is_some() {
+        bail!(Config, "num_classes is set, but the graph takes no class-label input");
+    }
     let mut l = Lower {
         m,
         opts,

@@ -185,10 +185,9 @@ impl Builder<'_> {
                 self.site_of.insert(o, Site::Out(i));
                 self.define(out, o, None);
             }
-            Op::Affine { out, x, .. } if cur(self, x).is_some_and(|q| self.info(q).dtype != DType::F32) => {
-                // A reshape or affine map of a quantized value runs in f32 like the ops without int8 kernels.
-                self.float_op(i, op)?;
-                let _ = out;
+            // A reshape or affine map of a quantized value runs in f32 like the ops without int8 kernels.
+            Op::Affine { x, .. } if cur(self, x).is_some_and(|q| self.info(q).dtype != DType::F32) => {
+                self.float_op(i, op)?
             }
             Op::Affine { out, x, mul, add } => {
                 let xq = cur(self, x).ok_or_else(|| err!(Quantize, "internal: value {x} unset"))?;
