@@ -319,13 +319,13 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     # --- accuracy: one seeded random input, timestep 500 ---------------------------------
     c, h, w = cfg["in_channels"], cfg["sample_size"], cfg["sample_size"]
     x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(99))
-    np.save(tmp / "x.npy", x.numpy().astype(np.float32))
+    np.save(tmp / f"{name}_x.npy", x.numpy().astype(np.float32))
     ref = torch_forward(model, x).numpy().astype(np.float64)
     ref16 = torch_forward(f16_rounded_copy(model, cfg), x).numpy().astype(np.float64)
     errs = {}
     for prec, blob in blobs.items():
         out = tmp / f"y_{prec}.npy"
-        run([binary, "--threads", args.threads, "forward", blob, "--input", tmp / "x.npy",
+        run([binary, "--threads", args.threads, "forward", blob, "--input", tmp / f"{name}_x.npy",
              "--timestep", TIMESTEP, "-o", out] + (["--exact"] if args.exact else []))
         y = np.load(out)
         if y.shape != ref.shape:
@@ -381,6 +381,9 @@ def main():
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release -p host-cli")
     ap.add_argument("--exact", action="store_true", help="time host-cli's portable kernels (bench --exact)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="write the models, blobs and ONNX files to this folder and keep them (default: a "
+                         "temporary folder)")
     args = ap.parse_args()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for n in names:
@@ -412,9 +415,13 @@ def main():
 
     results = []
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-") as tmp:
+        work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            work = args.keep
         for n in names:
             cfg, default_iters = MODELS[n]
-            results.append(bench_model(n, cfg, default_iters, args, args.bin, Path(tmp)))
+            results.append(bench_model(n, cfg, default_iters, args, args.bin, work))
 
     log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, onnxruntime {ort.__version__}, "
         f"CPU {cpu_model()}, {args.threads} thread(s), batch 1, timestep {TIMESTEP}, "

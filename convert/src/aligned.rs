@@ -16,10 +16,23 @@ impl AlignedBlob {
         AlignedBlob { words, len: bytes.len() }
     }
 
-    /// Reads a blob file.
+    /// Reads a blob file straight into aligned memory (one copy of the blob in memory, not two).
     pub fn read(path: &std::path::Path) -> crate::Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| crate::ConvertError::io(path, e))?;
-        Ok(Self::from_bytes(&bytes))
+        Self::read_file(path).map_err(|e| crate::ConvertError::io(path, e))
+    }
+
+    fn read_file(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "file too large for memory"))?;
+        let mut words = vec![0u128; len.div_ceil(16)];
+        file.read_exact(&mut bytemuck::cast_slice_mut::<u128, u8>(&mut words)[..len])?;
+        // A file that grew while being read is read again by the caller, not truncated silently.
+        if file.read(&mut [0u8; 1])? != 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file changed while being read"));
+        }
+        Ok(AlignedBlob { words, len })
     }
 
     /// The blob's bytes.

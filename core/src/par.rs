@@ -12,7 +12,12 @@ where
     #[cfg(feature = "std")]
     {
         use rayon::prelude::*;
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        // One chunk, or one thread: a plain loop, without handing the work to the pool and back.
+        if data.len() <= chunk || rayon::current_num_threads() == 1 {
+            data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        } else {
+            data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        }
     }
     #[cfg(not(feature = "std"))]
     {

@@ -74,7 +74,8 @@ fn cpu_bench(
     let mut y = vec![0f32; m.out_channels() * m.height() * m.width()];
     let class = (m.num_classes() > 0).then_some(0);
     let mut times = Vec::new();
-    let mut per_kind: BTreeMap<&str, f64> = BTreeMap::new();
+    // Per op kind: milliseconds and floating-point operations, summed over the timed forwards.
+    let mut per_kind: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for i in 0..warmup + iters.max(1) {
         let timed = i >= warmup;
         let t0 = Instant::now();
@@ -83,7 +84,9 @@ fn cpu_bench(
             let mut after = |_: usize, op: &ddpm_core::program::Op| {
                 if per_op && timed {
                     let now = Instant::now();
-                    *per_kind.entry(op.name()).or_default() += (now - last).as_secs_f64() * 1e3;
+                    let e = per_kind.entry(op.name()).or_default();
+                    e.0 += (now - last).as_secs_f64() * 1e3;
+                    e.1 += m.op_flops(op) as f64;
                     last = now;
                 }
             };
@@ -94,9 +97,13 @@ fn cpu_bench(
         }
     }
     let mut kinds: Vec<_> = per_kind.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (name, ms) in kinds {
-        println!("  {name:<14} {:9.3} ms per forward", ms / (iters.max(1) as f64 * f64::from(batch)));
+    kinds.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    let total_ms: f64 = kinds.iter().map(|k| k.1 .0).sum();
+    let forwards = iters.max(1) as f64 * f64::from(batch);
+    for (name, (ms, flops)) in kinds {
+        let share = 100.0 * ms / total_ms.max(f64::MIN_POSITIVE);
+        let gflops = if flops > 0.0 && ms > 0.0 { format!("{:8.2} GFLOP/s", flops / ms / 1e6) } else { String::new() };
+        println!("  {name:<14} {:9.3} ms per forward {share:5.1} % {gflops}", ms / forwards);
     }
     let sample_s = match sample {
         Some(spec) => {

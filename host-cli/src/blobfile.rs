@@ -7,10 +7,10 @@ use anyhow::{anyhow, Context, Result};
 
 pub use ddpm_convert::aligned::{arena, AlignedBlob};
 
-/// Reads a blob file into aligned memory.
+/// Reads a blob file straight into aligned memory.
 pub fn read(path: &Path) -> Result<AlignedBlob> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(AlignedBlob::from_bytes(&bytes))
+    // The error names the path: "cannot read PATH: reason".
+    AlignedBlob::read(path).map_err(|e| anyhow!("cannot read {e}"))
 }
 
 /// The model `sample` and `inspect` use when none is named: the MNIST DDPM shipped in `weights/mnist/`

@@ -328,12 +328,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = cli.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the thread pool")?;
+        pool = pool.num_threads(n);
     }
+    // The command runs on one of the pool's threads, so each op's parallel loop starts there instead of being
+    // handed to the pool from outside and waited for.
+    pool.build().context("cannot start the thread pool")?.install(|| run_command(cli))
+}
+
+fn run_command(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Convert {
             input,

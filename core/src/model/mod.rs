@@ -457,6 +457,11 @@ impl<'a> Model<'a> {
 
     /// Floating-point operations of one forward pass at batch 1 (a multiply-add counts 2).
     pub fn flops(&self) -> u64 {
-        self.ops().map(|op| check::flops(self, &op)).sum()
+        self.ops().map(|op| self.op_flops(&op)).sum()
+    }
+
+    /// Floating-point operations of one op of this model at batch 1 (a multiply-add counts 2).
+    pub fn op_flops(&self, op: &Op) -> u64 {
+        check::flops(self, op)
     }
 }

@@ -18,8 +18,11 @@
 //! order, whatever the tile, the vector width or the thread count: AVX-512 and AVX2 give the same bits, and so do
 //! 1 and N threads. It differs from the portable kernel (separate multiply and add) by rounding only.
 //!
-//! Scratch beyond the arena: per worker thread, one block of packed weights, `mr × ci·kh·kw` f32 (at most
-//! 8 × 4,608 floats, 144 KiB, for 512 input channels and a 3×3 kernel), kept in a thread-local buffer and reused.
+//! The weights are read where they lie, one row per output channel (no packing: at batch 1 each weight is used
+//! for only a few hundred pixels, and repacking them cost a tenth of a forward). Scratch beyond the arena: per
+//! worker thread, for f16 weights and for the last, short block of channels, the block's rows widened to f32,
+//! `mr × ci·kh·kw` floats (at most 8 × 4,608, 144 KiB, for 512 input channels and a 3×3 kernel), kept in a
+//! thread-local buffer and reused.
 #![allow(unsafe_code)]
 
 use core::arch::x86_64::*;
@@ -36,13 +39,29 @@ pub(crate) struct Kernel {
     mr: usize,
     /// Output pixels per tile (a whole number of vectors).
     np: usize,
-    /// `run(x, a, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k a[k·ks + r·rsb]·x[taps.at(k) + j]`, one
-    /// fused multiply-add per `k`, ascending (`ks`, `rsb`: `taps`' layout of the broadcast operand).
-    ///
-    /// # Safety
-    /// The CPU has the kernel's instruction set; `x[taps.max_offset() + np − 1]`, `a[taps.max_a(mr)]`,
-    /// `bias[mr − 1]` and `acc[mr·np − 1]` are in bounds.
-    run: unsafe fn(*const f32, *const f32, &Taps, *const f32, *mut f32),
+    /// Entry points for any kernel width, for `kw = 1` and for `kw = 3` (the taps of a row unrolled); see
+    /// [`Kernel::entry`].
+    run: [TileFn; 3],
+}
+
+/// `run(x, a, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k a[k·ks + r·rsb]·x[taps.at(k) + j]`, one fused
+/// multiply-add per `k`, ascending (`ks`, `rsb`: `taps`' layout of the broadcast operand).
+///
+/// # Safety
+/// The CPU has the kernel's instruction set; the entry point is [`Kernel::entry`]`(taps.kw)`;
+/// `x[taps.max_offset() + np − 1]`, `a[taps.max_a(mr)]`, `bias[mr − 1]` and `acc[mr·np − 1]` are in bounds.
+type TileFn = unsafe fn(*const f32, *const f32, &Taps, *const f32, *mut f32);
+
+impl Kernel {
+    /// The entry point for taps `kw` wide. The unrolled ones keep the loads of a row at fixed offsets from one
+    /// pointer: the loop over a 3×3 kernel's columns costs about as much as its multiply-adds otherwise.
+    fn entry(&self, kw: usize) -> TileFn {
+        match kw {
+            1 => self.run[1],
+            3 => self.run[2],
+            _ => self.run[0],
+        }
+    }
 }
 
 /// The reduction of one tile: taps `k = (c, ky, kx)` reading the vector operand at offsets `c·plane + ky·rs + kx`
@@ -76,11 +95,16 @@ impl Taps {
 }
 
 /// AVX-512F: 8 channels × 48 pixels, 24 accumulators of the 32 vector registers.
-const AVX512: Kernel = Kernel { mr: 8, np: 48, run: conv_tile_avx512::<8, 3> };
+const AVX512: Kernel = Kernel { mr: 8, np: 48, run: avx512_entries::<8, 3>() };
 /// AVX2 + FMA: 6 channels × 16 pixels, 12 accumulators of the 16 vector registers.
-const AVX2: Kernel = Kernel { mr: 6, np: 16, run: conv_tile_avx2::<6, 2> };
+const AVX2: Kernel =
+    Kernel { mr: 6, np: 16, run: [conv_tile_avx2::<6, 2, 0>, conv_tile_avx2::<6, 2, 1>, conv_tile_avx2::<6, 2, 3>] };
 /// AVX-512F with one vector of pixels, for feature maps too small for [`AVX512`]'s tile.
-const AVX512_NARROW: Kernel = Kernel { mr: 8, np: 16, run: conv_tile_avx512::<8, 1> };
+const AVX512_NARROW: Kernel = Kernel { mr: 8, np: 16, run: avx512_entries::<8, 1>() };
+
+const fn avx512_entries<const MR: usize, const NV: usize>() -> [TileFn; 3] {
+    [conv_tile_avx512::<MR, NV, 0>, conv_tile_avx512::<MR, NV, 1>, conv_tile_avx512::<MR, NV, 3>]
+}
 
 /// The tile buffers of `conv2d_with` hold any kernel's tile.
 const MAX_MR: usize = 8;
@@ -100,9 +124,9 @@ pub(crate) fn conv_kernels() -> &'static [Kernel] {
 }
 
 thread_local! {
-    /// The packed weight block of the tile this thread computes (see the module comment for its size).
-    /// With one weight row widened to f32 (`ci·kh·kw` floats).
-    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The weight rows of the block of output channels this thread computes, widened to f32, where they are not
+    /// f32 in the blob or the block is the last, short one (see the module comment for its size).
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`super::conv2d`] with a microkernel; returns `false`, having written nothing, where none applies (stride
@@ -140,8 +164,9 @@ pub(crate) fn conv2d_with<W: Weight>(
     g: &Conv2dShape,
 ) -> bool {
     let (ci, hp, rs) = g.scratch_shape();
-    let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs, ks: k.mr, rsb: 1 };
-    let ksize = taps.len();
+    let ksize = ci * g.kh * g.kw;
+    // The weights are read as they are stored, one row of `ksize` per output channel.
+    let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs, ks: 1, rsb: ksize };
     let (s, plane, pixels) = (g.stride, g.ho * g.wo, grid_pixels(g));
     // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
     let in_bounds = pixels.checked_add(taps.max_offset()).is_some_and(|end| end <= xp.len());
@@ -160,20 +185,23 @@ pub(crate) fn conv2d_with<W: Weight>(
     let per_row = (s * (g.wo - 1) + 1).div_ceil(k.np);
     let tiles = if s == 1 { pixels.div_ceil(k.np) } else { g.ho * per_row };
     let out = &mut out[..g.co * plane];
+    let run = k.entry(taps.kw);
     par::for_each_chunk(out, k.mr * plane, |blk, o| {
         let nco = o.len() / plane;
         let co0 = blk * k.mr;
-        PACKED.with_borrow_mut(|(wp, wrow)| {
-            // wp[i·mr + r] = w[co0 + r][i]; rows past the last channel are zero and their results dropped.
-            wp.clear();
-            wp.resize(ksize * k.mr, 0.0);
-            wrow.resize(ksize, 0.0);
-            for r in 0..nco {
-                W::widen(&w[(co0 + r) * ksize..][..ksize], wrow);
-                for (i, v) in wrow.iter().enumerate() {
-                    wp[i * k.mr + r] = *v;
+        ROWS.with_borrow_mut(|buf| {
+            // Rows co0 .. co0 + mr: in place where they are f32 and all there; else widened into this thread's
+            // buffer, the rows past the last channel zero (their results are dropped).
+            let rows = &w[co0 * ksize..(co0 + nco) * ksize];
+            let wp: &[f32] = match W::as_f32(rows) {
+                Some(rows) if nco == k.mr => rows,
+                _ => {
+                    buf.clear();
+                    buf.resize(ksize * k.mr, 0.0);
+                    W::widen(rows, &mut buf[..nco * ksize]);
+                    buf
                 }
-            }
+            };
             let mut bias = [0f32; MAX_MR];
             bias[..nco].copy_from_slice(&b[co0..co0 + nco]);
             let mut acc = [0f32; MAX_MR * MAX_NP];
@@ -185,16 +213,31 @@ pub(crate) fn conv2d_with<W: Weight>(
                 let p0 = start.min(pixels - k.np);
                 // SAFETY: `conv_kernels` returned `k` only on a CPU with its instruction set. Reads of x reach
                 // `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xp.len()` (checked above); wp holds
-                // `ksize·mr` floats (`max_a(mr) = ksize·mr − 1`), bias MAX_MR ≥ mr, acc `mr·np`.
-                unsafe { (k.run)(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
+                // `mr` rows of `ksize` floats (`max_a(mr) = ksize − 1 + (mr − 1)·ksize`), bias MAX_MR ≥ mr,
+                // acc `mr·np`.
+                unsafe { run(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
+                // Where each position of the tile lands in the output plane, worked out once per tile by
+                // stepping along the padded rows (no division per element).
+                let mut land = [usize::MAX; MAX_NP];
+                let (mut y, mut x) = (p0 / rs, p0 % rs);
+                for l in land.iter_mut().take(k.np) {
+                    if s == 1 {
+                        if x < g.wo {
+                            *l = y * g.wo + x;
+                        }
+                    } else if y % s == 0 && x % s == 0 && y / s < g.ho && x / s < g.wo {
+                        *l = (y / s) * g.wo + x / s;
+                    }
+                    x += 1;
+                    if x == rs {
+                        (y, x) = (y + 1, 0);
+                    }
+                }
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let dst = &mut o[r * plane..][..plane];
-                    for (j, v) in row.iter().enumerate() {
-                        let p = p0 + j;
-                        let (y, x) = (p / rs, p % rs);
-                        let (oy, ox) = (y / s, x / s);
-                        if y % s == 0 && x % s == 0 && oy < g.ho && ox < g.wo {
-                            dst[oy * g.wo + ox] = *v;
+                    for (v, &l) in row.iter().zip(&land) {
+                        if let Some(d) = dst.get_mut(l) {
+                            *d = *v;
                         }
                     }
                 }
@@ -204,12 +247,12 @@ pub(crate) fn conv2d_with<W: Weight>(
     true
 }
 
-/// See [`Kernel::run`]; `NV` vectors of 16 pixels.
+/// See [`TileFn`]; `NV` vectors of 16 pixels; taps `KW` wide (`0`: `t.kw`).
 ///
 /// # Safety
-/// As [`Kernel::run`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F.
+/// As [`TileFn`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
+unsafe fn conv_tile_avx512<const MR: usize, const NV: usize, const KW: usize>(
     x: *const f32,
     wp: *const f32,
     t: &Taps,
@@ -223,12 +266,14 @@ unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
         for (r, a) in acc.iter_mut().enumerate() {
             *a = [_mm512_set1_ps(*bias.add(r)); NV];
         }
+        // `entry` picked this body for `t.kw` (KW = 0 serves any width).
+        let kw = if KW == 0 { t.kw } else { KW };
         let mut wk = wp;
         for c in 0..t.ci {
             let xc = x.add(c * t.plane);
             for ky in 0..t.kh {
                 let xr = xc.add(ky * t.rs);
-                for kx in 0..t.kw {
+                for kx in 0..kw {
                     let xk = xr.add(kx);
                     let mut xv = [_mm512_setzero_ps(); NV];
                     for (j, v) in xv.iter_mut().enumerate() {
@@ -252,12 +297,12 @@ unsafe fn conv_tile_avx512<const MR: usize, const NV: usize>(
     }
 }
 
-/// See [`Kernel::run`]; `NV` vectors of 8 pixels.
+/// See [`TileFn`]; `NV` vectors of 8 pixels; taps `KW` wide (`0`: `t.kw`).
 ///
 /// # Safety
-/// As [`Kernel::run`], with `mr = MR`, `np = 8·NV`, on a CPU with AVX2 and FMA.
+/// As [`TileFn`], with `mr = MR`, `np = 8·NV`, on a CPU with AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_tile_avx2<const MR: usize, const NV: usize>(
+unsafe fn conv_tile_avx2<const MR: usize, const NV: usize, const KW: usize>(
     x: *const f32,
     wp: *const f32,
     t: &Taps,
@@ -270,12 +315,14 @@ unsafe fn conv_tile_avx2<const MR: usize, const NV: usize>(
         for (r, a) in acc.iter_mut().enumerate() {
             *a = [_mm256_set1_ps(*bias.add(r)); NV];
         }
+        // `entry` picked this body for `t.kw` (KW = 0 serves any width).
+        let kw = if KW == 0 { t.kw } else { KW };
         let mut wk = wp;
         for c in 0..t.ci {
             let xc = x.add(c * t.plane);
             for ky in 0..t.kh {
                 let xr = xc.add(ky * t.rs);
-                for kx in 0..t.kw {
+                for kx in 0..kw {
                     let xk = xr.add(kx);
                     let mut xv = [_mm256_setzero_ps(); NV];
                     for (j, v) in xv.iter_mut().enumerate() {
@@ -359,7 +406,7 @@ impl Product<'_> {
                 // `(base + mr − 1)·rsb + max_a(1) ≤ (m − 1)·rsb + max_a(1) < a.len()` (`fits`); bias and acc as
                 // sized here.
                 unsafe {
-                    (k.run)(
+                    k.entry(taps.kw)(
                         self.b[j0..].as_ptr(),
                         self.a[base * self.rsb..].as_ptr(),
                         &taps,

@@ -70,10 +70,19 @@ pub trait Weight: Copy + Send + Sync + 'static {
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
     }
+    /// The weights as `f32` in place, where they are stored as `f32`.
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
 }
 
 impl Weight for f32 {
     const CONVERTS: bool = false;
+
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        Some(src)
+    }
 
     #[inline(always)]
     fn to_f32(self) -> f32 {
