@@ -196,12 +196,18 @@ pub(crate) fn conv2d_with<W: Weight>(
             let wp: &[f32] = match W::as_f32(rows) {
                 Some(rows) if nco == k.mr => rows,
                 _ => {
-                    buf.clear();
                     buf.resize(ksize * k.mr, 0.0);
-                    W::widen(rows, &mut buf[..nco * ksize]);
+                    widen(rows, &mut buf[..nco * ksize]);
+                    buf[nco * ksize..].fill(0.0);
                     buf
                 }
             };
+            if W::CONVERTS {
+                // The next block's rows, fetched towards L2 while this block computes, so that widening them
+                // does not wait on memory.
+                let next = w.get((co0 + k.mr) * ksize..).unwrap_or(&[]);
+                prefetch_l2(&next[..next.len().min(k.mr * ksize)]);
+            }
             let mut bias = [0f32; MAX_MR];
             bias[..nco].copy_from_slice(&b[co0..co0 + nco]);
             let mut acc = [0f32; MAX_MR * MAX_NP];
@@ -530,6 +536,62 @@ pub(crate) fn attention<W: Weight>(
     })
 }
 
+/// `dst[i] = src[i]` as f32 for the common length: f16 with AVX-512F's or F16C's conversion, 16 or 8 at a time
+/// (exact, like every f16 → f32 conversion), anything else by [`Weight::widen`].
+fn widen<W: Weight>(src: &[W], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let (src, dst) = (&src[..n], &mut dst[..n]);
+    let Some(h) = W::as_f16(src) else { return W::widen(src, dst) };
+    let done = if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the function reads `h` and writes `dst` within their common length.
+        unsafe { widen_f16_avx512(h, dst) }
+    } else if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX; as above.
+        unsafe { widen_f16_f16c(h, dst) }
+    } else {
+        0
+    };
+    W::widen(&src[done..], &mut dst[done..]);
+}
+
+/// Asks for the cache lines of `v` to be brought towards L2 (a hint: no effect on any result).
+fn prefetch_l2<T>(v: &[T]) {
+    let bytes = core::mem::size_of_val(v);
+    let p = v.as_ptr().cast::<i8>();
+    for off in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch reads nothing architecturally and never faults; the address is inside `v`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
+    }
+}
+
+/// Widens the leading multiple of 16 of `h` into `dst` (same length); returns how many it did.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_f16_avx512(h: &[half::f16], dst: &mut [f32]) -> usize {
+    let n = h.len().min(dst.len()) / 16 * 16;
+    for (s, d) in h[..n].chunks_exact(16).zip(dst[..n].chunks_exact_mut(16)) {
+        // SAFETY: `s` holds 16 f16 (32 bytes), `d` 16 f32 (64 bytes); unaligned load and store.
+        unsafe { _mm512_storeu_ps(d.as_mut_ptr(), _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().cast()))) };
+    }
+    n
+}
+
+/// Widens the leading multiple of 8 of `h` into `dst` (same length); returns how many it did.
+///
+/// # Safety
+/// The CPU has F16C and AVX.
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16_f16c(h: &[half::f16], dst: &mut [f32]) -> usize {
+    let n = h.len().min(dst.len()) / 8 * 8;
+    for (s, d) in h[..n].chunks_exact(8).zip(dst[..n].chunks_exact_mut(8)) {
+        // SAFETY: `s` holds 8 f16 (16 bytes), `d` 8 f32 (32 bytes); unaligned load and store.
+        unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast()))) };
+    }
+    n
+}
+
 /// Runs `f` on the first `len` weights widened to f32, in a buffer of the calling thread.
 fn with_f32<W: Weight>(w: &[W], len: usize, f: impl FnOnce(&[f32]) -> bool) -> bool {
     thread_local! {
@@ -539,7 +601,7 @@ fn with_f32<W: Weight>(w: &[W], len: usize, f: impl FnOnce(&[f32]) -> bool) -> b
     WIDE.with_borrow_mut(|buf| {
         let len = len.min(w.len());
         buf.resize(len, 0.0);
-        W::widen(&w[..len], buf);
+        widen(&w[..len], buf);
         f(buf)
     })
 }
@@ -612,7 +674,7 @@ unsafe fn softmax_columns_avx2(sc: &mut [f32], np: usize, scale: f32) {
 fn linear_row<W: Weight>(out: &mut [f32], x: &[f32], w: &[W], b: &[f32], i: usize, oc0: usize, row: &mut Vec<f32>) {
     row.resize(i, 0.0);
     for (k, o) in out.iter_mut().enumerate() {
-        W::widen(&w[(oc0 + k) * i..][..i], row);
+        widen(&w[(oc0 + k) * i..][..i], row);
         let mut acc = [0f32; 16];
         let mut wc = row.chunks_exact(16);
         let mut xc = x.chunks_exact(16);

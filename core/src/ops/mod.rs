@@ -75,6 +75,11 @@ pub trait Weight: Copy + Send + Sync + 'static {
         let _ = src;
         None
     }
+    /// The weights as `f16`, where they are stored as `f16`.
+    fn as_f16(src: &[Self]) -> Option<&[half::f16]> {
+        let _ = src;
+        None
+    }
 }
 
 impl Weight for f32 {
@@ -101,5 +106,9 @@ impl Weight for half::f16 {
     fn widen(src: &[Self], dst: &mut [f32]) {
         let n = src.len().min(dst.len());
         half::slice::HalfFloatSliceExt::convert_to_f32_slice(&src[..n], &mut dst[..n]);
+    }
+
+    fn as_f16(src: &[Self]) -> Option<&[half::f16]> {
+        Some(src)
     }
 }
