@@ -317,6 +317,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`| head`) ends this one quietly, as for other command-line
+    // tools, instead of a panic on the failed write.
+    sigpipe::reset();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

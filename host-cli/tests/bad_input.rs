@@ -185,3 +185,25 @@ fn bad_blobs_and_bad_forward_arguments() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Output into a pipe that closes early (`host-cli … | head -1`) ends the run without a panic message.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let model = fixtures().join("../../weights/mnist/mnist-f32.blob");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host-cli"))
+        .args(["--threads", "1", "bench", model.to_str().unwrap(), "--iters", "2", "--warmup", "0", "--per-op"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start host-cli");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    // The reader is dropped here: every later write of the child meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty(), "no output at all: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
