@@ -15,8 +15,9 @@ fn trainer_checkpoint_converts_with_the_ema_weights_and_samples() {
     assert!(err.contains("using the EMA weights"), "{err}");
     assert!(err.contains("assuming GaussianDiffusion's default pred_v (v_prediction)"), "{err}");
     assert!(err.contains("250 trained betas"), "{err}");
-    let npy = tmp.path().join("x.npy");
-    host_cli_ok(&["sample", blob.to_str().unwrap(), "-n", "1", "--steps", "5", "--npy", npy.to_str().unwrap()]);
+    let (npy, png) = (tmp.path().join("x.npy"), tmp.path().join("x.png"));
+    let (npy_s, png_s) = (npy.to_str().unwrap(), png.to_str().unwrap());
+    host_cli_ok(&["sample", blob.to_str().unwrap(), "-n", "1", "--steps", "5", "--npy", npy_s, "-o", png_s]);
     let (shape, x) = common::read_npy(&npy);
     assert_eq!(shape, [1, 3, 8, 8]);
     assert!(x.iter().all(|v| v.is_finite()), "non-finite sample");
