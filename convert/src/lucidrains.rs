@@ -33,6 +33,12 @@ use crate::{bail, err, Converted};
 const ONNX_HINT: &str = "any variant converts through ONNX: torch.onnx.export(unet, (x, t), \"model.onnx\") \
                          where it was trained, then `host-cli convert model.onnx`";
 
+/// Most resolution levels a Unet may have (each halves the sample size).
+const MAX_LEVELS: usize = 16;
+
+/// Most entries of a tabulated timestep embedding (timesteps × features): 256 MiB of f32.
+const MAX_TABLE: usize = 1 << 26;
+
 /// The `--set` options of this family.
 const OPTIONS: &str = "objective (pred_v, pred_noise, pred_x0), sample_size (N or [H, W]), sinusoidal_pos_emb_theta";
 
@@ -204,7 +210,7 @@ fn stored_schedule(buffers: &BTreeMap<String, Tensor>, notes: &mut Vec<String>) 
         let mut prod = 1.0f64;
         for (i, (&b, &a)) in betas.data.iter().zip(&ac.data).enumerate() {
             prod *= 1.0 - b as f64;
-            if (prod - a as f64).abs() > 1e-6 + 1e-4 * (a as f64).abs() {
+            if !((prod - a as f64).abs() <= 1e-6 + 1e-4 * (a as f64).abs()) {
                 bail!(
                     Checkpoint,
                     "GaussianDiffusion buffers disagree: alphas_cumprod[{i}] = {a} but the product of (1 - betas) up \
@@ -388,6 +394,9 @@ impl Arch {
         let mut full_attn = Vec::new();
         while let Ok(s) = shape(&format!("downs.{}.0.block1.proj.weight", dims.len())) {
             let i = dims.len();
+            if i == MAX_LEVELS {
+                bail!(Model, "lucidrains Unet with more than {MAX_LEVELS} levels (downs.{i}.*)");
+            }
             dims.push(s.first().copied().unwrap_or(0));
             full_attn.push(sd.contains_key(&format!("downs.{i}.2.to_out.weight")));
         }
@@ -456,10 +465,10 @@ impl Builder<'_> {
 
         for i in 0..arch.levels {
             let skip = skips.pop().ok_or_else(|| err!(Model, "internal: skip stack exhausted"))?;
-            x = self.concat(x, skip);
+            x = self.concat(x, skip)?;
             x = self.resnet(&format!("ups.{i}.0"), x, temb)?;
             let skip = skips.pop().ok_or_else(|| err!(Model, "internal: skip stack exhausted"))?;
-            x = self.concat(x, skip);
+            x = self.concat(x, skip)?;
             x = self.resnet(&format!("ups.{i}.1"), x, temb)?;
             x = self.attention_residual(&format!("ups.{i}.2"), x)?;
             x = if i + 1 < arch.levels {
@@ -474,7 +483,7 @@ impl Builder<'_> {
         }
 
         // x = torch.cat((x, r), dim = 1); x = self.final_res_block(x, t); return self.final_conv(x)
-        x = self.concat(x, r);
+        x = self.concat(x, r)?;
         x = self.resnet("final_res_block", x, temb)?;
         let out = self.conv("final_conv", x, 1, 0)?;
         Ok((std::mem::take(&mut self.g), input, out))
@@ -512,6 +521,9 @@ impl Builder<'_> {
             [o, i, kh, kw] if i == s.c && kh == kw && kh > 0 => (vec![o, i, kh, kh], kh),
             _ => bail!(Model, "tensor {prefix}.weight: expected a square kernel over {} channels, found {ws:?}", s.c),
         };
+        if stride == 1 && k != 2 * pad as usize + 1 {
+            bail!(Model, "tensor {prefix}.weight: expected a {0}x{0} kernel, found {ws:?}", 2 * pad + 1);
+        }
         let o = dims[0];
         let b = self.weight(&format!("{prefix}.bias"), &[o])?;
         self.conv_with(prefix, x, dims, wt.data, b.data, stride, pad, k)
@@ -570,6 +582,9 @@ impl Builder<'_> {
             }
             let half = wts.data.len();
             let n = 2 * half + 1;
+            if self.timesteps.checked_mul(n).is_none_or(|e| e > MAX_TABLE) {
+                bail!(Model, "a table of {} timesteps x {n} learned sinusoidal features is too large", self.timesteps);
+            }
             let mut table = Vec::with_capacity(self.timesteps * n);
             for t in 0..self.timesteps {
                 let tf = t as f32;
@@ -597,11 +612,15 @@ impl Builder<'_> {
         self.linear("time_mlp.3", h)
     }
 
-    fn concat(&mut self, a: u32, b: u32) -> u32 {
+    /// `torch.cat((a, b), dim = 1)`.
+    fn concat(&mut self, a: u32, b: u32) -> Result<u32> {
         let (sa, sb) = (self.g.shape(a), self.g.shape(b));
+        if (sa.h, sa.w) != (sb.h, sb.w) {
+            bail!(Model, "lucidrains Unet: a skip of {}x{} meets a sample of {}x{}", sb.h, sb.w, sa.h, sa.w);
+        }
         let o = self.g.value(sa.c + sb.c, sa.h, sa.w);
         self.g.push(Op::Concat { out: o, a, b });
-        o
+        Ok(o)
     }
 
     /// `RMSNorm`: `F.normalize(x, dim = 1) * g * sqrt(C)`, i.e. `x / max(‖x‖₂, 1e-12)` over the channels of
@@ -644,6 +663,11 @@ impl Builder<'_> {
 
     /// `ResnetBlock`: `block2(block1(x, mlp(t).chunk(2))) + res_conv(x)`; `temb` is `SiLU(t)`.
     fn resnet(&mut self, p: &str, x: u32, temb: u32) -> Result<u32> {
+        let dim_out = self.shape_of(&format!("{p}.block1.proj.weight"))?.first().copied().unwrap_or(0);
+        let proj = self.shape_of(&format!("{p}.mlp.1.weight"))?;
+        if proj.first() != Some(&(2 * dim_out)) {
+            bail!(Model, "tensor {p}.mlp.1.weight {proj:?}: expected a scale and a shift for {dim_out} channels");
+        }
         let ss = self.linear(&format!("{p}.mlp.1"), temb)?;
         let h = self.block(&format!("{p}.block1"), x, Some(ss))?;
         let h = self.block(&format!("{p}.block2"), h, None)?;
@@ -666,6 +690,14 @@ impl Builder<'_> {
         } else {
             self.linear_attention(p, x)?
         };
+        if self.g.shape(a) != self.g.shape(x) {
+            bail!(
+                Model,
+                "{p}: the attention output {:?} does not match its input {:?}",
+                self.g.shape(a),
+                self.g.shape(x)
+            );
+        }
         self.g.push(Op::Add { out: a, a, b: x, scale: 1.0 });
         Ok(a)
     }

@@ -264,3 +264,50 @@ fn unsupported_variants_and_options_are_errors_naming_them() {
     let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
     assert!(e.contains("final_conv.extra") && e.contains("torch.onnx.export"), "{e}");
 }
+
+/// Tensors of the wrong shape, in any module, are errors naming the tensor (never a panic or an invalid blob).
+#[test]
+fn malformed_tensors_are_errors_naming_them() {
+    let (base, _) = ddpm_convert::load::load_torch(&trainer_file(), None).unwrap();
+    let p = "ema_model.model.";
+    let cases: [(&str, Vec<usize>); 8] = [
+        ("downs.0.2.mem_kv", vec![3, 4, 32, 4]),
+        ("downs.1.2.mem_kv", vec![2, 4, 4]),
+        ("downs.0.2.to_qkv.weight", vec![96, 8, 1, 1]),
+        ("ups.0.0.mlp.1.weight", vec![16, 32]),
+        ("mid_attn.to_out.weight", vec![4, 128, 1, 1]),
+        ("init_conv.weight", vec![8, 3, 8, 8]),
+        ("downs.0.3.1.weight", vec![8, 16, 1, 1]),
+        ("final_conv.weight", vec![5, 8, 1, 1]),
+    ];
+    for (name, shape) in cases {
+        let mut sd = base.clone();
+        let numel = shape.iter().product();
+        sd.tensors.insert(format!("{p}{name}"), ddpm_convert::load::Tensor { shape, data: vec![0.5; numel] });
+        let r = ddpm_convert::Request {
+            state_dict: sd,
+            config: None,
+            config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
+            scheduler: None,
+            scheduler_overrides: Default::default(),
+            precision: Precision::F32,
+            calibration: Calibration::default(),
+        };
+        let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
+        eprintln!("{name}: {e}");
+        assert!(!e.contains("internal error"), "{name}: {e}");
+    }
+    let mut sd = base.clone();
+    sd.tensors.get_mut("ema_model.betas").unwrap().data[3] = f32::NAN;
+    let r = ddpm_convert::Request {
+        state_dict: sd,
+        config: None,
+        config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
+        scheduler: None,
+        scheduler_overrides: Default::default(),
+        precision: Precision::F32,
+        calibration: Calibration::default(),
+    };
+    let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
+    assert!(e.contains("alphas_cumprod[3]"), "{e}");
+}
