@@ -210,7 +210,8 @@ fn stored_schedule(buffers: &BTreeMap<String, Tensor>, notes: &mut Vec<String>) 
         let mut prod = 1.0f64;
         for (i, (&b, &a)) in betas.data.iter().zip(&ac.data).enumerate() {
             prod *= 1.0 - b as f64;
-            if !((prod - a as f64).abs() <= 1e-6 + 1e-4 * (a as f64).abs()) {
+            let diff = (prod - a as f64).abs();
+            if diff.is_nan() || diff > 1e-6 + 1e-4 * (a as f64).abs() {
                 bail!(
                     Checkpoint,
                     "GaussianDiffusion buffers disagree: alphas_cumprod[{i}] = {a} but the product of (1 - betas) up \
