@@ -15,6 +15,11 @@ fn trainer_checkpoint_converts_with_the_ema_weights_and_samples() {
     assert!(err.contains("using the EMA weights"), "{err}");
     assert!(err.contains("assuming GaussianDiffusion's default pred_v (v_prediction)"), "{err}");
     assert!(err.contains("250 trained betas"), "{err}");
+    // inspect names the family and the stored betas' range (cosine, clipped at 0.999)
+    let out = host_cli(&["inspect", blob.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("family        lucidrains denoising-diffusion-pytorch Unet"), "{text}");
+    assert!(text.contains("250 train steps, trained_betas betas 0.00019") && text.contains("..0.999,"), "{text}");
     let (npy, png) = (tmp.path().join("x.npy"), tmp.path().join("x.png"));
     let (npy_s, png_s) = (npy.to_str().unwrap(), png.to_str().unwrap());
     host_cli_ok(&["sample", blob.to_str().unwrap(), "-n", "1", "--steps", "5", "--npy", npy_s, "-o", png_s]);
