@@ -41,6 +41,19 @@ fn convert(input: &Path, precision: Precision, sets: &[&str]) -> Converted {
     ddpm_convert::convert_path(&args(input, precision, sets)).unwrap_or_else(|e| panic!("{}: {e}", input.display()))
 }
 
+/// An in-memory f32 conversion of `state_dict` at 8×8.
+fn request(state_dict: ddpm_convert::StateDict) -> ddpm_convert::Request {
+    ddpm_convert::Request {
+        state_dict,
+        config: None,
+        config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
+        scheduler: None,
+        scheduler_overrides: Default::default(),
+        precision: Precision::F32,
+        calibration: Calibration::default(),
+    }
+}
+
 fn npy(p: &Path) -> Vec<f32> {
     ddpm_convert::load::read_npy(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).1
 }
@@ -145,15 +158,7 @@ fn schedule_comes_from_the_stored_buffers() {
 fn inconsistent_schedule_buffers_are_an_error() {
     let (mut sd, _) = ddpm_convert::load::load_torch(&trainer_file(), None).unwrap();
     sd.tensors.get_mut("ema_model.alphas_cumprod").unwrap().data[100] *= 1.01;
-    let r = ddpm_convert::Request {
-        state_dict: sd,
-        config: None,
-        config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
-        scheduler: None,
-        scheduler_overrides: Default::default(),
-        precision: Precision::F32,
-        calibration: Calibration::default(),
-    };
+    let r = request(sd);
     let e = ddpm_convert::convert(r).unwrap_err().to_string();
     assert!(e.contains("alphas_cumprod[100]"), "{e}");
 }
@@ -252,15 +257,7 @@ fn unsupported_variants_and_options_are_errors_naming_them() {
     let (mut sd, _) = ddpm_convert::load::load_torch(&fixtures("learned").join("unet.pt"), None).unwrap();
     let extra = sd.get("final_conv.bias").unwrap().clone();
     sd.tensors.insert("final_conv.extra".into(), extra);
-    let r = ddpm_convert::Request {
-        state_dict: sd,
-        config: None,
-        config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
-        scheduler: None,
-        scheduler_overrides: Default::default(),
-        precision: Precision::F32,
-        calibration: Calibration::default(),
-    };
+    let r = request(sd);
     let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
     assert!(e.contains("final_conv.extra") && e.contains("torch.onnx.export"), "{e}");
 }
@@ -284,30 +281,34 @@ fn malformed_tensors_are_errors_naming_them() {
         let mut sd = base.clone();
         let numel = shape.iter().product();
         sd.tensors.insert(format!("{p}{name}"), ddpm_convert::load::Tensor { shape, data: vec![0.5; numel] });
-        let r = ddpm_convert::Request {
-            state_dict: sd,
-            config: None,
-            config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
-            scheduler: None,
-            scheduler_overrides: Default::default(),
-            precision: Precision::F32,
-            calibration: Calibration::default(),
-        };
+        let r = request(sd);
         let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
         eprintln!("{name}: {e}");
         assert!(!e.contains("internal error"), "{name}: {e}");
     }
     let mut sd = base.clone();
     sd.tensors.get_mut("ema_model.betas").unwrap().data[3] = f32::NAN;
-    let r = ddpm_convert::Request {
-        state_dict: sd,
-        config: None,
-        config_overrides: ddpm_convert::parse_overrides(&["sample_size=8".into()]).unwrap(),
-        scheduler: None,
-        scheduler_overrides: Default::default(),
-        precision: Precision::F32,
-        calibration: Calibration::default(),
-    };
+    let r = request(sd);
     let e = ddpm_convert::convert(r).map(|o| o.notes).unwrap_err().to_string();
     assert!(e.contains("alphas_cumprod[3]"), "{e}");
+}
+
+/// Older files name the network `denoise_fn` (and an older `Trainer` stored the EMA `GaussianDiffusion` state
+/// dict itself under `ema`): the same tensors under those names give the same blob.
+#[test]
+fn the_old_denoise_fn_prefix_converts_the_same() {
+    let (sd, _) = ddpm_convert::load::load_torch(&trainer_file(), None).unwrap();
+    let mut old = ddpm_convert::StateDict::default();
+    for (k, v) in &sd.tensors {
+        if let Some(rest) = k.strip_prefix("ema_model.") {
+            let name = rest.strip_prefix("model.").map_or(rest.to_string(), |n| format!("denoise_fn.{n}"));
+            old.tensors.insert(name, v.clone());
+        }
+    }
+    assert!(old.tensors.contains_key("denoise_fn.init_conv.weight") && old.tensors.contains_key("betas"));
+    let r = request(old);
+    let out = ddpm_convert::convert(r).expect("denoise_fn.* converts");
+    assert!(out.notes.iter().any(|n| n.contains("the Unet is denoise_fn.*")), "{:?}", out.notes);
+    let native = convert(&trainer_file(), Precision::F32, &["sample_size=8"]);
+    assert_eq!(out.blob, native.blob);
 }
