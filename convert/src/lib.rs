@@ -7,6 +7,9 @@
 //! - [`diffusers`]: the diffusers `UNet2DModel` family: its config (read or inferred from the tensors), the
 //!   scheduler config (`DDPMScheduler`/`DDIMScheduler` options) and the builder that turns the state dict into
 //!   a program.
+//! - [`lucidrains`]: lucidrains' `denoising-diffusion-pytorch` `Unet`, from a `Trainer` checkpoint or a bare
+//!   state dict, architecture and schedule read from the file.
+//! - [`onnx`]: any network exported to ONNX, lowered to the same program.
 //! - [`graph`]: the program under construction (activation values, weight tensors, ops) and the arena planner,
 //!   which places values by liveness and adds the executor's scratch.
 //! - [`precision`]: f16 storage and int8 calibration and quantization, siblings over one f32 program.
@@ -24,6 +27,7 @@ pub mod emit;
 mod error;
 pub mod graph;
 pub mod load;
+pub mod lucidrains;
 pub mod onnx;
 pub mod plan;
 pub mod precision;
@@ -261,6 +265,19 @@ pub fn convert(r: Request) -> Result<Converted> {
     } = r;
     let mut notes = Vec::new();
     normalize_names(&mut sd);
+    if lucidrains::recognise(&sd) {
+        if config.is_some() {
+            bail!(Config, "a model config describes a diffusers UNet2DModel; a lucidrains Unet takes --set options");
+        }
+        return lucidrains::convert(lucidrains::LucidrainsRequest {
+            state_dict: sd,
+            options: config_overrides,
+            scheduler,
+            scheduler_overrides,
+            precision,
+            calibration,
+        });
+    }
     let mut user = match config {
         Some(c) => c,
         None => {

@@ -512,6 +512,7 @@ fn inspect(m: &Model<'_>) -> Result<()> {
         .and_then(|c| c.get("_class_name").and_then(|v| v.as_str()).map(str::to_string));
     let family = match class.as_deref() {
         Some("OnnxGraph") => "ONNX graph",
+        Some("lucidrains.Unet") => "lucidrains denoising-diffusion-pytorch Unet",
         _ => "diffusers UNet2DModel",
     };
     println!("family        {family}");
@@ -545,13 +546,20 @@ fn inspect(m: &Model<'_>) -> Result<()> {
             count(ddpm_core::DType::I32)
         );
     }
+    // The range of the betas: beta_start..beta_end, or that of the stored table.
+    let (lo, hi) = match m.trained_betas() {
+        Some(t) if s.beta_schedule == ddpm_core::format::BetaSchedule::TrainedBetas => (0..t.len())
+            .map(|i| t.get_f32(i))
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), b| (lo.min(b), hi.max(b))),
+        _ => (s.beta_start, s.beta_end),
+    };
     println!(
         "schedule      {} train steps, {} betas {}..{}, prediction {}, variance {}, clip_sample {} (range {}), \
          thresholding {}, spacing {} (offset {})",
         s.num_train_timesteps,
         s.beta_schedule.name(),
-        s.beta_start,
-        s.beta_end,
+        lo,
+        hi,
         s.prediction_type.name(),
         s.variance_type.name(),
         s.clip_sample,
