@@ -373,3 +373,35 @@ impl Plan {
 fn libm_sqrtf(x: f32) -> f32 {
     x.sqrt()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddpm_convert::onnx::{convert_onnx, read_onnx, OnnxRequest};
+
+    /// Every ONNX fixture network lowers without a device: each op one dispatch or more, and the forward pass
+    /// bound to the timestep table's rows.
+    #[test]
+    fn every_onnx_fixture_lowers() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx");
+        for name in
+            ["tutorial", "tutorial_class", "lucidrains", "lucidrains_learned", "attention", "pooling", "diffusers"]
+        {
+            let out = convert_onnx(OnnxRequest {
+                model: read_onnx(&root.join(name).join("legacy.onnx")).unwrap(),
+                options: Default::default(),
+                scheduler: None,
+                scheduler_overrides: Default::default(),
+                precision: ddpm_core::Precision::F16,
+                calibration: Default::default(),
+            })
+            .unwrap();
+            let blob = ddpm_convert::AlignedBlob::from_bytes(&out.blob);
+            let m = blob.model().unwrap();
+            let plan = Plan::new(&m, 2).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(plan.dispatches.len() >= m.num_ops(), "{name}");
+            assert!(plan.dispatches.iter().all(|d| d.groups[2] == 2 && d.groups[0] > 0), "{name}");
+            assert_eq!(plan.table_rows, Some(1000), "{name}");
+        }
+    }
+}
