@@ -343,9 +343,10 @@ pub const NO_LUT: u32 = u32::MAX;
 impl Op {
     /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
     /// pointwise maps, permutations, products of activations, softmax, reductions, slices, axis concatenation,
-    /// constants, per-row linear layers, pooling, resizing, padding, class tables): they have float kernels on the CPU only, no int8 counterpart or shader
-    /// yet.
-    pub const fn is_float_cpu_only(&self) -> bool {
+    /// constants, per-row linear layers, pooling, resizing, padding, class tables): they have float kernels (on
+    /// the CPU and as GPU shaders) and no int8 counterpart, so int8 programs run them in f32 between dequantize
+    /// and quantize steps.
+    pub const fn has_no_int8_kernel(&self) -> bool {
         matches!(
             self,
             Op::LayerNorm { .. }

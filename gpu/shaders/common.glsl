@@ -8,7 +8,8 @@ layout(std430, set = 0, binding = 0) buffer Arena { float a[]; };
 // The blob itself as 32-bit words: f32 tensors are read with uintBitsToFloat, f16 ones unpacked in pairs.
 layout(std430, set = 0, binding = 1) readonly buffer Weights { uint wt[]; };
 // Run state: [0] step index, [1] class, [2] embedding row, [3] noise draw, [4] seed low, [5] seed high,
-// [6] method (0 DDPM, 1 DDIM), [7] noise-stream index of the batch's first image.
+// [6] method (0 DDPM, 1 DDIM), [7] noise-stream index of the batch's first image, [8] the integer timestep
+// (the row of a TimestepTable op's table).
 layout(std430, set = 0, binding = 2) buffer State { uint st[]; };
 // Per-step scalars, 16 floats per step (see `src/sample.rs`).
 layout(std430, set = 0, binding = 3) readonly buffer StepTable { float tab[]; };
@@ -26,6 +27,7 @@ const uint ST_SEED_LO = 4u;
 const uint ST_SEED_HI = 5u;
 const uint ST_METHOD = 6u;
 const uint ST_FIRST_IMAGE = 7u;
+const uint ST_TIMESTEP = 8u;
 
 // Element i of the tensor whose data starts at word `off` of the blob; `f16` selects the storage type.
 float weight(uint off, uint i, uint f16) {

@@ -7,21 +7,7 @@ layout(local_size_x = 256) in;
 layout(push_constant) uniform Push {
     uint stride; uint out_off; uint x_off; uint c; uint hw; uint groups; uint gamma; uint beta; float eps; uint silu;
 } p;
-shared float part[256];
-
-// Sum of part[] over the workgroup, left in part[0].
-float reduce_sum(float v) {
-    uint l = gl_LocalInvocationID.x;
-    part[l] = v;
-    barrier();
-    for (uint s = 128u; s > 0u; s >>= 1) {
-        if (l < s) part[l] += part[l + s];
-        barrier();
-    }
-    float total = part[0];
-    barrier();
-    return total;
-}
+#include "workgroup_sum.glsl"
 
 void main() {
     uint g = gl_WorkGroupID.x;
@@ -33,10 +19,10 @@ void main() {
     uint os = base + p.out_off + g * n;
     float s = 0.0;
     for (uint i = l; i < n; i += 256u) s += a[xs + i];
-    float mean = reduce_sum(s) / float(n);
+    float mean = workgroup_sum(s) / float(n);
     float v = 0.0;
     for (uint i = l; i < n; i += 256u) { float d = a[xs + i] - mean; v += d * d; }
-    float var = reduce_sum(v) / float(n);
+    float var = workgroup_sum(v) / float(n);
     float inv = 1.0 / sqrt(var + p.eps);
     for (uint i = l; i < n; i += 256u) {
         uint ch = g * cg + i / p.hw;

@@ -1,5 +1,6 @@
-//! The compute kernels: one GLSL file per op under `gpu/shaders/` (attention in three phases), compiled to
-//! SPIR-V by `build.rs`, and their pipelines over one shared layout.
+//! The compute kernels: one GLSL file per op under `gpu/shaders/` (attention in three phases; `LinearRows` runs
+//! on the dense-layer kernel, which applies a layer to each row), compiled to SPIR-V by `build.rs`, and their
+//! pipelines over one shared layout, built for the kernels a model uses.
 //!
 //! The layout is one descriptor set of seven storage buffers (declared in `shaders/common.glsl`) and
 //! [`PUSH_WORDS`] words of push constants, so the set is bound once and every kernel reads its parameters
@@ -58,24 +59,44 @@ kernels! {
     Upsample2x => "upsample2x",
     Concat => "concat",
     Affine => "affine",
+    LayerNorm => "layer_norm",
+    ConvTranspose2d => "conv_transpose2d",
+    TimestepTable => "timestep_table",
+    ClassTable => "class_table",
+    Unary => "unary",
+    Binary => "binary",
+    BinaryConst => "binary_const",
+    Permute => "permute",
+    MatMul => "matmul",
+    Softmax => "softmax",
+    Reduce => "reduce",
+    Slice => "slice",
+    ConcatAxis => "concat_axis",
+    Constant => "constant",
+    Pool2d => "pool2d",
+    Resize => "resize",
+    Pad => "pad",
     Noise => "noise",
     SamplerState => "sampler_state",
     SamplerStep => "sampler_step",
 }
 
-/// Workgroup width of every kernel except [`Kernel::GroupNorm`] (one workgroup per group) and
-/// [`Kernel::SamplerState`] (one invocation).
+/// Workgroup width of every kernel except [`Kernel::GroupNorm`] and [`Kernel::LayerNorm`] (one workgroup of 256
+/// per group or row) and [`Kernel::SamplerState`] (one invocation).
 pub(crate) const WORKGROUP: u32 = 64;
 
-/// The pipelines of all kernels over the shared layout.
+/// The pipelines of the kernels a model uses, over the shared layout.
 pub(crate) struct Kernels {
     pub(crate) set_layout: Arc<DescriptorSetLayout>,
     pub(crate) layout: Arc<PipelineLayout>,
-    pipelines: Vec<Arc<ComputePipeline>>,
+    /// By position in [`Kernel::ALL`]; `None` for a kernel not asked for.
+    pipelines: Vec<Option<Arc<ComputePipeline>>>,
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &Arc<vulkano::device::Device>) -> Result<Kernels, Error> {
+    /// Builds the pipelines of the kernels in `used` (each once, however often it appears): a driver compiles
+    /// every pipeline it is given, and most programs use a few of the kernels.
+    pub(crate) fn new(device: &Arc<vulkano::device::Device>, used: &[Kernel]) -> Result<Kernels, Error> {
         let binding = DescriptorSetLayoutBinding {
             stages: ShaderStages::COMPUTE,
             ..DescriptorSetLayoutBinding::descriptor_type(DescriptorType::StorageBuffer)
@@ -103,6 +124,10 @@ impl Kernels {
         .map_err(vk("vkCreatePipelineLayout"))?;
         let mut pipelines = Vec::with_capacity(Kernel::ALL.len());
         for &k in Kernel::ALL {
+            if !used.contains(&k) {
+                pipelines.push(None);
+                continue;
+            }
             let words = vulkano::shader::spirv::bytes_to_words(k.spirv())
                 .map_err(|e| Error::Vulkan(format!("SPIR-V of {k:?}: {e}")))?;
             // SAFETY: the SPIR-V was produced by glslangValidator from this crate's shaders at build time, so it
@@ -112,13 +137,16 @@ impl Kernels {
             let entry = module.entry_point("main").ok_or_else(|| Error::Vulkan(format!("{k:?}: no main")))?;
             let info =
                 ComputePipelineCreateInfo::stage_layout(PipelineShaderStageCreateInfo::new(entry), layout.clone());
-            pipelines.push(ComputePipeline::new(device.clone(), None, info).map_err(vk("vkCreateComputePipelines"))?);
+            let pipeline = ComputePipeline::new(device.clone(), None, info).map_err(vk("vkCreateComputePipelines"))?;
+            pipelines.push(Some(pipeline));
         }
         Ok(Kernels { set_layout, layout, pipelines })
     }
 
-    pub(crate) fn pipeline(&self, k: Kernel) -> Arc<ComputePipeline> {
-        let i = Kernel::ALL.iter().position(|&x| x == k).unwrap_or(0);
-        self.pipelines[i].clone()
+    /// The pipeline of `k`, if it was built.
+    pub(crate) fn pipeline(&self, k: Kernel) -> Result<Arc<ComputePipeline>, Error> {
+        let i = Kernel::ALL.iter().position(|&x| x == k);
+        i.and_then(|i| self.pipelines[i].clone())
+            .ok_or_else(|| Error::Vulkan(format!("internal: no pipeline was built for the {k:?} kernel")))
     }
 }

@@ -4,10 +4,11 @@
 //! The layers, bottom up:
 //!
 //! - `shaders/*.comp` (GLSL, compiled to SPIR-V by `build.rs` with `glslangValidator`): one compute kernel
-//!   per op of [`ddpm_core::program::Op`] (attention in three phases plus the shared dense-layer kernel), the
-//!   Philox4x32-10 noise stream of [`ddpm_core::rng`], and the DDPM/DDIM update.
-//! - `kernels`: the pipelines over one shared layout (one descriptor set of seven storage buffers, 96 bytes of
-//!   push constants for each kernel's offsets and sizes).
+//!   per float op of [`ddpm_core::program::Op`], the ops of imported ONNX graphs included (attention in three
+//!   phases plus the shared dense-layer kernel, which also runs `LinearRows`), the Philox4x32-10 noise stream of
+//!   [`ddpm_core::rng`], and the DDPM/DDIM update.
+//! - `kernels`: the pipelines of the kernels a model uses, over one shared layout (one descriptor set of seven
+//!   storage buffers, 96 bytes of push constants for each kernel's offsets and sizes).
 //! - `plan`: the blob's program lowered to a list of dispatches, once per model and batch size.
 //! - [`Device`]: picks a Vulkan device (by index or name) and owns its queue and allocators.
 //! - [`GpuModel`]: uploads the weights once (the blob itself: f16 tensors stay f16 in device memory and are
@@ -20,13 +21,16 @@
 //!
 //! What is computed on the host and uploaded: the timestep embeddings (with `ddpm-core`'s own function, so
 //! they are bit-identical, for every training timestep at start-up) and the per-step scalars (ᾱ_t, posterior
-//! coefficients, σ_t), with the CPU sampler's exact f32 operations. What runs on the device with its own
-//! `exp`/`log`/`sqrt`/`sin`/`cos`: SiLU, softmax, group norm and the Box–Muller transform of the noise, so results
-//! differ from the CPU in the last bits; the tests bound the difference.
+//! coefficients, σ_t), with the CPU sampler's exact f32 operations. Imported graphs' timestep and class tables
+//! are read on the device at the integer timestep (the forward pass and every run refuse one the tables do not
+//! hold, as the CPU does) and the class. What runs on the device with its own `exp`/`log`/`sqrt`/`sin`/`cos`:
+//! SiLU, softmax, group and layer norm, the pointwise maps of imported graphs (`erf` is libm's algorithm, `tanh`,
+//! `log1p` and `pow` written to follow libm's) and the Box–Muller transform of the noise, so results differ from
+//! the CPU in the last bits; the tests bound the difference. Data movement (permutations, slices, padding,
+//! nearest resizing with the CPU's coordinate rounding, pooling maxima, tables) is exact.
 //!
-//! Not supported (clear errors, before any work): dynamic thresholding in the sampler and int8 blobs
-//! ([`Error::Unsupported`]), and the ops of imported ONNX graphs that have no shader yet (layer norm, transposed
-//! convolution, timestep tables, unary and broadcasting binary maps: [`Error::UnsupportedOp`]).
+//! Not supported (clear errors, before any work): DPM-Solver++ and dynamic thresholding in the sampler, and int8
+//! blobs ([`Error::Unsupported`]; the int8 ops have no shaders, [`Error::UnsupportedOp`]).
 //!
 //! # Use
 //!

@@ -21,7 +21,7 @@ use crate::error::{vk, Error};
 use crate::kernels::{Kernel, Kernels, PUSH_WORDS, WORKGROUP};
 use crate::plan::{Dispatch, Plan};
 use crate::sample::{
-    self, StepRow, ST_CLASS, ST_DRAW, ST_FIRST_IMAGE, ST_METHOD, ST_ROW, ST_SEED_HI, ST_SEED_LO, ST_STEP,
+    self, StepRow, ST_CLASS, ST_DRAW, ST_FIRST_IMAGE, ST_METHOD, ST_ROW, ST_SEED_HI, ST_SEED_LO, ST_STEP, ST_TIMESTEP,
 };
 
 type Builder = AutoCommandBufferBuilder<PrimaryAutoCommandBuffer>;
@@ -128,7 +128,7 @@ struct Recorder<'a> {
 
 impl Recorder<'_> {
     fn dispatch(&self, b: &mut Builder, d: &Dispatch) -> Result<(), Error> {
-        b.bind_pipeline_compute(self.kernels.pipeline(d.kernel))
+        b.bind_pipeline_compute(self.kernels.pipeline(d.kernel)?)
             .and_then(|b| {
                 b.bind_descriptor_sets(PipelineBindPoint::Compute, self.kernels.layout.clone(), 0, self.set.clone())
             })
@@ -142,7 +142,10 @@ impl Recorder<'_> {
         // weight buffer holds the whole blob; x_t and x̂₀ hold `batch · C·H·W` floats; the step table and the
         // embedding table hold a row for every step and timestep the state buffer can name (the host writes
         // them before each submission). Every shader returns early for invocations past its element count, and
-        // the convolution clamps its output channel for the weights it reads and writes only real channels.
+        // the convolution clamps its output channel for the weights it reads and writes only real channels. The
+        // gathers of the imported-graph ops (transposed convolution, pooling, resizing, padding, permutation,
+        // broadcasting) index their input only where the CPU's kernel does, inside shapes the validator checked;
+        // the timestep table clamps its row, and the class the class table reads is checked on the host.
         unsafe { b.dispatch(d.groups) }.map_err(vk("vkCmdDispatch"))?;
         Ok(())
     }
@@ -189,9 +192,6 @@ impl GpuModel {
         }
         if model.precision() == ddpm_core::Precision::Int8 {
             return Err(Error::Unsupported("int8 blobs (run them on the CPU, or convert the model to f32 or f16)"));
-        }
-        if let Some(op) = (0..model.num_ops()).filter_map(|i| model.op(i)).find(|op| op.is_float_cpu_only()) {
-            return Err(Error::UnsupportedOp(op.name()));
         }
         let plan = Plan::new(model, batch)?;
         let (c_in, c_out) = (model.in_channels(), model.out_channels());
@@ -269,7 +269,9 @@ impl GpuModel {
             table.write().map_err(vk("mapping the step table"))?.fill(0.0);
         }
 
-        let kernels = Kernels::new(&device.device)?;
+        let mut used = plan.kernels();
+        used.extend([Kernel::Noise, Kernel::SamplerState, Kernel::SamplerStep]);
+        let kernels = Kernels::new(&device.device, &used)?;
         let set = DescriptorSet::new(
             device.sets.clone(),
             kernels.set_layout.clone(),
@@ -408,8 +410,16 @@ impl GpuModel {
             return Err(RunError::BadTimestep.into());
         }
         let class = self.check_class(class)?;
-        // The forward pass reads its embedding from the table's last row; the run state it changes (row, class)
-        // is restored afterwards, so a forward call in the middle of a run does not disturb the run.
+        // A program with a timestep table takes the integer timesteps it has rows for (as on the CPU).
+        let timestep = match self.plan.table_rows {
+            Some(rows) if !(t >= 0.0 && t == t.floor() && t < rows as f32) => {
+                return Err(RunError::TimestepNotInTable { rows }.into())
+            }
+            Some(_) => t as u32,
+            None => 0,
+        };
+        // The forward pass reads its embedding from the table's last row; the run state it changes (row, class,
+        // timestep) is restored afterwards, so a forward call in the middle of a run does not disturb the run.
         let row = self.alphas_cumprod.len();
         {
             let mut e = self.emb.write().map_err(vk("mapping the embedding table"))?;
@@ -418,15 +428,16 @@ impl GpuModel {
         }
         let saved = {
             let st = self.state.read().map_err(vk("mapping the state buffer"))?;
-            (st[ST_ROW], st[ST_CLASS])
+            (st[ST_ROW], st[ST_CLASS], st[ST_TIMESTEP])
         };
         self.write_state(|st| {
             st[ST_ROW] = row as u32;
             st[ST_CLASS] = class;
+            st[ST_TIMESTEP] = timestep;
         })?;
         self.staging_in.write().map_err(vk("mapping the input buffer"))?[..x.len()].copy_from_slice(x);
         submit(&self.queue, &self.forward)?;
-        self.write_state(|st| (st[ST_ROW], st[ST_CLASS]) = saved)?;
+        self.write_state(|st| (st[ST_ROW], st[ST_CLASS], st[ST_TIMESTEP]) = saved)?;
         let out = self.staging_out.read().map_err(vk("mapping the output buffer"))?;
         Ok(out[..n * self.out_len].to_vec())
     }
@@ -473,6 +484,13 @@ impl GpuModel {
             self.in_channels,
             self.out_channels,
         )?;
+        // Every timestep of the run must have a row in the program's timestep tables (the CPU sampler fails at
+        // the first step without one; here the run does not start).
+        if let Some(table) = self.plan.table_rows {
+            if rows.iter().any(|r| r[0] as u32 >= table) {
+                return Err(RunError::TimestepNotInTable { rows: table }.into());
+            }
+        }
         {
             let mut tab = self.table.write().map_err(vk("mapping the step table"))?;
             for (dst, row) in tab.chunks_mut(sample::ROW_FLOATS).zip(&rows) {

@@ -32,6 +32,7 @@ pub(crate) const ST_SEED_LO: usize = 4;
 pub(crate) const ST_SEED_HI: usize = 5;
 pub(crate) const ST_METHOD: usize = 6;
 pub(crate) const ST_FIRST_IMAGE: usize = 7;
+pub(crate) const ST_TIMESTEP: usize = 8;
 
 /// The rows of every step of a run, after the checks of `ddpm_core::sampler::Sampler::new`.
 pub(crate) fn step_table(

@@ -9,7 +9,9 @@
 //! Without a Vulkan device the GPU tests print a loud SKIPPED line and pass, unless `DDPM_REQUIRE_GPU=1`, when
 //! they fail. `DDPM_GPU_DEVICE` selects a device (index or name substring) as `Device::new` does.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Mutex;
 
 use ddpm_convert::load::read_npy;
@@ -18,16 +20,14 @@ use ddpm_core::sampler::{Method, SampleSpec, Sampler};
 use ddpm_core::{Model, Precision};
 use ddpm_gpu::{Device, GpuModel};
 
+use common::{cpu_forward, gpu_device, inputs, max_abs, max_diff, workspace};
+
 const F32_TOL: f32 = 1e-4;
 const F16_TOL: f32 = 5e-3;
 const SAMPLE_TOL: f32 = 1e-3;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fixtures
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 /// A blob in 16-byte aligned storage, as `Model::new_checked` requires.
 struct Blob(AlignedBlob);
@@ -101,46 +101,8 @@ fn blob(name: &str, precision: &str, extra: &[&str]) -> Blob {
     Blob(AlignedBlob::from_bytes(&bytes))
 }
 
-/// Deterministic pseudo-random inputs in [-1, 1).
-fn inputs(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / 8_388_608.0 - 1.0
-        })
-        .collect()
-}
-
-fn max_abs(v: &[f32]) -> f32 {
-    v.iter().fold(0f32, |m, x| m.max(x.abs()))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Backends
-
-/// The device for GPU tests, or `None` (after a loud message) where there is none and none is required.
-fn gpu_device() -> Option<Device> {
-    match Device::new(std::env::var("DDPM_GPU_DEVICE").ok().as_deref()) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            if std::env::var("DDPM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("DDPM_REQUIRE_GPU=1 but no Vulkan device: {e}");
-            }
-            // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
-            let msg = format!("\n*** SKIPPED (GPU test): {e}\n*** Set DDPM_REQUIRE_GPU=1 to make this a failure.\n");
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-            None
-        }
-    }
-}
 
 /// One backend: the CPU executor, or a device.
 enum Backend {
@@ -184,16 +146,6 @@ impl Backend {
             }
         }
     }
-}
-
-fn cpu_forward(m: &Model<'_>, x: &[f32], batch: usize, t: f32, class: Option<u32>) -> Vec<f32> {
-    let (il, ol) = (x.len() / batch, m.out_channels() * m.height() * m.width());
-    let mut arena = vec![0u8; m.arena_bytes_unaligned()];
-    let mut out = vec![0f32; batch * ol];
-    for (xi, oi) in x.chunks(il).zip(out.chunks_mut(ol)) {
-        m.forward(&mut arena, xi, t, class, oi).unwrap();
-    }
-    out
 }
 
 /// Defines `<name>_cpu` and `<name>_gpu` running `$body(backend)`.

@@ -86,6 +86,40 @@ fn gpu_backend_matches_cpu_through_the_cli() {
     assert!(err <= 1e-3, "sample: max abs difference {err}");
 }
 
+/// An ONNX-imported network (the MNIST tutorial UNet: layer norms, transposed convolutions, a timestep table)
+/// samples on the GPU as on the CPU.
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_backend_samples_an_onnx_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = tmp.path().join("tutorial.blob");
+    let onnx = fixtures().join("onnx/tutorial/legacy.onnx");
+    host_cli_ok(&["convert", onnx.to_str().unwrap(), "-o", b.to_str().unwrap()]);
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    for backend in ["cpu", "gpu"] {
+        host_cli_ok(&[
+            "sample",
+            b.to_str().unwrap(),
+            "-n",
+            "2",
+            "--seed",
+            "7",
+            "--steps",
+            "4",
+            "--npy",
+            &p(&format!("s_{backend}.npy")),
+            "-o",
+            &p(&format!("s_{backend}.png")),
+            "--backend",
+            backend,
+        ]);
+    }
+    let (_, sc) = read_npy(std::path::Path::new(&p("s_cpu.npy")));
+    let (_, sg) = read_npy(std::path::Path::new(&p("s_gpu.npy")));
+    let err = sc.iter().zip(&sg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-3, "sample: max abs difference {err}");
+}
+
 /// int8 programs run on the CPU only: the GPU backend says so instead of failing later.
 #[cfg(feature = "gpu")]
 #[test]

@@ -303,7 +303,7 @@ fn written(op: &Op) -> Option<u32> {
         Op::AddChannel { x, .. } | Op::ScaleShift { x, .. } => x,
         // Ops with no int8 kernel run in f32 inside the int8 program; their outputs are quantized where an
         // integer op reads them.
-        _ if op.is_float_cpu_only() => op.result(),
+        _ if op.has_no_int8_kernel() => op.result(),
         _ => return None,
     })
 }

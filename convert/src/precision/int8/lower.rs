@@ -355,7 +355,7 @@ impl Builder<'_> {
                 self.q.push(Op::QScaleShift { out: o, x: xq, v: vq });
                 self.define(x, o, Some(xq));
             }
-            _ if op.is_float_cpu_only() => self.float_op(i, op)?,
+            _ if op.has_no_int8_kernel() => self.float_op(i, op)?,
             _ => bail!(Quantize, "internal: {} in an f32 program", op.name()),
         }
         Ok(())

@@ -115,7 +115,7 @@ pub fn to_int8(
         b.q.push(Op::Dequantize { out: qout, x: last });
         qout
     };
-    let float_ops = g.ops.iter().filter(|op| op.is_float_cpu_only()).count();
+    let float_ops = g.ops.iter().filter(|op| op.has_no_int8_kernel()).count();
     if float_ops > 0 {
         b.notes.push(format!(
             "int8: {float_ops} ops have no integer kernel and run in f32 between dequantize and quantize steps"
