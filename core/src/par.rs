@@ -16,7 +16,7 @@ where
         if data.len() <= chunk || rayon::current_num_threads() == 1 {
             data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
         } else {
-            data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+            data.par_chunks_mut(chunk).with_max_len(1).enumerate().for_each(|(i, c)| f(i, c));
         }
     }
     #[cfg(not(feature = "std"))]
