@@ -245,28 +245,36 @@ pub(crate) fn conv2d_with<W: Weight>(
                 // `mr` rows of `ksize` floats (`max_a(mr) = ksize − 1 + (mr − 1)·ksize`), bias MAX_MR ≥ mr,
                 // acc `mr·np`.
                 unsafe { run(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
-                // Where each position of the tile lands in the output plane, worked out once per tile by
-                // stepping along the padded rows (no division per element).
-                let mut land = [usize::MAX; MAX_NP];
-                let (mut y, mut x) = (p0 / rs, p0 % rs);
-                for l in land.iter_mut().take(k.np) {
+                // The runs of the tile that land in the output plane, `(offset in the tile, offset in the plane,
+                // length)`, worked out once per tile by stepping along the padded rows: for stride 1 the part of
+                // each padded row inside the output row, for stride s every s-th position of every s-th row.
+                let mut runs = [(0usize, 0usize, 0usize); MAX_NP];
+                let mut nruns = 0;
+                let (mut j, mut y, mut x) = (0, p0 / rs, p0 % rs);
+                while j < k.np {
+                    let len = (rs - x).min(k.np - j);
                     if s == 1 {
-                        if x < g.wo {
-                            *l = y * g.wo + x;
+                        let keep = len.min(g.wo.saturating_sub(x));
+                        if keep > 0 && y < g.ho {
+                            runs[nruns] = (j, y * g.wo + x, keep);
+                            nruns += 1;
                         }
-                    } else if y % s == 0 && x % s == 0 && y / s < g.ho && x / s < g.wo {
-                        *l = (y / s) * g.wo + x / s;
+                    } else if y % s == 0 && y / s < g.ho {
+                        let mut dx = x.next_multiple_of(s);
+                        while dx < x + len && dx / s < g.wo && nruns < runs.len() {
+                            runs[nruns] = (j + dx - x, (y / s) * g.wo + dx / s, 1);
+                            nruns += 1;
+                            dx += s;
+                        }
                     }
-                    x += 1;
-                    if x == rs {
-                        (y, x) = (y + 1, 0);
-                    }
+                    (j, y, x) = (j + len, y + 1, 0);
                 }
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let dst = &mut o[r * plane..][..plane];
-                    for (v, &l) in row.iter().zip(&land) {
-                        if let Some(d) = dst.get_mut(l) {
-                            *d = *v;
+                    for &(j, d, n) in &runs[..nruns] {
+                        if let (Some(to), Some(from)) = (dst.get_mut(d..d + n), row.get(j..j + n)) {
+                            // A short run (at most one tile): element by element, not a call to memcpy.
+                            to.iter_mut().zip(from).for_each(|(t, f)| *t = *f);
                         }
                     }
                 }
