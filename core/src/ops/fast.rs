@@ -412,7 +412,8 @@ impl Product<'_> {
     }
 
     /// Rows `r0 .. r0 + rows` of `C + bias` (`bias[r]` added first, then the products in ascending `k`), passed
-    /// to `put(r, j, value)` (every element once or more, always with the same value). Tiles that would run past
+    /// a tile row at a time to `put(r, j, values)`, the values of `C[r][j ..]` (every element once or more,
+    /// always with the same value). Tiles that would run past
     /// the last row or column are moved back (they recompute, bit for bit, what another tile computed).
     /// `false`, having passed nothing, where the kernel does not fit or the rows or bias are out of range.
     fn rows(
@@ -421,7 +422,7 @@ impl Product<'_> {
         r0: usize,
         rows: usize,
         bias: Option<&[f32]>,
-        mut put: impl FnMut(usize, usize, f32),
+        mut put: impl FnMut(usize, usize, &[f32]),
     ) -> bool {
         if !self.fits(k) || r0 + rows > self.m || bias.is_some_and(|b| b.len() < self.m) {
             return false;
@@ -454,9 +455,7 @@ impl Product<'_> {
                 for (r, row) in acc.chunks_exact(k.np).enumerate() {
                     let gr = base + r;
                     if gr >= rb && gr < r0 + rows {
-                        for (j, v) in row.iter().enumerate() {
-                            put(gr, j0 + j, *v);
-                        }
+                        put(gr, j0, row);
                     }
                 }
             }
@@ -529,7 +528,7 @@ pub(crate) fn attention<W: Weight>(
             for h in 0..heads {
                 let hq = &q[h * d * hw + ib..];
                 let scores = Product { a: &kk[h * d * hw..], ks: hw, rsb: 1, b: hq, ldb: hw, kdim: d, m: hw, n: np };
-                let mut fine = scores.rows(&k, 0, hw, None, |j, i, s| sc[j * np + i] = s);
+                let mut fine = scores.rows(&k, 0, hw, None, |j, i, s| put_row(sc, j * np + i, s));
                 match isa {
                     // SAFETY: `isa()` found the instruction sets each variant needs.
                     Isa::Avx512 => unsafe { softmax_columns_avx512(sc, np, scale) },
@@ -537,7 +536,7 @@ pub(crate) fn attention<W: Weight>(
                     Isa::Avx2 => unsafe { softmax_columns_avx2(sc, np, scale) },
                 }
                 let pv = Product { a: &v[h * d * hw..], ks: 1, rsb: hw, b: sc, ldb: np, kdim: hw, m: d, n: np };
-                fine &= pv.rows(&k, 0, d, None, |r, i, s| ob[r * np + i] = s);
+                fine &= pv.rows(&k, 0, d, None, |r, i, s| put_row(ob, r * np + i, s));
                 for (qi, row) in tc.chunks_exact_mut(c).enumerate().take(nq) {
                     let col = i0 + qi - ib;
                     for (r, o) in row[h * d..][..d].iter_mut().enumerate() {
@@ -645,12 +644,19 @@ fn product_into(k: &Kernel, p: &Product<'_>, bias: Option<&[f32]>, out: &mut [f3
     let ok = core::sync::atomic::AtomicBool::new(true);
     par::for_each_chunk(&mut out[..p.m * ldo], k.mr * ldo, |blk, o| {
         let r0 = blk * k.mr;
-        let fine = p.rows(k, r0, o.len() / ldo, bias, |r, j, v| o[(r - r0) * ldo + j] = v);
+        let fine = p.rows(k, r0, o.len() / ldo, bias, |r, j, v| put_row(o, (r - r0) * ldo + j, v));
         if !fine {
             ok.store(false, core::sync::atomic::Ordering::Relaxed);
         }
     });
     ok.into_inner()
+}
+
+/// `buf[at ..][.. values.len()] = values`, where it is in range (the callers' layouts keep it there).
+fn put_row(buf: &mut [f32], at: usize, values: &[f32]) {
+    if let Some(to) = buf.get_mut(at..).and_then(|b| b.get_mut(..values.len())) {
+        to.iter_mut().zip(values).for_each(|(t, v)| *t = *v);
+    }
 }
 
 /// Softmax down each column of `sc` (`rows × np`, row-major) of the scores times `scale`.
