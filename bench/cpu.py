@@ -133,6 +133,19 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def sgemm_peak(n=1024, reps=20):
+    """The machine's f32 matrix-multiply rate at the benchmark's thread count: torch.mm (MKL or OpenBLAS) on
+    n x n matrices, best of `reps`, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def loadavg():
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -410,6 +423,8 @@ def main():
         f"diffusers {diffusers.__version__}  onnxruntime {ort.__version__}  numpy {np.__version__}")
     log(f"host-cli    {args.bin} (built {datetime.datetime.fromtimestamp(args.bin.stat().st_mtime).isoformat(timespec='seconds')}, "
         f"git {git_rev()})")
+    peak = sgemm_peak()
+    log(f"sgemm peak  {peak:.1f} GFLOP/s (torch.mm 1024 x 1024, {args.threads} thread(s))")
     log(f"loadavg     {loadavg()} (start)")
     log()
 
@@ -427,16 +442,18 @@ def main():
         f"CPU {cpu_model()}, {args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
         f"{args.rounds} rounds, median of round medians{', host-cli --exact' if args.exact else ''}")
     log()
+    log(f"SGEMM peak {peak:.1f} GFLOP/s; the last column is ours f32 as a share of it.")
+    log()
     log("| model | params | GFLOP/fwd | onnxruntime ms | torch ms | ours f32 ms | ours f16 ms | "
-        "f32/ort | f16/ort | f32/torch | GFLOP/s ort | torch | ours f32 | ours f16 |")
-    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "f32/ort | f16/ort | f32/torch | GFLOP/s ort | torch | ours f32 | ours f16 | f32 / peak |")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m = r["med"]
         gfs = {k: r["gflop"] / (m[k] / 1e3) for k in m}
         log(f"| {r['name']} | {r['params']:,} | {r['gflop']:.3f} | {m['ort']:.2f} | {m['torch']:.2f} | "
             f"{m['f32']:.2f} | {m['f16']:.2f} | {m['f32'] / m['ort']:.2f} | {m['f16'] / m['ort']:.2f} | "
             f"{m['f32'] / m['torch']:.2f} | {gfs['ort']:.1f} | {gfs['torch']:.1f} | {gfs['f32']:.1f} | "
-            f"{gfs['f16']:.1f} |")
+            f"{gfs['f16']:.1f} | {100 * gfs['f32'] / peak:.0f} % |")
     log()
     log("Spread (lowest..highest round median; fastest single forward) and accuracy:")
     log()
