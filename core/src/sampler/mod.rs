@@ -579,7 +579,7 @@ fn ddpm_step(
                 VarianceType::FixedSmallLog => libm::expf(0.5 * libm::logf(variance)),
                 VarianceType::FixedLarge => libm::sqrtf(current_beta_t),
                 // fixed_large_log: diffusers takes the square root of log β_t, a NaN; we use its evident
-                // meaning, σ_t = exp(½ log β_t) = √β_t (see the README).
+                // meaning, σ_t = exp(½ log β_t) = √β_t (see docs/sampling.md).
                 VarianceType::FixedLargeLog => libm::expf(0.5 * libm::logf(current_beta_t)),
                 _ => libm::sqrtf(variance),
             };

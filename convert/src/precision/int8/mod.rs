@@ -146,7 +146,7 @@ pub fn to_int8(
         cal.trajectories, cal.steps, worst.0
     ));
     if hdr.schedule.clip_sample || hdr.schedule.thresholding {
-        // See the README's int8 accuracy section for the measurements behind this.
+        // See the README's accuracy figures (Measured bounds) for the measurements behind this.
         let mut ac = vec![0f32; hdr.schedule.num_train_timesteps as usize];
         alphas_cumprod(&model.schedule(), model.trained_betas(), &mut ac);
         let gain = ac.iter().map(|&a| f64::from((1.0 - a) / a).sqrt()).fold(0.0, f64::max);
