@@ -252,22 +252,27 @@ fn hostile_or_unsupported_files_are_errors() {
     assert!(e.contains("not an ONNX model"), "{e}");
     let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
     assert!(ddpm_convert::onnx::parse(lfs, None).unwrap_err().to_string().contains("git lfs pull"));
-    // Found by the onnx fuzz target: a negative LayerNorm epsilon made a blob the validator refused.
-    let regression =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/onnx/negative-layernorm-epsilon.onnx");
-    let mut sched = serde_json::Map::new();
-    sched.insert("num_train_timesteps".into(), 8.into());
-    let e = convert_onnx(OnnxRequest {
-        model: read_onnx(&regression).unwrap(),
-        options: Default::default(),
-        scheduler: Some(sched),
-        scheduler_overrides: Default::default(),
-        precision: Precision::F32,
-        calibration: Calibration::default(),
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("LayerNormalization") && e.contains("epsilon"), "{e}");
+    // Found by the onnx fuzz target, each an error naming what is wrong (they were a blob the validator refused
+    // and an index past a node's inputs).
+    for (file, needles) in [
+        ("negative-layernorm-epsilon.onnx", &["LayerNormalization", "epsilon"][..]),
+        ("matmul-with-one-input.onnx", &["MatMul", "input 1 is missing"][..]),
+    ] {
+        let regression = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/onnx").join(file);
+        let mut sched = serde_json::Map::new();
+        sched.insert("num_train_timesteps".into(), 8.into());
+        let e = convert_onnx(OnnxRequest {
+            model: read_onnx(&regression).unwrap(),
+            options: Default::default(),
+            scheduler: Some(sched),
+            scheduler_overrides: Default::default(),
+            precision: Precision::F32,
+            calibration: Calibration::default(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(needles.iter().all(|n| e.contains(n)), "{file}: {e}");
+    }
     let bytes = std::fs::read(fixtures("tutorial").join("legacy.onnx")).unwrap();
     for cut in [10, bytes.len() / 3, bytes.len() - 7] {
         assert!(ddpm_convert::onnx::parse(&bytes[..cut], None).is_err(), "a file cut at {cut} bytes parsed");

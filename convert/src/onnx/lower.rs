@@ -258,6 +258,12 @@ impl<'m> Lower<'m> {
         self.syms.get(name).ok_or_else(|| err!(Model, "tensor {name:?} is used before it is made"))
     }
 
+    /// What input `k` of `n` is (an error naming the node where the node has no such input).
+    fn input_sym(&self, n: &Node, k: usize) -> Result<&Sym> {
+        let Some(name) = n.inputs.get(k).filter(|s| !s.is_empty()) else { refuse!(n, "input {k} is missing") };
+        self.sym(name)
+    }
+
     fn constant(&self, n: &Node, k: usize) -> Result<Option<&Arr>> {
         match n.inputs.get(k).filter(|s| !s.is_empty()) {
             None => Ok(None),
@@ -582,7 +588,7 @@ impl<'m> Lower<'m> {
             }
             "Conv" => self.conv(n)?,
             "ConvTranspose" => self.conv_transpose(n)?,
-            "MatMul" if !matches!(self.sym(&n.inputs[1])?, Sym::Const(_)) => self.matmul(n)?,
+            "MatMul" if !matches!(self.input_sym(n, 1)?, Sym::Const(_)) => self.matmul(n)?,
             "Gemm" | "MatMul" => self.linear(n)?,
             "Einsum" => self.einsum(n)?,
             "Softmax" => self.softmax(n)?,
@@ -631,7 +637,7 @@ impl<'m> Lower<'m> {
     }
 
     fn binary(&mut self, n: &Node, f: BinaryFn) -> Result<()> {
-        let (ka, kb) = (self.sym(&n.inputs[0])?.clone(), self.sym(&n.inputs[1])?.clone());
+        let (ka, kb) = (self.input_sym(n, 0)?.clone(), self.input_sym(n, 1)?.clone());
         match (ka, kb) {
             (Sym::Const(c), _) => self.binary_const(n, 1, c, f, true),
             (_, Sym::Const(c)) => self.binary_const(n, 0, c, f, false),
