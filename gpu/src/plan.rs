@@ -84,6 +84,17 @@ impl Plan {
         let stride = m.arena_bytes().div_ceil(4) as u32;
         let (mut dispatches, mut emb, mut emb_width) = (Vec::new(), Vec::new(), 0usize);
         let mut table_rows: Option<u32> = None;
+        // The words of a (transposed) convolution: output and input offsets and shapes, kernel size, stride,
+        // the top and left padding, the weights' offset and format, the bias.
+        let conv_words = |out: u32, x: u32, w: u32, b: u32, s: u32, pad: [u32; 2]| -> Result<_, RunError> {
+            let (o, xi) = (value(out)?, value(x)?);
+            let info = m.tensor_info(w).ok_or(bad)?;
+            let (wo, wf) = tensor(w)?;
+            let (ci, hi, wi, co) = (xi.c as u32, xi.h as u32, xi.w as u32, o.c as u32);
+            let (kh, kw, ho, wout) = (info.dims[2] as u32, info.dims[3] as u32, o.h as u32, o.w as u32);
+            let words = [off(out)?, off(x)?, ci, hi, wi, co, kh, kw, s, pad[0], pad[1], ho, wout, wo, wf, tensor(b)?.0];
+            Ok((o, words))
+        };
         let mut push = |kernel: Kernel, items: usize, words: &[u32]| {
             if items == 0 {
                 return;
@@ -126,27 +137,7 @@ impl Plan {
                 // The kernel convolves straight from `x` with bounds checks, so the op's `scratch` value (where the
                 // CPU puts a zero-padded copy of the input) is not used.
                 Op::Conv2d { out, x, w, b, stride: s, pad, .. } => {
-                    let (o, xi) = (value(out)?, value(x)?);
-                    let info = m.tensor_info(w).ok_or(bad)?;
-                    let (wo, wf) = tensor(w)?;
-                    let words = [
-                        off(out)?,
-                        off(x)?,
-                        xi.c as u32,
-                        xi.h as u32,
-                        xi.w as u32,
-                        o.c as u32,
-                        info.dims[2] as u32,
-                        info.dims[3] as u32,
-                        s,
-                        pad[0],
-                        pad[1],
-                        o.h as u32,
-                        o.w as u32,
-                        wo,
-                        wf,
-                        tensor(b)?.0,
-                    ];
+                    let (o, words) = conv_words(out, x, w, b, s, [pad[0], pad[1]])?;
                     push(Kernel::Conv2d, o.h * o.w, &words);
                 }
                 Op::GroupNorm { out, x, gamma, beta, groups: g, eps, silu } => {
@@ -214,27 +205,7 @@ impl Plan {
                     push(Kernel::LayerNorm, rows, &words);
                 }
                 Op::ConvTranspose2d { out, x, w, b, stride: s, pad } => {
-                    let (o, xi) = (value(out)?, value(x)?);
-                    let info = m.tensor_info(w).ok_or(bad)?;
-                    let (wo, wf) = tensor(w)?;
-                    let words = [
-                        off(out)?,
-                        off(x)?,
-                        xi.c as u32,
-                        xi.h as u32,
-                        xi.w as u32,
-                        o.c as u32,
-                        info.dims[2] as u32,
-                        info.dims[3] as u32,
-                        s,
-                        pad[0],
-                        pad[1],
-                        o.h as u32,
-                        o.w as u32,
-                        wo,
-                        wf,
-                        tensor(b)?.0,
-                    ];
+                    let (o, words) = conv_words(out, x, w, b, s, [pad[0], pad[1]])?;
                     push(Kernel::ConvTranspose2d, o.numel(), &words);
                 }
                 Op::TimestepTable { out, table } => {
