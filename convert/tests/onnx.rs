@@ -252,11 +252,12 @@ fn hostile_or_unsupported_files_are_errors() {
     assert!(e.contains("not an ONNX model"), "{e}");
     let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n";
     assert!(ddpm_convert::onnx::parse(lfs, None).unwrap_err().to_string().contains("git lfs pull"));
-    // Found by the onnx fuzz target, each an error naming what is wrong (they were a blob the validator refused
-    // and an index past a node's inputs).
+    // Found by the onnx fuzz target, each an error naming what is wrong (they were a blob the validator refused,
+    // an index past a node's inputs, and a 4 KB file whose folded constants took half a minute).
     for (file, needles) in [
         ("negative-layernorm-epsilon.onnx", &["LayerNormalization", "epsilon"][..]),
         ("matmul-with-one-input.onnx", &["MatMul", "input 1 is missing"][..]),
+        ("large-folded-constants.onnx", &["ConstantOfShape", "constant folding makes more than"][..]),
     ] {
         let regression = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/onnx").join(file);
         let mut sched = serde_json::Map::new();

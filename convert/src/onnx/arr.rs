@@ -9,6 +9,10 @@ use crate::error::Result;
 
 /// The most elements one folded array may hold.
 pub const MAX_ELEMENTS: usize = 1 << 26;
+/// The elements all the arrays folding makes for one graph may hold together, beyond four times the graph's own
+/// weights: shape arithmetic and weight rearrangements stay far below it, while a small hostile file that keeps
+/// making large constants (ConstantOfShape, Expand, Concat of itself...) is an error in a second, not minutes.
+pub const FOLD_ALLOWANCE: usize = 1 << 24;
 
 /// Array data: floats or integers (booleans are 0/1 integers).
 #[derive(Debug, Clone, PartialEq)]

@@ -194,6 +194,10 @@ struct Lower<'m> {
     fused: HashSet<usize>,
     /// `Mul` nodes that are a SiLU of their input.
     silu: HashMap<usize, String>,
+    /// Elements of all the constants folding has made so far, and how many it may make (see
+    /// [`arr::FOLD_ALLOWANCE`]).
+    folded: usize,
+    fold_budget: usize,
 }
 
 fn attr_i(n: &Node, k: &str, d: i64) -> Result<i64> {
@@ -429,7 +433,7 @@ impl<'m> Lower<'m> {
                     _ => refuse!(n, "a Constant without a supported value attribute"),
                 },
             };
-            self.out_const(n, vec![a]);
+            self.out_const(n, vec![a])?;
             return Ok(());
         }
         let ins: Vec<Option<&Sym>> = n
@@ -444,7 +448,7 @@ impl<'m> Lower<'m> {
             let consts: Vec<Option<&Arr>> =
                 ins.iter().map(|s| if let Some(Sym::Const(a)) = s { Some(a) } else { None }).collect();
             let outs = fold(n, &consts).with_context(|| format!("node {} ({}), folding constants", n.name, n.op))?;
-            self.out_const(n, outs);
+            self.out_const(n, outs)?;
             return Ok(());
         }
         // Shapes are static: `Shape` of a value is a constant.
@@ -453,12 +457,12 @@ impl<'m> Lower<'m> {
             // `fold` computes `Shape` (with its start/end) of a tensor of this shape; no element is read.
             let probe = Arr { shape, data: arr::Data::F(Vec::new()) };
             let dims = fold(n, &[Some(&probe)])?;
-            self.out_const(n, dims);
+            self.out_const(n, dims)?;
             return Ok(());
         }
         if n.op == "Size" && any_val {
             let (_, shape) = self.val(n, 0)?;
-            self.out_const(n, vec![Arr::i(vec![], vec![arr::numel(&shape)? as i64])]);
+            self.out_const(n, vec![Arr::i(vec![], vec![arr::numel(&shape)? as i64])])?;
             return Ok(());
         }
         // A node of the timestep alone or the class alone is tabulated later; one that mixes them runs in the
@@ -472,10 +476,16 @@ impl<'m> Lower<'m> {
         self.lower_op(i, n)
     }
 
-    fn out_const(&mut self, n: &Node, outs: Vec<Arr>) {
+    fn out_const(&mut self, n: &Node, outs: Vec<Arr>) -> Result<()> {
         for (o, a) in n.outputs.iter().zip(outs) {
+            // One huge folded array is refused by `arr::numel`; many large ones would still take long.
+            self.folded = self.folded.saturating_add(a.len());
+            if self.folded > self.fold_budget {
+                refuse!(n, "constant folding makes more than {} elements in all", self.fold_budget);
+            }
             self.syms.insert(o.clone(), Sym::Const(a));
         }
+        Ok(())
     }
 
     fn lower_op(&mut self, i: usize, n: &'m Node) -> Result<()> {
@@ -1234,6 +1244,8 @@ pub fn lower(m: &OnnxModel, opts: &Options) -> Result<Lowered> {
         class_input: class_input.clone(),
         fused: HashSet::new(),
         silu: HashMap::new(),
+        folded: 0,
+        fold_budget: m.initializers.values().fold(arr::FOLD_ALLOWANCE, |b, a| b.saturating_add(4 * a.len())),
     };
     for (name, a) in &m.initializers {
         l.syms.insert(name.clone(), Sym::Const(a.clone()));
