@@ -60,15 +60,29 @@ fn gpu_backend_matches_cpu_through_the_cli() {
             "--backend",
             backend,
         ]);
+    }
+    let (_, fc) = read_npy(std::path::Path::new(&p("f_cpu.npy")));
+    let (_, fg) = read_npy(std::path::Path::new(&p("f_gpu.npy")));
+    assert!(rel_err(&fg, &fc) <= 1e-4, "forward: {}", rel_err(&fg, &fc));
+    let err = sample_difference(&b, tmp.path(), "5", "6");
+    assert!(err <= 1e-3, "sample: max abs difference {err}");
+}
+
+/// `host-cli sample BLOB -n 2 --seed SEED --steps STEPS` on the CPU and on the GPU: the largest absolute
+/// difference between the two sets of images.
+#[cfg(feature = "gpu")]
+fn sample_difference(b: &std::path::Path, tmp: &std::path::Path, seed: &str, steps: &str) -> f32 {
+    let p = |n: &str| tmp.join(n).to_str().unwrap().to_string();
+    for backend in ["cpu", "gpu"] {
         host_cli_ok(&[
             "sample",
             b.to_str().unwrap(),
             "-n",
             "2",
             "--seed",
-            "5",
+            seed,
             "--steps",
-            "6",
+            steps,
             "--npy",
             &p(&format!("s_{backend}.npy")),
             "-o",
@@ -77,13 +91,9 @@ fn gpu_backend_matches_cpu_through_the_cli() {
             backend,
         ]);
     }
-    let (_, fc) = read_npy(std::path::Path::new(&p("f_cpu.npy")));
-    let (_, fg) = read_npy(std::path::Path::new(&p("f_gpu.npy")));
-    assert!(rel_err(&fg, &fc) <= 1e-4, "forward: {}", rel_err(&fg, &fc));
     let (_, sc) = read_npy(std::path::Path::new(&p("s_cpu.npy")));
     let (_, sg) = read_npy(std::path::Path::new(&p("s_gpu.npy")));
-    let err = sc.iter().zip(&sg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-3, "sample: max abs difference {err}");
+    sc.iter().zip(&sg).fold(0f32, |m, (a, b)| m.max((a - b).abs()))
 }
 
 /// An ONNX-imported network (the MNIST tutorial UNet: layer norms, transposed convolutions, a timestep table)
@@ -95,28 +105,7 @@ fn gpu_backend_samples_an_onnx_import() {
     let b = tmp.path().join("tutorial.blob");
     let onnx = fixtures().join("onnx/tutorial/legacy.onnx");
     host_cli_ok(&["convert", onnx.to_str().unwrap(), "-o", b.to_str().unwrap()]);
-    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    for backend in ["cpu", "gpu"] {
-        host_cli_ok(&[
-            "sample",
-            b.to_str().unwrap(),
-            "-n",
-            "2",
-            "--seed",
-            "7",
-            "--steps",
-            "4",
-            "--npy",
-            &p(&format!("s_{backend}.npy")),
-            "-o",
-            &p(&format!("s_{backend}.png")),
-            "--backend",
-            backend,
-        ]);
-    }
-    let (_, sc) = read_npy(std::path::Path::new(&p("s_cpu.npy")));
-    let (_, sg) = read_npy(std::path::Path::new(&p("s_gpu.npy")));
-    let err = sc.iter().zip(&sg).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = sample_difference(&b, tmp.path(), "7", "4");
     assert!(err <= 1e-3, "sample: max abs difference {err}");
 }
 
