@@ -93,6 +93,22 @@ pub struct ConvertArgs {
     pub calibration: Calibration,
 }
 
+impl ConvertArgs {
+    /// `input` in `precision` with nothing else given (`host-cli convert INPUT --precision P`).
+    pub fn new(input: impl Into<PathBuf>, precision: Precision) -> Self {
+        ConvertArgs {
+            input: input.into(),
+            precision,
+            key: None,
+            config: None,
+            scheduler: None,
+            sets: vec![],
+            scheduler_sets: vec![],
+            calibration: Calibration::default(),
+        }
+    }
+}
+
 /// The weights files a diffusers model folder may hold, in order of preference.
 const FOLDER_WEIGHTS: [&str; 4] =
     ["diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin", "pytorch_model.bin"];

@@ -25,16 +25,7 @@ fn trainer_file() -> PathBuf {
 }
 
 fn args(input: &Path, precision: Precision, sets: &[&str]) -> ConvertArgs {
-    ConvertArgs {
-        input: input.to_path_buf(),
-        precision,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: sets.iter().map(|s| s.to_string()).collect(),
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    }
+    ConvertArgs { sets: sets.iter().map(|s| s.to_string()).collect(), ..ConvertArgs::new(input, precision) }
 }
 
 fn convert(input: &Path, precision: Precision, sets: &[&str]) -> Converted {

@@ -17,16 +17,7 @@ fn fixtures(model: &str) -> PathBuf {
 
 /// `host-cli convert INPUT --precision P` with nothing else set, for the native conversion of a folder.
 fn native_args(input: &Path, precision: Precision) -> ddpm_convert::ConvertArgs {
-    ddpm_convert::ConvertArgs {
-        input: input.to_path_buf(),
-        precision,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: vec![],
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    }
+    ddpm_convert::ConvertArgs::new(input, precision)
 }
 
 fn npy(p: &Path) -> Vec<f32> {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ddpm_convert::{convert_path, AlignedBlob, Calibration, ConvertArgs};
+use ddpm_convert::{convert_path, AlignedBlob, ConvertArgs};
 use ddpm_core::Precision;
 
 fn a_ddpm() -> PathBuf {
@@ -12,16 +12,7 @@ fn a_ddpm() -> PathBuf {
 }
 
 fn args(input: &Path) -> ConvertArgs {
-    ConvertArgs {
-        input: input.to_path_buf(),
-        precision: Precision::F32,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: vec![],
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    }
+    ConvertArgs::new(input, Precision::F32)
 }
 
 #[test]

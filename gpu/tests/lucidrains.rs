@@ -8,7 +8,7 @@
 
 mod common;
 
-use ddpm_convert::{AlignedBlob, Calibration, ConvertArgs};
+use ddpm_convert::{AlignedBlob, ConvertArgs};
 use ddpm_core::{Kernels, Precision};
 use ddpm_gpu::GpuModel;
 
@@ -23,16 +23,8 @@ fn lucidrains_trainer_checkpoint_runs_on_the_gpu() {
     let npy = |name: &str| ddpm_convert::load::read_npy(&dir.join(name)).unwrap().1;
     let x = npy("x.npy");
     for precision in [Precision::F32, Precision::F16] {
-        let args = ConvertArgs {
-            input: dir.join("model-1.pt"),
-            precision,
-            key: None,
-            config: None,
-            scheduler: None,
-            sets: vec!["sample_size=8".into()],
-            scheduler_sets: vec![],
-            calibration: Calibration::default(),
-        };
+        let args =
+            ConvertArgs { sets: vec!["sample_size=8".into()], ..ConvertArgs::new(dir.join("model-1.pt"), precision) };
         let blob = AlignedBlob::from_bytes(&ddpm_convert::convert_path(&args).unwrap().blob);
         let m = blob.model().unwrap().with_kernels(Kernels::Exact);
         let steps = m.schedule().num_train_timesteps;

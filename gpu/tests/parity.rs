@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ddpm_convert::load::read_npy;
-use ddpm_convert::{convert_path, AlignedBlob, Calibration, ConvertArgs};
+use ddpm_convert::{convert_path, AlignedBlob, ConvertArgs};
 use ddpm_core::sampler::{Method, SampleSpec, Sampler};
 use ddpm_core::{Model, Precision};
 use ddpm_gpu::{Device, GpuModel};
@@ -48,16 +48,7 @@ fn blob(name: &str, precision: &str, extra: &[&str]) -> Blob {
         "int8" => Precision::Int8,
         other => panic!("unknown precision {other}"),
     };
-    let mut a = ConvertArgs {
-        input: dir.clone(),
-        precision,
-        key: None,
-        config: None,
-        scheduler: None,
-        sets: vec![],
-        scheduler_sets: vec![],
-        calibration: Calibration::default(),
-    };
+    let mut a = ConvertArgs::new(dir.clone(), precision);
     match name {
         "a_ddpm" => {}
         "b_scale_shift" => {
