@@ -2,6 +2,7 @@
 //! 4 images, 20 DDIM steps.
 //! - With `--exact` (the portable kernels) the built-in default model gives exactly the committed f32 output, and
 //!   the shipped f16 and int8 blobs exactly theirs: the portable kernels promise the same bits on every machine.
+//!   int8 with the default (vector) kernels gives those bits too.
 //! - f32 agrees with diffusers' DDIM loop on the same model and the same noise to 1e-3 max abs, with the portable
 //!   kernels and with the default (fastest on this CPU) ones.
 //! - f16 agrees with it on average: mean abs ≤ 5e-3. Not pixel for pixel: f16 weights differ from f32 by ~1e-3
@@ -69,6 +70,15 @@ fn check_shipped(precision: &str, mean_bound: f64) {
         "{precision}: output differs from the committed golden run (max diff {})",
         max_abs_diff(&ours, &want)
     );
+    if precision == "int8" {
+        // Integer sums are exact: the host's vector kernels (AVX-512 VNNI, AVX2) give the same bits.
+        let fast = run(Some(blob.to_str().unwrap()), "int8_fast", false);
+        assert!(
+            fast == want,
+            "int8 with the default kernels differs from --exact (max diff {})",
+            max_abs_diff(&fast, &want)
+        );
+    }
     let (_, torch) = read_npy(&dir.join("torch_ddim20.npy"));
     let mean = ours.iter().zip(&torch).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / ours.len() as f64;
     eprintln!("{precision} vs diffusers: mean abs error {mean:.2e}, max {:.2e}", max_abs_diff(&ours, &torch));

@@ -65,18 +65,19 @@ impl Exec<'_, '_> {
                 let TensorView::I8(wd) = self.weights(w)? else { return Err(bad) };
                 let bd = self.ints(brq)?;
                 let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                let k = self.m.kernels();
                 match (xi.dtype, o.dtype) {
                     (DType::I8, DType::I8) => {
-                        ops::qconv2d::<i8, i8>(cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
+                        ops::qconv2d_using::<i8, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
                     }
                     (DType::I8, DType::I16) => {
-                        ops::qconv2d::<i8, i16>(cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
+                        ops::qconv2d_using::<i8, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
                     }
                     (DType::I16, DType::I8) => {
-                        ops::qconv2d::<i16, i8>(cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
+                        ops::qconv2d_using::<i16, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
                     }
                     (DType::I16, DType::I16) => {
-                        ops::qconv2d::<i16, i16>(cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
+                        ops::qconv2d_using::<i16, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
                     }
                     _ => return Err(bad),
                 }

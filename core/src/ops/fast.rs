@@ -108,7 +108,7 @@ const fn avx512_entries<const MR: usize, const NV: usize>() -> [TileFn; 3] {
 
 /// The tile buffers of `conv2d_with` hold any kernel's tile.
 const MAX_MR: usize = 8;
-const MAX_NP: usize = 48;
+pub(crate) const MAX_NP: usize = 48;
 const _: () = assert!(AVX512.mr <= MAX_MR && AVX2.mr <= MAX_MR && AVX512_NARROW.mr <= MAX_MR);
 const _: () = assert!(AVX512.np <= MAX_NP && AVX2.np <= MAX_NP && AVX512_NARROW.np <= MAX_NP);
 
@@ -143,38 +143,92 @@ pub(crate) fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32],
 /// position (3×3, 128 channels, 32×32); it wins where the wide tile would mostly compute padding (7×7, 8×8).
 fn cost(k: &Kernel, g: &Conv2dShape) -> usize {
     let weight = if k.np >= 32 { 10 } else { 13 };
-    tiles(k, g) * k.np * weight
-}
-
-/// How many tiles [`conv2d_with`] computes for `g` with kernel `k` (see there).
-fn tiles(k: &Kernel, g: &Conv2dShape) -> usize {
-    if g.stride == 1 {
-        grid_pixels(g).div_ceil(k.np)
-    } else {
-        g.ho * per_row(k, g)
-    }
-}
-
-/// Tiles per output row of a strided convolution: runs of `np` over the `s·(wo − 1) + 1` positions of the
-/// stride-1 grid that cover it.
-fn per_row(k: &Kernel, g: &Conv2dShape) -> usize {
-    (g.stride * g.wo.saturating_sub(1) + 1).div_ceil(k.np)
+    Grid::new(g, k.np).tiles * k.np * weight
 }
 
 /// Whether kernel `k` can compute convolution `g`.
 fn fits(k: &Kernel, g: &Conv2dShape) -> bool {
-    g.stride > 0 && g.ho > 0 && g.wo > 0 && grid_pixels(g) >= k.np
+    Grid::fits(g, k.np)
 }
 
-/// Positions along the padded rows (`p = y·rs + x`) up to the last one a tile computes: for stride 1 the last
-/// output pixel, `(ho − 1)·rs + wo`; for a larger stride the last position of the stride-1 grid over the
-/// padded input, `(hp − kh)·rs + rs − kw + 1`, of which the tiles keep every `stride`-th row and column.
-fn grid_pixels(g: &Conv2dShape) -> usize {
-    let (_, hp, rs) = g.scratch_shape();
-    if g.stride == 1 {
-        g.ho.saturating_sub(1) * rs + g.wo
-    } else {
-        (hp.saturating_sub(g.kh) * rs + rs + 1).saturating_sub(g.kw)
+/// The tiles of `np` positions along the padded rows (`p = y·rs + x`, `rs` the padded row) that a convolution's
+/// microkernel computes: for stride 1, consecutive runs of `np` positions; for stride s, per output row `oy` the
+/// runs that cover positions `s·oy·rs + s·ox` of the stride-1 grid (s − 1 of every s columns computed and
+/// dropped). Shared by the float and the integer kernels.
+pub(crate) struct Grid {
+    /// Positions up to the last one a tile computes (see [`Grid::pixels`]).
+    pub(crate) pixels: usize,
+    /// Tiles per output row (strided convolutions).
+    per_row: usize,
+    /// Tiles in all.
+    pub(crate) tiles: usize,
+    np: usize,
+    rs: usize,
+    stride: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Grid {
+    pub(crate) fn new(g: &Conv2dShape, np: usize) -> Self {
+        let (pixels, rs, s) = (Self::pixels(g), g.padded_row(), g.stride.max(1));
+        // Runs of `np` over the `s·(wo − 1) + 1` positions of the stride-1 grid that cover an output row.
+        let per_row = (s * g.wo.saturating_sub(1) + 1).div_ceil(np.max(1));
+        let tiles = if s == 1 { pixels.div_ceil(np.max(1)) } else { g.ho * per_row };
+        Grid { pixels, per_row, tiles, np, rs, stride: s, ho: g.ho, wo: g.wo }
+    }
+
+    /// Whether tiles of `np` positions can compute `g`: at least one whole tile.
+    pub(crate) fn fits(g: &Conv2dShape, np: usize) -> bool {
+        g.stride > 0 && g.ho > 0 && g.wo > 0 && Self::pixels(g) >= np
+    }
+
+    /// Positions along the padded rows up to the last one a tile computes: for stride 1 the last output pixel,
+    /// `(ho − 1)·rs + wo`; for a larger stride the last position of the stride-1 grid over the padded input,
+    /// `(hp − kh)·rs + rs − kw + 1`, of which the tiles keep every `stride`-th row and column.
+    fn pixels(g: &Conv2dShape) -> usize {
+        let (_, hp, rs) = g.scratch_shape();
+        if g.stride == 1 {
+            g.ho.saturating_sub(1) * rs + g.wo
+        } else {
+            (hp.saturating_sub(g.kh) * rs + rs + 1).saturating_sub(g.kw)
+        }
+    }
+
+    /// The first position of tile `t`. A tile running past the last position is moved back to end there: it
+    /// recomputes, bit for bit, outputs another tile wrote, instead of reading past the input.
+    pub(crate) fn start(&self, t: usize) -> usize {
+        let s = self.stride;
+        let start = if s == 1 { t * self.np } else { s * (t / self.per_row) * self.rs + (t % self.per_row) * self.np };
+        start.min(self.pixels - self.np)
+    }
+
+    /// The runs of the tile at `p0` that land in the output plane, `(offset in the tile, offset in the plane,
+    /// length)`, worked out by stepping along the padded rows: for stride 1 the part of each padded row inside
+    /// the output row, for stride s every s-th position of every s-th row. Returns how many it wrote.
+    pub(crate) fn runs(&self, p0: usize, runs: &mut [(usize, usize, usize); MAX_NP]) -> usize {
+        let (s, rs) = (self.stride, self.rs);
+        let mut nruns = 0;
+        let (mut j, mut y, mut x) = (0, p0 / rs, p0 % rs);
+        while j < self.np {
+            let len = (rs - x).min(self.np - j);
+            if s == 1 {
+                let keep = len.min(self.wo.saturating_sub(x));
+                if keep > 0 && y < self.ho && nruns < runs.len() {
+                    runs[nruns] = (j, y * self.wo + x, keep);
+                    nruns += 1;
+                }
+            } else if y % s == 0 && y / s < self.ho {
+                let mut dx = x.next_multiple_of(s);
+                while dx < x + len && dx / s < self.wo && nruns < runs.len() {
+                    runs[nruns] = (j + dx - x, (y / s) * self.wo + dx / s, 1);
+                    nruns += 1;
+                    dx += s;
+                }
+            }
+            (j, y, x) = (j + len, y + 1, 0);
+        }
+        nruns
     }
 }
 
@@ -191,7 +245,9 @@ pub(crate) fn conv2d_with<W: Weight>(
     let ksize = ci * g.kh * g.kw;
     // The weights are read as they are stored, one row of `ksize` per output channel.
     let taps = Taps { ci, kh: g.kh, kw: g.kw, plane: hp * rs, rs, ks: 1, rsb: ksize };
-    let (s, plane, pixels) = (g.stride, g.ho * g.wo, grid_pixels(g));
+    let (s, plane) = (g.stride, g.ho * g.wo);
+    let grid = Grid::new(g, k.np);
+    let pixels = grid.pixels;
     // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
     let in_bounds = pixels.checked_add(taps.max_offset()).is_some_and(|end| end <= xp.len());
     if !fits(&k, g)
@@ -204,9 +260,6 @@ pub(crate) fn conv2d_with<W: Weight>(
     {
         return false;
     }
-    // Tiles: for stride 1, consecutive runs of `np` positions; for stride s, per output row `oy` the runs that
-    // cover positions `s·oy·rs + s·ox` of the stride-1 grid (s − 1 of every s columns computed and dropped).
-    let (per_row, tiles) = (per_row(&k, g), tiles(&k, g));
     let out = &mut out[..g.co * plane];
     let run = k.entry(taps.kw);
     par::for_each_chunk(out, k.mr * plane, |blk, o| {
@@ -235,40 +288,15 @@ pub(crate) fn conv2d_with<W: Weight>(
             bias[..nco].copy_from_slice(&b[co0..co0 + nco]);
             let mut acc = [0f32; MAX_MR * MAX_NP];
             let acc = &mut acc[..k.mr * k.np];
-            for t in 0..tiles {
-                let start = if s == 1 { t * k.np } else { s * (t / per_row) * rs + (t % per_row) * k.np };
-                // A tile running past the last position is moved back to end there: it recomputes, bit for bit,
-                // outputs another tile wrote, instead of reading past the input.
-                let p0 = start.min(pixels - k.np);
+            for t in 0..grid.tiles {
+                let p0 = grid.start(t);
                 // SAFETY: `conv_kernels` returned `k` only on a CPU with its instruction set. Reads of x reach
                 // `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xp.len()` (checked above); wp holds
                 // `mr` rows of `ksize` floats (`max_a(mr) = ksize − 1 + (mr − 1)·ksize`), bias MAX_MR ≥ mr,
                 // acc `mr·np`.
                 unsafe { run(xp[p0..].as_ptr(), wp.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
-                // The runs of the tile that land in the output plane, `(offset in the tile, offset in the plane,
-                // length)`, worked out once per tile by stepping along the padded rows: for stride 1 the part of
-                // each padded row inside the output row, for stride s every s-th position of every s-th row.
                 let mut runs = [(0usize, 0usize, 0usize); MAX_NP];
-                let mut nruns = 0;
-                let (mut j, mut y, mut x) = (0, p0 / rs, p0 % rs);
-                while j < k.np {
-                    let len = (rs - x).min(k.np - j);
-                    if s == 1 {
-                        let keep = len.min(g.wo.saturating_sub(x));
-                        if keep > 0 && y < g.ho {
-                            runs[nruns] = (j, y * g.wo + x, keep);
-                            nruns += 1;
-                        }
-                    } else if y % s == 0 && y / s < g.ho {
-                        let mut dx = x.next_multiple_of(s);
-                        while dx < x + len && dx / s < g.wo && nruns < runs.len() {
-                            runs[nruns] = (j + dx - x, (y / s) * g.wo + dx / s, 1);
-                            nruns += 1;
-                            dx += s;
-                        }
-                    }
-                    (j, y, x) = (j + len, y + 1, 0);
-                }
+                let nruns = grid.runs(p0, &mut runs);
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let dst = &mut o[r * plane..][..plane];
                     for &(j, d, n) in &runs[..nruns] {

@@ -33,8 +33,8 @@ pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::{group_norm, group_norm_using};
 pub use int8::{
-    dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
-    QElem, QMut, QNorm, QRef, Src,
+    dequantize, qadd, qclass_embed, qconv2d, qconv2d_using, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize,
+    rq, QAttention, QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows, linear_rows_using};
@@ -47,13 +47,14 @@ pub use resample::{resize, resize_mode, upsample2x_nearest, ResizeCoord, ResizeS
 pub use softmax::softmax;
 pub use timestep::timestep_embedding;
 
-/// Which float kernels the CPU forward pass runs ([`crate::Model::with_kernels`]).
+/// Which kernels the CPU forward pass runs ([`crate::Model::with_kernels`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
     /// With the `std` feature on an x86-64 CPU with AVX2+FMA or AVX-512F, the kernels of that instruction set
-    /// where one applies (chosen at run time; fused multiply-adds, so within rounding of the portable kernels:
-    /// 1e-5 × max|ref| per layer, tested); everywhere else the portable kernels. The same bits for any thread
-    /// count on one machine.
+    /// where one applies (chosen at run time). Float kernels use fused multiply-adds, so they are within
+    /// rounding of the portable kernels (1e-5 × max|ref| per layer, tested); the integer convolution (AVX-512
+    /// VNNI or AVX2) sums exactly, so int8 programs give the portable kernels' bits. Everywhere else the
+    /// portable kernels. The same bits for any thread count on one machine.
     #[default]
     Fast,
     /// The portable kernels only: the same bits on every machine and target, the firmware's included.

@@ -1,7 +1,7 @@
 //! Integer convolution (and, as 1×1 convolutions, the linear layers and attention projections).
 
 use super::{rq, QElem};
-use crate::ops::Conv2dShape;
+use crate::ops::{Conv2dShape, Kernels};
 use crate::par;
 
 /// Output channels computed together (each input element loaded once serves this many).
@@ -139,6 +139,25 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
             }
         }
     });
+}
+
+/// [`qconv2d`], or with [`Kernels::Fast`] the integer microkernel of this CPU where one applies (AVX-512 VNNI or
+/// AVX2 on x86-64 hosts; see `fast.rs`): the same sums, so the same bits.
+pub fn qconv2d_using<X: QElem, Y: QElem>(
+    kernels: Kernels,
+    out: &mut [Y],
+    x: &[X],
+    w: &[i8],
+    brq: &[i32],
+    g: &Conv2dShape,
+    pad: X,
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::qconv2d(out, x, w, brq, g, pad) {
+        return;
+    }
+    let _ = kernels;
+    qconv2d(out, x, w, brq, g, pad);
 }
 
 /// The input rows one output row of a convolution reads, and the input column of its first tap (negative in

@@ -17,11 +17,13 @@ mod conv2d_dsp;
 #[allow(unsafe_code)]
 mod dsp;
 mod elementwise;
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod fast;
 mod group_norm;
 mod quantize;
 
 pub use attention::{qsdpa, QAttention};
-pub use conv2d::qconv2d;
+pub use conv2d::{qconv2d, qconv2d_using};
 pub use elementwise::{qadd, qclass_embed, qcopy, qlut, qscale_shift};
 pub use group_norm::{qgroup_norm, QNorm};
 pub use quantize::{dequantize, quantize};

@@ -1,0 +1,691 @@
+//! Integer convolution for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets:
+//! AVX-512 VNNI (`vpdpbusd`: four u8 × i8 products summed into each i32 lane, and `vpdpwssd`, two i16 × i16
+//! products, for i16 activations), else AVX2 (`vpmaddwd`, two i16 products per lane, then an add), else none (the
+//! portable kernel runs). Integer sums are exact, so every kernel gives the bits of the portable
+//! [`super::qconv2d`]: on every machine, for any thread count, in both kernel modes.
+//!
+//! The microkernel is the float one's (`ops/fast.rs`): a tile of output channels × positions along the padded
+//! rows (`p = y·rs + x`, the same [`Grid`]) held in registers for the whole reduction, so that for stride 1 each
+//! tap of a tile is one contiguous run of the input. Here the input is first copied into that padded grid with
+//! its channels interleaved, one `u32` per position holding a group of channels: four as the unsigned bytes
+//! `x + 128` (the first operand of `vpdpbusd` is unsigned; `Σ w·(x + 128) = Σ w·x + 128·Σ w`, and the second
+//! sum is taken off the bias first) or two as i16. A tap of a group is then one vector load, multiplied by one
+//! broadcast `u32` of weights per output channel. The padding holds the input's zero point (the integer that
+//! stands for 0.0), so border pixels need no correction.
+//!
+//! Scratch beyond the arena, per thread and reused (never per call): the packed input, 4 bytes per group and
+//! padded position (about the input's size in bytes for i8 activations, twice it for i16), and one block's
+//! packed weights, `mr × ci·kh·kw` bytes for i8 (at most 8 × 4,608 × 4 / 4 words for 512 input channels, 3×3).
+#![allow(unsafe_code)]
+
+use core::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::{rq, QElem};
+use crate::ops::fast::{Grid, MAX_NP};
+use crate::ops::Conv2dShape;
+use crate::par;
+
+/// How the reduction is packed into `u32`s, for the input and the weights alike.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Form {
+    /// Four channels: the input as the unsigned bytes `x + 128`, the weights as signed bytes (`vpdpbusd`).
+    Quad,
+    /// Two channels as i16 (`vpdpwssd`, or `vpmaddwd` and an add).
+    Pair,
+}
+
+impl Form {
+    const fn lanes(self) -> usize {
+        match self {
+            Form::Quad => 4,
+            Form::Pair => 2,
+        }
+    }
+}
+
+/// `run(x, w, taps, bias, acc)`: `acc[r·np + j] = bias[r] + Σ_k dot(x[taps.at(k) + j], w[k·mr + r])` for
+/// `k = (group, ky, kx)`, `dot` the sum of the lane products of two packed `u32`s.
+///
+/// # Safety
+/// The CPU has the kernel's instruction set; `x[taps.max_offset() + np − 1]`, `w[taps.len()·mr − 1]`,
+/// `bias[mr − 1]` and `acc[mr·np − 1]` are in bounds.
+type QTileFn = unsafe fn(*const u32, *const u32, &QTaps, *const i32, *mut i32);
+
+/// An integer convolution microkernel: its tile, its packing and its entry points (any kernel width, `kw = 1`,
+/// `kw = 3`).
+#[derive(Clone, Copy)]
+pub(crate) struct QKernel {
+    mr: usize,
+    np: usize,
+    form: Form,
+    run: [QTileFn; 3],
+}
+
+impl QKernel {
+    fn entry(&self, kw: usize) -> QTileFn {
+        match kw {
+            1 => self.run[1],
+            3 => self.run[2],
+            _ => self.run[0],
+        }
+    }
+}
+
+/// The reduction of one tile: group `c` of tap `(ky, kx)` is read at `c·plane + ky·rs + kx`.
+struct QTaps {
+    groups: usize,
+    kh: usize,
+    kw: usize,
+    plane: usize,
+    rs: usize,
+}
+
+impl QTaps {
+    fn len(&self) -> usize {
+        self.groups * self.kh * self.kw
+    }
+
+    fn max_offset(&self) -> usize {
+        (self.groups.max(1) - 1) * self.plane + (self.kh.max(1) - 1) * self.rs + self.kw.max(1) - 1
+    }
+}
+
+/// The vector operations a tile needs, for one instruction set and packing.
+trait Lanes {
+    type V: Copy;
+    /// i32 lanes per vector.
+    const N: usize;
+    unsafe fn splat(v: i32) -> Self::V;
+    unsafe fn load(p: *const u32) -> Self::V;
+    /// `acc + Σ` of the lane products of `x` and `w`.
+    unsafe fn dot(acc: Self::V, x: Self::V, w: Self::V) -> Self::V;
+    unsafe fn store(p: *mut i32, v: Self::V);
+}
+
+/// AVX-512 VNNI, four channels per lane (`vpdpbusd`).
+struct Vnni512Quad;
+/// AVX-512 VNNI, two i16 channels per lane (`vpdpwssd`).
+struct Vnni512Pair;
+/// AVX2, two i16 channels per lane (`vpmaddwd`, `vpaddd`).
+struct Avx2Pair;
+
+// SAFETY (the three impls): each method is only called from a tile function compiled for its instruction set
+// (see `tile_*` below), with pointers the tile's caller guarantees readable or writable for a whole vector.
+impl Lanes for Vnni512Quad {
+    type V = __m512i;
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m512i {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m512i {
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, x: __m512i, w: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, x, w)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: __m512i) {
+        unsafe { _mm512_storeu_si512(p.cast(), v) }
+    }
+}
+
+impl Lanes for Vnni512Pair {
+    type V = __m512i;
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m512i {
+        _mm512_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m512i {
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, x: __m512i, w: __m512i) -> __m512i {
+        _mm512_dpwssd_epi32(acc, x, w)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: __m512i) {
+        unsafe { _mm512_storeu_si512(p.cast(), v) }
+    }
+}
+
+impl Lanes for Avx2Pair {
+    type V = __m256i;
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn splat(v: i32) -> __m256i {
+        _mm256_set1_epi32(v)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u32) -> __m256i {
+        unsafe { _mm256_loadu_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: __m256i) {
+        unsafe { _mm256_storeu_si256(p.cast(), v) }
+    }
+}
+
+/// The tile body: `MR` output channels × `NV` vectors of positions, taps `KW` wide (`0`: `t.kw`).
+///
+/// # Safety
+/// As [`QTileFn`] with `mr = MR`, `np = L::N·NV`, inlined into a function compiled for `L`'s instruction set.
+#[inline(always)]
+unsafe fn tile<L: Lanes, const MR: usize, const NV: usize, const KW: usize>(
+    x: *const u32,
+    w: *const u32,
+    t: &QTaps,
+    bias: *const i32,
+    acc_out: *mut i32,
+) {
+    // SAFETY (whole body): every offset stays inside the bounds the caller guarantees: x up to
+    // `max_offset + L::N·NV − 1`, w up to `len·MR − 1`, bias up to `MR − 1`, acc_out up to `MR·L::N·NV − 1`.
+    unsafe {
+        let mut acc = [[L::splat(0); NV]; MR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            *a = [L::splat(*bias.add(r)); NV];
+        }
+        let kw = if KW == 0 { t.kw } else { KW };
+        let mut wk = w;
+        for c in 0..t.groups {
+            let xc = x.add(c * t.plane);
+            for ky in 0..t.kh {
+                let xr = xc.add(ky * t.rs);
+                for kx in 0..kw {
+                    let xk = xr.add(kx);
+                    let mut xv = [L::splat(0); NV];
+                    for (j, v) in xv.iter_mut().enumerate() {
+                        *v = L::load(xk.add(L::N * j));
+                    }
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let wv = L::splat(*wk.add(r) as i32);
+                        for (aj, xj) in a.iter_mut().zip(&xv) {
+                            *aj = L::dot(*aj, *xj, wv);
+                        }
+                    }
+                    wk = wk.add(MR);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (j, v) in a.iter().enumerate() {
+                L::store(acc_out.add(r * L::N * NV + L::N * j), *v);
+            }
+        }
+    }
+}
+
+/// [`tile`] for AVX-512 VNNI, four channels per lane.
+///
+/// # Safety
+/// As [`QTileFn`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F and AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_vnni_quad<const MR: usize, const NV: usize, const KW: usize>(
+    x: *const u32,
+    w: *const u32,
+    t: &QTaps,
+    bias: *const i32,
+    acc: *mut i32,
+) {
+    // SAFETY: this function's features are `Vnni512Quad`'s; the caller keeps the bounds.
+    unsafe { tile::<Vnni512Quad, MR, NV, KW>(x, w, t, bias, acc) }
+}
+
+/// [`tile`] for AVX-512 VNNI, two i16 channels per lane.
+///
+/// # Safety
+/// As [`QTileFn`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F and AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile_vnni_pair<const MR: usize, const NV: usize, const KW: usize>(
+    x: *const u32,
+    w: *const u32,
+    t: &QTaps,
+    bias: *const i32,
+    acc: *mut i32,
+) {
+    // SAFETY: this function's features are `Vnni512Pair`'s; the caller keeps the bounds.
+    unsafe { tile::<Vnni512Pair, MR, NV, KW>(x, w, t, bias, acc) }
+}
+
+/// [`tile`] for AVX2, two i16 channels per lane.
+///
+/// # Safety
+/// As [`QTileFn`], with `mr = MR`, `np = 8·NV`, on a CPU with AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn tile_avx2_pair<const MR: usize, const NV: usize, const KW: usize>(
+    x: *const u32,
+    w: *const u32,
+    t: &QTaps,
+    bias: *const i32,
+    acc: *mut i32,
+) {
+    // SAFETY: this function's features are `Avx2Pair`'s; the caller keeps the bounds.
+    unsafe { tile::<Avx2Pair, MR, NV, KW>(x, w, t, bias, acc) }
+}
+
+/// 8 output channels × 48 positions: 24 accumulators, 3 input vectors and a broadcast weight of 32 registers.
+const VNNI_QUAD: QKernel = QKernel {
+    mr: 8,
+    np: 48,
+    form: Form::Quad,
+    run: [tile_vnni_quad::<8, 3, 0>, tile_vnni_quad::<8, 3, 1>, tile_vnni_quad::<8, 3, 3>],
+};
+/// One vector of positions, for maps too small for [`VNNI_QUAD`]'s tile.
+const VNNI_QUAD_NARROW: QKernel = QKernel {
+    mr: 8,
+    np: 16,
+    form: Form::Quad,
+    run: [tile_vnni_quad::<8, 1, 0>, tile_vnni_quad::<8, 1, 1>, tile_vnni_quad::<8, 1, 3>],
+};
+const VNNI_PAIR: QKernel = QKernel {
+    mr: 8,
+    np: 48,
+    form: Form::Pair,
+    run: [tile_vnni_pair::<8, 3, 0>, tile_vnni_pair::<8, 3, 1>, tile_vnni_pair::<8, 3, 3>],
+};
+const VNNI_PAIR_NARROW: QKernel = QKernel {
+    mr: 8,
+    np: 16,
+    form: Form::Pair,
+    run: [tile_vnni_pair::<8, 1, 0>, tile_vnni_pair::<8, 1, 1>, tile_vnni_pair::<8, 1, 3>],
+};
+/// 4 output channels × 16 positions: 8 accumulators of 16 registers, with room for the products.
+const AVX2_PAIR: QKernel = QKernel {
+    mr: 4,
+    np: 16,
+    form: Form::Pair,
+    run: [tile_avx2_pair::<4, 2, 0>, tile_avx2_pair::<4, 2, 1>, tile_avx2_pair::<4, 2, 3>],
+};
+
+/// Tile buffers hold any kernel's tile.
+const MAX_MR: usize = 8;
+const _: () = assert!(VNNI_QUAD.mr <= MAX_MR && VNNI_PAIR.mr <= MAX_MR && AVX2_PAIR.mr <= MAX_MR);
+const _: () = assert!(VNNI_QUAD.np <= MAX_NP && VNNI_PAIR.np <= MAX_NP && AVX2_PAIR.np <= MAX_NP);
+
+/// The kernels this CPU runs for i8 (`wide` false) or i16 activations, widest tile first; empty without AVX2.
+fn kernels(wide: bool) -> &'static [QKernel] {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
+        if wide {
+            &[VNNI_PAIR, VNNI_PAIR_NARROW]
+        } else {
+            &[VNNI_QUAD, VNNI_QUAD_NARROW]
+        }
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        &[AVX2_PAIR]
+    } else {
+        &[]
+    }
+}
+
+thread_local! {
+    /// The packed input of the convolution this thread runs (taken out while in use, so that a nested call on
+    /// the same thread, from a task it runs while waiting, gets a buffer of its own).
+    static INPUT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The packed weights of the block of output channels this thread computes.
+    static WEIGHTS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`super::qconv2d`] with a microkernel of this CPU; `false`, having written nothing, where none applies (no
+/// AVX2, a feature map smaller than one tile, sizes that do not match).
+// out (co,ho,wo), x (ci,h,w), w (co,ci,kh,kw), brq (co,3) = bias, multiplier, shift
+pub(crate) fn qconv2d<X: QElem, Y: QElem>(
+    out: &mut [Y],
+    x: &[X],
+    w: &[i8],
+    brq: &[i32],
+    g: &Conv2dShape,
+    pad: X,
+) -> bool {
+    let wide = X::as_i8(x).is_none();
+    let cost = |k: &QKernel| Grid::new(g, k.np).tiles * k.np * if k.np >= 32 { 10 } else { 13 };
+    let best = kernels(wide).iter().filter(|k| Grid::fits(g, k.np)).min_by_key(|k| cost(k));
+    match best {
+        Some(k) => qconv2d_with(*k, out, x, w, brq, g, pad),
+        None => false,
+    }
+}
+
+/// [`qconv2d`] with a given kernel (tests run each kernel the CPU has).
+fn qconv2d_with<X: QElem, Y: QElem>(
+    k: QKernel,
+    out: &mut [Y],
+    x: &[X],
+    w: &[i8],
+    brq: &[i32],
+    g: &Conv2dShape,
+    pad: X,
+) -> bool {
+    let (_, hp, rs) = g.scratch_shape();
+    let (plane, ksize) = (g.ho * g.wo, g.ci * g.kh * g.kw);
+    let lanes = k.form.lanes();
+    let taps = QTaps { groups: g.ci.div_ceil(lanes), kh: g.kh, kw: g.kw, plane: hp * rs, rs };
+    if !Grid::fits(g, k.np)
+        || (k.form == Form::Quad && X::as_i8(x).is_none())
+        || ksize == 0
+        || x.len() < g.ci * g.h * g.w
+        || out.len() < g.co * plane
+        || w.len() < g.co * ksize
+        || brq.len() < 3 * g.co
+        || (g.ho - 1) * g.stride + g.kh > hp
+        || (g.wo - 1) * g.stride + g.kw > rs
+    {
+        return false;
+    }
+    let grid = Grid::new(g, k.np);
+    let mut xq = INPUT.take();
+    pack_input(&mut xq, x, g, pad, k.form, taps.groups);
+    // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
+    if grid.pixels + taps.max_offset() > xq.len() {
+        INPUT.set(xq);
+        return false;
+    }
+    let run = k.entry(g.kw);
+    let wide_requant = std::arch::is_x86_feature_detected!("avx512f");
+    let xs = &xq[..];
+    par::for_each_chunk(&mut out[..g.co * plane], k.mr * plane, |blk, o| {
+        let nco = o.len() / plane;
+        let co0 = blk * k.mr;
+        WEIGHTS.with_borrow_mut(|wq| {
+            let mut bias = [0i32; MAX_MR];
+            pack_weights(wq, &mut bias, w, brq, g, co0, nco, k.mr, k.form, taps.len());
+            let mut acc = [0i32; MAX_MR * MAX_NP];
+            let acc = &mut acc[..k.mr * k.np];
+            let mut runs = [(0usize, 0usize, 0usize); MAX_NP];
+            for t in 0..grid.tiles {
+                let p0 = grid.start(t);
+                // SAFETY: `kernels` returned `k` only on a CPU with its instruction set. Reads of the packed input
+                // reach `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xs.len()` (checked above); wq
+                // holds `len·mr` words (`pack_weights`), bias MAX_MR ≥ mr, acc `mr·np`.
+                unsafe { run(xs[p0..].as_ptr(), wq.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
+                let nruns = grid.runs(p0, &mut runs);
+                let mut ys = [0i32; MAX_NP];
+                for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
+                    let (m, sh) = (brq[3 * (co0 + r) + 1], brq[3 * (co0 + r) + 2] as u32);
+                    requant_row(row, &mut ys, m, sh, Y::MAX, wide_requant);
+                    let dst = &mut o[r * plane..][..plane];
+                    for &(j, d, n) in &runs[..nruns] {
+                        if let (Some(to), Some(from)) = (dst.get_mut(d..d + n), ys.get(j..j + n)) {
+                            to.iter_mut().zip(from).for_each(|(t, &y)| *t = Y::sat(i64::from(y)));
+                        }
+                    }
+                }
+            }
+        });
+    });
+    INPUT.set(xq);
+    true
+}
+
+/// `ys[j] = clamp(rq(acc[j], m, s), ±max)` for a row of a tile: eight lanes at a time in 64-bit arithmetic with
+/// AVX-512F (`simd`; the same integers as [`rq`]: the product of two i32 is exact, the rest are the same
+/// wrapping add and arithmetic shift), else one at a time.
+fn requant_row(acc: &[i32], ys: &mut [i32; MAX_NP], m: i32, s: u32, max: i32, simd: bool) {
+    let n = acc.len().min(MAX_NP);
+    if simd && s <= 62 && n.is_multiple_of(8) {
+        // SAFETY: AVX-512F is present (`simd`); the loop reads `acc[..n]` and writes `ys[..n]`, n ≤ both lengths.
+        unsafe { requant_row_avx512(acc.as_ptr(), ys.as_mut_ptr(), n, m, s, max) };
+        return;
+    }
+    for (y, &a) in ys.iter_mut().zip(&acc[..n]) {
+        *y = rq(i64::from(a), m, s).clamp(-i64::from(max), i64::from(max)) as i32;
+    }
+}
+
+/// See [`requant_row`].
+///
+/// # Safety
+/// AVX-512F; `acc[..n]` readable, `ys[..n]` writable, `n` a multiple of 8, `s ≤ 62`.
+#[target_feature(enable = "avx512f")]
+unsafe fn requant_row_avx512(acc: *const i32, ys: *mut i32, n: usize, m: i32, s: u32, max: i32) {
+    let (mv, round) = (_mm512_set1_epi64(i64::from(m)), _mm512_set1_epi64((1i64 << s) >> 1));
+    let (hi, lo, count) =
+        (_mm512_set1_epi64(i64::from(max)), _mm512_set1_epi64(-i64::from(max)), _mm_cvtsi32_si128(s as i32));
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 ≤ n, inside both buffers.
+        unsafe {
+            let a = _mm512_cvtepi32_epi64(_mm256_loadu_si256(acc.add(i).cast()));
+            let p = _mm512_add_epi64(_mm512_mul_epi32(a, mv), round);
+            let y = _mm512_max_epi64(_mm512_min_epi64(_mm512_sra_epi64(p, count), hi), lo);
+            _mm256_storeu_si256(ys.add(i).cast(), _mm512_cvtepi64_epi32(y));
+        }
+    }
+}
+
+/// One element of a packed group: a byte `x + 128` of a quad, or an i16 of a pair, at lane `b`.
+#[inline(always)]
+fn lane_bits(v: i32, b: usize, form: Form) -> u32 {
+    match form {
+        Form::Quad => u32::from((v as i8 as u8) ^ 0x80) << (8 * b),
+        Form::Pair => u32::from(v as i16 as u16) << (16 * b),
+    }
+}
+
+/// One weight of a packed group: a signed byte of a quad, or an i16 of a pair, at lane `b`.
+#[inline(always)]
+fn weight_bits(v: i8, b: usize, form: Form) -> u32 {
+    match form {
+        Form::Quad => u32::from(v as u8) << (8 * b),
+        Form::Pair => u32::from(i16::from(v) as u16) << (16 * b),
+    }
+}
+
+/// One whole group of `L` channels × `KHW` taps (`group`) as words `dst[t·mr + r]`, unrolled for a kernel size;
+/// `false`, writing nothing, for a partial group.
+#[inline(always)]
+fn pack_group<const KHW: usize, const L: usize>(group: &[i8], dst: &mut [u32], r: usize, mr: usize) -> bool {
+    if group.len() != L * KHW || dst.len() < (KHW - 1) * mr + r + 1 {
+        return false;
+    }
+    let form = if L == 4 { Form::Quad } else { Form::Pair };
+    for t in 0..KHW {
+        dst[t * mr + r] = (0..L).fold(0, |a, b| a | weight_bits(group[b * KHW + t], b, form));
+    }
+    true
+}
+
+/// Copies `x` (ci, h, w) into `xq` (groups, hp, rs) with its channels interleaved in groups of `form.lanes()`
+/// and every position outside the input holding `pad`. Channels past `ci` in the last group read as `pad`
+/// too (their weights are zero).
+fn pack_input<X: QElem>(xq: &mut Vec<u32>, x: &[X], g: &Conv2dShape, pad: X, form: Form, groups: usize) {
+    let (_, hp, rs) = g.scratch_shape();
+    let [pt, pl, _, _] = g.pad;
+    let (lanes, plane) = (form.lanes(), g.h * g.w);
+    let p = pad.get();
+    let word = |v: [i32; 4]| (0..lanes).fold(0u32, |a, b| a | lane_bits(v[b], b, form));
+    xq.clear();
+    xq.resize(groups * hp * rs, word([p; 4]));
+    if g.w == 0 || x.len() < g.ci * plane {
+        return;
+    }
+    for (group, out) in xq.chunks_exact_mut(hp * rs).enumerate() {
+        let c0 = group * lanes;
+        let chans = (g.ci - c0).min(lanes);
+        let src = &x[c0 * plane..(c0 + chans) * plane];
+        for y in 0..g.h {
+            let dst = &mut out[(y + pt) * rs + pl..][..g.w];
+            let at = |b: usize, i: usize| if b < chans { src[b * plane + y * g.w + i].get() } else { p };
+            match (form, chans) {
+                // The common case, branch-free per element.
+                (Form::Quad, 4) => {
+                    let r: [&[X]; 4] = core::array::from_fn(|b| &src[b * plane + y * g.w..][..g.w]);
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = u32::from_le_bytes(core::array::from_fn(|b| (r[b][i].get() as u8) ^ 0x80));
+                    }
+                }
+                (Form::Pair, 2) => {
+                    let (r0, r1) = (&src[y * g.w..][..g.w], &src[plane + y * g.w..][..g.w]);
+                    for ((d, a), b) in dst.iter_mut().zip(r0).zip(r1) {
+                        *d = u32::from(a.get() as i16 as u16) | u32::from(b.get() as i16 as u16) << 16;
+                    }
+                }
+                _ => {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = word(core::array::from_fn(|b| at(b, i)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs the weights of output channels `co0 .. co0 + nco` as the tile reads them, `wq[k·mr + r]` for tap
+/// `k = (group, ky, kx)` (rows past `nco` and channels past `ci` zero), and their biases: `b − 128·Σ w` for
+/// quads (see the module comment), `b` for pairs.
+#[allow(clippy::too_many_arguments)]
+fn pack_weights(
+    wq: &mut Vec<u32>,
+    bias: &mut [i32; MAX_MR],
+    w: &[i8],
+    brq: &[i32],
+    g: &Conv2dShape,
+    co0: usize,
+    nco: usize,
+    mr: usize,
+    form: Form,
+    len: usize,
+) {
+    let (lanes, khw) = (form.lanes(), g.kh * g.kw);
+    let ksize = g.ci * khw;
+    wq.clear();
+    wq.resize(len * mr, 0);
+    *bias = [0; MAX_MR];
+    for r in 0..nco.min(mr) {
+        let row = &w[(co0 + r) * ksize..][..ksize];
+        // One group of channels at a time: its `lanes` rows of `khw` taps become `khw` words.
+        for (group, dst) in row.chunks(lanes * khw).zip(wq.chunks_exact_mut(khw * mr)) {
+            let done = match (form, khw) {
+                (Form::Quad, 9) => pack_group::<9, 4>(group, dst, r, mr),
+                (Form::Quad, 1) => pack_group::<1, 4>(group, dst, r, mr),
+                (Form::Pair, 9) => pack_group::<9, 2>(group, dst, r, mr),
+                (Form::Pair, 1) => pack_group::<1, 2>(group, dst, r, mr),
+                _ => false,
+            };
+            if !done {
+                for (b, taps) in group.chunks_exact(khw).enumerate() {
+                    for (d, &v) in dst.iter_mut().skip(r).step_by(mr).zip(taps) {
+                        *d |= weight_bits(v, b, form);
+                    }
+                }
+            }
+        }
+        let b = brq[3 * (co0 + r)];
+        let sum = row.iter().fold(0i32, |a, &v| a + i32::from(v));
+        bias[r] = if form == Form::Quad { b.wrapping_sub(sum.wrapping_mul(128)) } else { b };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv_out_len;
+
+    /// A deterministic pseudo-random integer sequence in `[lo, hi]`.
+    fn ints(n: usize, seed: u64, lo: i32, hi: i32) -> Vec<i32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                lo + ((s >> 33) % (hi - lo + 1) as u64) as i32
+            })
+            .collect()
+    }
+
+    fn shape(ci: usize, h: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
+        let ho = conv_out_len(h, k, stride, pad[0], pad[2]).unwrap();
+        let wo = conv_out_len(h, k, stride, pad[1], pad[3]).unwrap();
+        Conv2dShape { ci, h, w: h, co, kh: k, kw: k, stride, pad, ho, wo }
+    }
+
+    /// Every kernel this CPU can run for the activation width (on an AVX-512 VNNI CPU the AVX2 one too).
+    fn runnable(wide: bool) -> Vec<QKernel> {
+        let mut ks = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
+            ks.extend_from_slice(if wide { &[VNNI_PAIR, VNNI_PAIR_NARROW] } else { &[VNNI_QUAD, VNNI_QUAD_NARROW] });
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            ks.push(AVX2_PAIR);
+        }
+        ks
+    }
+
+    /// Runs the portable kernel and every fast one on `g` and checks they give the same integers.
+    fn compare<X: QElem + TryFrom<i32>, Y: QElem + PartialEq + core::fmt::Debug>(
+        g: &Conv2dShape,
+        seed: u64,
+        zero: i32,
+    ) -> usize {
+        let conv = |v: i32| X::try_from(v).ok().unwrap();
+        let x: Vec<X> = ints(g.ci * g.h * g.w, seed, -X::MAX, X::MAX).into_iter().map(conv).collect();
+        let w: Vec<i8> = ints(g.co * g.ci * g.kh * g.kw, seed + 1, -127, 127).into_iter().map(|v| v as i8).collect();
+        // Bias, a multiplier near 2^30 and a shift that brings the sums into the output's range (every third
+        // channel's saturates often).
+        let shift = if X::MAX > 127 { 52 } else { 44 };
+        let brq: Vec<i32> = (0..g.co)
+            .flat_map(|c| {
+                let s = if c % 3 == 2 { shift - 7 } else { shift };
+                [ints(1, seed + 2 + c as u64, -5000, 5000)[0], (1 << 30) + 977 * c as i32, s]
+            })
+            .collect();
+        let mut want = vec![Y::ZERO; g.co * g.ho * g.wo];
+        super::super::qconv2d(&mut want, &x, &w, &brq, g, conv(zero));
+        let mut ran = 0;
+        for k in runnable(X::as_i8(&x).is_none()) {
+            if !Grid::fits(g, k.np) {
+                continue;
+            }
+            let mut got = vec![Y::sat(i64::MAX); want.len()];
+            assert!(qconv2d_with(k, &mut got, &x, &w, &brq, g, conv(zero)), "{g:?}: kernel {:?} refused", k.form);
+            let bad = got.iter().zip(&want).position(|(a, b)| a != b);
+            assert!(
+                bad.is_none(),
+                "{g:?} mr {} np {} {:?}: differs from the portable kernel at {bad:?}: {:?} vs {:?}",
+                k.mr,
+                k.np,
+                k.form,
+                bad.map(|i| got[i]),
+                bad.map(|i| want[i])
+            );
+            ran += 1;
+        }
+        ran
+    }
+
+    /// Layer shapes of the MNIST and cifar10 models and odd ones (input channels that leave a partial group,
+    /// output channels that leave a partial block, 1×1, 3×3 and 5×5 kernels, stride 2, a zero point in the
+    /// padding, i8 and i16 activations in and out): every kernel gives the portable kernel's integers.
+    #[test]
+    fn kernels_match_the_portable_kernel() {
+        let cases = [
+            (shape(32, 28, 32, 3, 1, [1; 4]), 0),
+            (shape(64, 14, 64, 3, 1, [1; 4]), -90),
+            (shape(3, 32, 19, 3, 1, [1; 4]), 0),
+            (shape(129, 8, 70, 1, 1, [0; 4]), 0),
+            (shape(48, 7, 48, 3, 1, [1; 4]), 37),
+            (shape(13, 9, 11, 5, 1, [2; 4]), -3),
+            (shape(32, 28, 32, 3, 2, [1; 4]), -60),
+            (shape(64, 16, 64, 3, 2, [0, 0, 1, 1]), 0),
+        ];
+        let mut ran = 0;
+        for (n, (g, zero)) in cases.iter().enumerate() {
+            let seed = 10 * n as u64;
+            ran += compare::<i8, i8>(g, seed, *zero);
+            ran += compare::<i8, i16>(g, seed + 3, *zero);
+            ran += compare::<i16, i8>(g, seed + 5, 0);
+            ran += compare::<i16, i16>(g, seed + 7, 0);
+        }
+        if ran == 0 {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+        }
+    }
+}
