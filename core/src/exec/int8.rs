@@ -104,6 +104,7 @@ impl Exec<'_, '_> {
                     x_scale: xi.scale,
                     mid_scale,
                     lut: if lut == NO_LUT { None } else { Some(self.lut(lut)?) },
+                    kernels: self.m.kernels(),
                 };
                 let (mut om, xs, _) = out_and_input(a, &o, &xi, 0..0)?;
                 ops::qgroup_norm(&mut om, xs, &p);

@@ -11,7 +11,7 @@ pub fn qscale_shift(out: &mut QMut<'_>, x: Src<'_>, v: QRef<'_>, c: usize, hw: u
     for ch in 0..c {
         let a = sx * (1.0 + v.get(ch) as f32 * sv) / so;
         let b = v.get(c + ch) as f32 * sv / so;
-        channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, None);
+        channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, None, false);
     }
 }
 

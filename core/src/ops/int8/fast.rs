@@ -583,6 +583,90 @@ fn pack_weights(
     }
 }
 
+/// The fixed-point coefficients of the per-element affine map of group norm on i8 inputs:
+/// `y = clamp(v·ah + bh + ((v·al + bl) >> 24), ±ymax)` (the 32-bit form of `channel_affine` in the parent).
+pub(crate) struct Affine8 {
+    pub(crate) ah: i32,
+    pub(crate) al: i32,
+    pub(crate) bh: i32,
+    pub(crate) bl: i32,
+    pub(crate) ymax: i32,
+}
+
+/// `out[i] = lut(y(x[i]))` (see [`Affine8`]; `x` `None`: `out` itself, i8) over the elements `0 .. n − n % 16`,
+/// 16 at a time with AVX-512BW (and VBMI for the table): returns how many it did (0 without those
+/// instruction sets), the caller does the rest. The same integer operations as the portable loop.
+pub(crate) fn affine_i8(out: &mut super::QMut<'_>, x: Option<&[i8]>, c: &Affine8, lut: Option<&[i8; 256]>) -> usize {
+    use super::QMut;
+    let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
+    if !bw || (lut.is_some() && !std::arch::is_x86_feature_detected!("avx512vbmi")) {
+        return 0;
+    }
+    let table = lut.map_or(core::ptr::null(), |t| t.as_ptr());
+    match (out, x) {
+        (QMut::I8(o), src) => {
+            let n = src.map_or(o.len(), |x| x.len().min(o.len())) / 16;
+            let from = src.map_or(o.as_ptr(), |x| x.as_ptr());
+            // SAFETY: the CPU has AVX-512F/BW (and VBMI where a table is read, checked above); `from` and `o`
+            // hold at least 16·n elements; the table, when there is one, 256 bytes.
+            unsafe { affine16(from, o.as_mut_ptr().cast(), n, c, table, false) };
+            16 * n
+        }
+        (QMut::I16(o), Some(x)) => {
+            let n = x.len().min(o.len()) / 16;
+            // SAFETY: as above, `o` holding 16·n i16.
+            unsafe { affine16(x.as_ptr(), o.as_mut_ptr().cast(), n, c, table, true) };
+            16 * n
+        }
+        (QMut::I16(_), None) => 0,
+    }
+}
+
+/// See [`affine_i8`]: `n` blocks of 16 from `x` to `out` (i8, or i16 when `wide`), through `lut` unless null.
+///
+/// # Safety
+/// AVX-512F/BW, and VBMI when `lut` is not null; `x[..16n]` readable, `out[..16n]` writable (elements of its
+/// type), `lut[..256]` readable when not null. `x` and `out` are the same or apart.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) {
+    let (ah, al, bh, bl) =
+        (_mm512_set1_epi32(c.ah), _mm512_set1_epi32(c.al), _mm512_set1_epi32(c.bh), _mm512_set1_epi32(c.bl));
+    let (hi, lo, off) = (_mm512_set1_epi32(c.ymax), _mm512_set1_epi32(-c.ymax), _mm512_set1_epi32(128));
+    let omax = _mm512_set1_epi32(if wide { i32::from(i16::MAX) } else { i32::from(i8::MAX) });
+    // SAFETY (whole body): every access is inside the bounds the caller guarantees.
+    unsafe {
+        let t = if lut.is_null() {
+            [_mm512_setzero_si512(); 4]
+        } else {
+            core::array::from_fn(|k| _mm512_loadu_si512(lut.add(64 * k).cast()))
+        };
+        for i in 0..n {
+            let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(16 * i).cast()));
+            let frac = _mm512_srai_epi32::<24>(_mm512_add_epi32(_mm512_mullo_epi32(v, al), bl));
+            let y = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(v, ah), bh), frac);
+            let y = _mm512_max_epi32(_mm512_min_epi32(y, hi), lo);
+            let r = if lut.is_null() {
+                y
+            } else {
+                // The table's index `y + 128` as bytes: its low seven bits pick one of 128 entries in each half,
+                // its top bit the half.
+                let idx = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(_mm512_add_epi32(y, off)));
+                let low = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+                let high = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+                let b = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), low, high);
+                _mm512_cvtepi8_epi32(_mm512_castsi512_si128(b))
+            };
+            // The output type's symmetric range (a table entry or `ymax` may lie outside it).
+            let r = _mm512_max_epi32(_mm512_min_epi32(r, omax), _mm512_sub_epi32(_mm512_setzero_si512(), omax));
+            if wide {
+                _mm256_storeu_si256(out.add(32 * i).cast(), _mm512_cvtepi32_epi16(r));
+            } else {
+                _mm_storeu_si128(out.add(16 * i).cast(), _mm512_cvtepi32_epi8(r));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

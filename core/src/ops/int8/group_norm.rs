@@ -1,6 +1,7 @@
 //! Integer group normalisation, optionally fused with an i8 → i8 lookup table (SiLU).
 
 use super::{channel_affine, QElem, QMut, QRef, Src};
+use crate::ops::Kernels;
 
 /// Parameters of [`qgroup_norm`].
 pub struct QNorm<'a> {
@@ -22,6 +23,8 @@ pub struct QNorm<'a> {
     pub mid_scale: f32,
     /// SiLU (or any i8 → i8 map) applied to the normalised result.
     pub lut: Option<&'a [i8; 256]>,
+    /// Which kernels run the per-element map (the same integers either way).
+    pub kernels: Kernels,
 }
 
 /// Group normalisation: statistics exact in integers, then per channel `y = (x·A + B) >> 24` with the
@@ -46,7 +49,7 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
             let gi = p.gamma[ch] * inv;
             let a = p.x_scale * gi / p.mid_scale;
             let b = (p.beta[ch] - mean * p.x_scale * gi) / p.mid_scale;
-            channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut);
+            channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut, p.kernels == Kernels::Fast);
         }
     }
 }
@@ -93,7 +96,18 @@ mod tests {
         let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.2 * i as f32).collect();
         let beta: Vec<f32> = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
         let (xs, mid) = (0.001f32, 0.03f32);
-        let p = QNorm { c, hw, groups, gamma: &gamma, beta: &beta, eps: 1e-5, x_scale: xs, mid_scale: mid, lut: None };
+        let p = QNorm {
+            c,
+            hw,
+            groups,
+            gamma: &gamma,
+            beta: &beta,
+            eps: 1e-5,
+            x_scale: xs,
+            mid_scale: mid,
+            lut: None,
+            kernels: Kernels::Exact,
+        };
         let mut out = [0i8; 120];
         qgroup_norm(&mut QMut::I8(&mut out), Src::Other(QRef::I16(&x)), &p);
         let cg = c / groups;

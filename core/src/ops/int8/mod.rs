@@ -254,6 +254,7 @@ const NORM_LIMIT: i64 = 1 << 40;
 
 /// `out[i] = lut(clamp((x[i]·A + B) >> 24))` over `range`, with `a`, `b` rounded to 24 fractional bits: the
 /// per-element work of group norm and of the scale-shift time embedding, integer only.
+#[allow(clippy::too_many_arguments)] // the range, the map's coefficients and bound, its table, the kernels
 fn channel_affine(
     out: &mut QMut<'_>,
     x: Src<'_>,
@@ -262,6 +263,7 @@ fn channel_affine(
     b: f32,
     ymax: i64,
     lut: Option<&[i8; 256]>,
+    fast_kernels: bool,
 ) {
     let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
     let (a, b) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
@@ -280,6 +282,29 @@ fn channel_affine(
         let y = v * ah + bh + ((v * al + bl) >> NORM_FRAC);
         look(i64::from(y.clamp(-ymax32, ymax32)))
     };
+    // The vector kernel takes what it can of an i8 input (a whole number of its blocks); the loops below do the
+    // rest, so both give the same integers.
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    let range = {
+        let c = fast::Affine8 { ah, al, bh, bl, ymax: ymax32 };
+        let r = range.clone();
+        let done = match (&mut *out, x) {
+            _ if !fast_kernels => 0,
+            (QMut::I8(o), Src::Out) => o.get_mut(r).map_or(0, |o| fast::affine_i8(&mut QMut::I8(o), None, &c, lut)),
+            (QMut::I8(o), Src::Other(QRef::I8(xs))) => match (o.get_mut(r.clone()), xs.get(r)) {
+                (Some(o), Some(xs)) => fast::affine_i8(&mut QMut::I8(o), Some(xs), &c, lut),
+                _ => 0,
+            },
+            (QMut::I16(o), Src::Other(QRef::I8(xs))) => match (o.get_mut(r.clone()), xs.get(r)) {
+                (Some(o), Some(xs)) => fast::affine_i8(&mut QMut::I16(o), Some(xs), &c, lut),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        range.start + done..range.end
+    };
+    #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+    let _ = fast_kernels;
     // The element types resolved once, not per element (the loops then compile to a few instructions each).
     let done = match (&mut *out, x) {
         (QMut::I8(o), x) => typed_map(o, x, range.clone(), f, f8),
@@ -350,13 +375,18 @@ mod tests {
     #[test]
     fn channel_affine_on_i8_is_the_64_bit_formula() {
         let x: [i8; 256] = core::array::from_fn(|i| (i as i32 - 128) as i8);
-        let lut: [i8; 256] = core::array::from_fn(|i| ((i as i32 * 7) % 255 - 127) as i8);
+        // One entry outside the symmetric i8 range, which the result clamps.
+        let lut: [i8; 256] =
+            core::array::from_fn(|i| if i % 50 == 3 { -128 } else { ((i as i32 * 7) % 255 - 127) as i8 });
+        // Both kernel modes (the vector kernel where this CPU has one), and a range that leaves a partial block.
         for (a, b) in [(0.37f32, -3.2f32), (-1.9e3, 4.4e4), (6.0e4, -6.0e4), (1e-7, 0.49), (-0.0, -0.5), (7.7e4, 1e9)] {
-            for (ymax, t) in [(127, None), (127, Some(&lut)), (32767, None)] {
+            let modes =
+                [(127, None), (127, Some(&lut)), (32767, None)].into_iter().flat_map(|m| [(m, false), (m, true)]);
+            for ((ymax, t), fast) in modes {
                 let mut o8 = [0i8; 256];
                 let mut o16 = [0i16; 256];
-                channel_affine(&mut QMut::I8(&mut o8), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t);
-                channel_affine(&mut QMut::I16(&mut o16), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t);
+                channel_affine(&mut QMut::I8(&mut o8), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t, fast);
+                channel_affine(&mut QMut::I16(&mut o16), Src::Other(QRef::I8(&x)), 0..256, a, b, ymax, t, fast);
                 let fix = |v: f32| (libm::roundf(v * (1u32 << NORM_FRAC) as f32) as i64).clamp(-NORM_LIMIT, NORM_LIMIT);
                 let (fa, fb) = (fix(a), fix(b) + (1 << (NORM_FRAC - 1)));
                 for (i, &v) in x.iter().enumerate() {
@@ -366,8 +396,12 @@ mod tests {
                     assert_eq!(i64::from(o16[i]), y.clamp(-32767, 32767), "{a} {b} {v}");
                 }
                 let mut inplace = x;
-                channel_affine(&mut QMut::I8(&mut inplace), Src::Out, 0..256, a, b, ymax, t);
+                channel_affine(&mut QMut::I8(&mut inplace), Src::Out, 0..256, a, b, ymax, t, fast);
                 assert_eq!(inplace, o8);
+                let (mut p8, mut f8) = ([0i8; 256], [0i8; 256]);
+                channel_affine(&mut QMut::I8(&mut p8), Src::Other(QRef::I8(&x)), 5..250, a, b, ymax, t, false);
+                channel_affine(&mut QMut::I8(&mut f8), Src::Other(QRef::I8(&x)), 5..250, a, b, ymax, t, true);
+                assert_eq!(p8, f8, "{a} {b} {ymax} {} {fast}", t.is_some());
             }
         }
     }
