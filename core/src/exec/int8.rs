@@ -161,6 +161,7 @@ impl Exec<'_, '_> {
                     s_score,
                     m_out,
                     s_out,
+                    kernels: self.m.kernels(),
                 };
                 ops::qsdpa(cast_mut(od)?, cast(qd)?, cast(kd)?, cast(vd)?, cast_mut(sd)?, &p);
             }

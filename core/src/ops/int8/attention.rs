@@ -1,6 +1,7 @@
 //! Integer multi-head attention core (the q, k, v and output projections are 1×1 [`super::qconv2d`]s).
 
 use super::{rq_fast, QElem};
+use crate::ops::Kernels;
 
 /// Parameters of [`qsdpa`].
 pub struct QAttention<'a> {
@@ -20,11 +21,32 @@ pub struct QAttention<'a> {
     pub m_out: i32,
     /// Shift of `m_out`.
     pub s_out: u32,
+    /// Which kernels run it (the same integers either way).
+    pub kernels: Kernels,
 }
 
 /// Multi-head attention core in integers: scores, a table-driven softmax with 15-bit probabilities, and the
-/// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32.
+/// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32. With
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512BW the same loops compiled for it (the same integers).
 pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p) {
+        return;
+    }
+    qsdpa_body(out, q, k, v, scores, p, softmax);
+}
+
+/// [`qsdpa`] with the softmax given (inlined or not).
+#[inline(always)]
+pub(super) fn qsdpa_body(
+    out: &mut [i8],
+    q: &[i8],
+    k: &[i8],
+    v: &[i8],
+    scores: &mut [i32],
+    p: &QAttention<'_>,
+    softmax: impl Fn(&mut [i32], &QAttention<'_>, usize) -> u64,
+) {
     let (c, n) = (p.c, p.n);
     if p.heads == 0 || !c.is_multiple_of(p.heads) || n == 0 || p.exp.is_empty() {
         return;
@@ -87,10 +109,16 @@ pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p
     }
 }
 
-/// The scores `s` of one query into 15-bit probabilities (table-driven exponentials, rounded division by their
-/// sum); returns `Σ|p|`. Its own function: inlined, its loop state spilled.
+/// [`softmax_body`] as a function of its own: inlined on 32-bit cores, its loop state spilled.
 #[inline(never)]
 fn softmax(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
+    softmax_body(s, p, last)
+}
+
+/// The scores `s` of one query into 15-bit probabilities (table-driven exponentials, rounded division by their
+/// sum); returns `Σ|p|`.
+#[inline(always)]
+pub(super) fn softmax_body(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
     let mx = s.iter().copied().max().unwrap_or(0);
     let mut sum = 0i64;
     let z_fast = (32..64).contains(&p.s_score);
@@ -146,7 +174,7 @@ mod tests {
         };
         let (m_score, s_score) = fixed(sq * sk / dh.sqrt() * steps);
         let (m_out, s_out) = fixed(sv / (32768.0 * so));
-        let p = QAttention { c, n, heads, exp: &exp, m_score, s_score, m_out, s_out };
+        let p = QAttention { c, n, heads, exp: &exp, m_score, s_score, m_out, s_out, kernels: Kernels::Exact };
         let mut out = vec![0i8; c * n];
         let mut scratch = vec![0i32; n];
         qsdpa(&mut out, &q, &k, &v, &mut scratch, &p);
@@ -172,6 +200,37 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The fast kernels (on a host that has them) give the portable kernel's integers: sizes that leave partial
+    /// vectors and a partial group of four dimensions.
+    #[test]
+    fn kernel_modes_agree() {
+        for (c, n, heads, seed) in [(8, 10, 2, 1), (24, 49, 2, 2), (12, 196, 1, 3), (40, 37, 5, 4)] {
+            let q: Vec<i8> = ints(c * n, 127, seed).map(|v| v as i8).collect();
+            let k: Vec<i8> = ints(c * n, 127, seed + 10).map(|v| v as i8).collect();
+            let v: Vec<i8> = ints(c * n, 127, seed + 20).map(|v| v as i8).collect();
+            let exp: Vec<i16> = (0..1024).map(|z| (32767.0 * (-(z as f64) / 64.0).exp()).round() as i16).collect();
+            let run = |kernels| {
+                let p = QAttention {
+                    c,
+                    n,
+                    heads,
+                    exp: &exp,
+                    m_score: 1 << 29,
+                    s_score: 40,
+                    m_out: 1 << 30,
+                    s_out: 44,
+                    kernels,
+                };
+                let mut out = vec![0i8; c * n];
+                qsdpa(&mut out, &q, &k, &v, &mut vec![0i32; n], &p);
+                out
+            };
+            let exact = run(Kernels::Exact);
+            assert!(exact.iter().any(|&o| o != 0), "c {c} n {n}: all zero, the check would not see a difference");
+            assert_eq!(exact, run(Kernels::Fast), "c {c} n {n} heads {heads}");
         }
     }
 }

@@ -667,6 +667,30 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
     }
 }
 
+/// [`super::qsdpa`]'s loops compiled for AVX-512BW (16-lane integer products); `false` without it.
+pub(crate) fn qsdpa(
+    out: &mut [i8],
+    q: &[i8],
+    k: &[i8],
+    v: &[i8],
+    scores: &mut [i32],
+    p: &super::QAttention<'_>,
+) -> bool {
+    if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")) {
+        return false;
+    }
+    // SAFETY: the CPU has AVX-512F/BW; the body is safe code.
+    unsafe { qsdpa_avx512(out, q, k, v, scores, p) };
+    true
+}
+
+/// # Safety
+/// AVX-512F and AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn qsdpa_avx512(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &super::QAttention<'_>) {
+    super::attention::qsdpa_body(out, q, k, v, scores, p, super::attention::softmax_body);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
