@@ -20,14 +20,15 @@
 //!
 //! With the `std` feature, ops split their work across cores with rayon. Each output element is always computed
 //! by one thread in one fixed order, so results are bit-identical whatever the thread count. `std` also brings
-//! the fast kernels ([`Kernels::Fast`], the default; `ops/fast.rs`, the crate's only `unsafe` code): on x86-64
-//! with AVX2+FMA or AVX-512F, chosen at run time, register-blocked fused-multiply-add kernels for convolution,
-//! attention, group norm and one-row linear layers, within rounding of the portable kernels. [`Kernels::Exact`]
+//! the fast kernels ([`Kernels::Fast`], the default; `ops/fast.rs` and `ops/int8/fast.rs`): on x86-64 with
+//! AVX2+FMA or AVX-512F, chosen at run time, register-blocked fused-multiply-add kernels for convolution,
+//! attention, group norm and one-row linear layers, within rounding of the portable kernels, and for int8
+//! programs integer kernels (AVX-512 VNNI, AVX2) with exactly the portable kernels' results. [`Kernels::Exact`]
 //! (and every build without `std`) runs the portable kernels, which give the same bits on every target.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
-// Allowed in two modules only: `ops/fast.rs` (feature `std`, x86-64 SIMD kernels) and `ops/int8/dsp.rs` (the
-// Cortex-M4's DSP instructions).
+// Allowed in three modules only: `ops/fast.rs` and `ops/int8/fast.rs` (feature `std`, x86-64 SIMD kernels) and
+// `ops/int8/dsp.rs` (the Cortex-M4's DSP instructions).
 #![deny(unsafe_code)]
 
 mod error;

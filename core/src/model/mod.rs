@@ -375,7 +375,7 @@ impl<'a> Model<'a> {
         self.kernels = kernels;
         self
     }
-    /// Which float kernels [`Model::forward`] runs.
+    /// Which kernels [`Model::forward`] runs.
     pub fn kernels(&self) -> Kernels {
         self.kernels
     }
