@@ -118,7 +118,7 @@ impl Exec<'_, '_> {
                     l.byte_range() == r.byte_range(),
                 );
                 let add = |od: &mut [u8], ls: Src<'_>, rs: Src<'_>| -> Result<(), RunError> {
-                    ops::qadd(&mut qmut(od, o.dtype)?, ls, rs, ma, mb, shift, hw, per_channel);
+                    ops::qadd(&mut qmut(od, o.dtype)?, ls, rs, ma, mb, shift, hw, per_channel, self.m.kernels());
                     Ok(())
                 };
                 match (ol, or) {
@@ -171,13 +171,13 @@ impl Exec<'_, '_> {
                 if f.byte_range() == s.byte_range() {
                     let [od, fd] = carve(a, [o.byte_range(), f.byte_range()]).ok_or(bad)?;
                     let mut om = qmut(od, o.dtype)?;
-                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa);
-                    ops::qcopy(&mut om, at, qref(fd, f.dtype)?, mb, sb);
+                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa, self.m.kernels());
+                    ops::qcopy(&mut om, at, qref(fd, f.dtype)?, mb, sb, self.m.kernels());
                 } else {
                     let [od, fd, sd] = carve(a, [o.byte_range(), f.byte_range(), s.byte_range()]).ok_or(bad)?;
                     let mut om = qmut(od, o.dtype)?;
-                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa);
-                    ops::qcopy(&mut om, at, qref(sd, s.dtype)?, mb, sb);
+                    ops::qcopy(&mut om, 0, qref(fd, f.dtype)?, ma, sa, self.m.kernels());
+                    ops::qcopy(&mut om, at, qref(sd, s.dtype)?, mb, sb, self.m.kernels());
                 }
             }
             Op::QScaleShift { out, x, v } => {

@@ -2,6 +2,7 @@
 //! class embedding.
 
 use super::{channel_affine, rq, shr_small, small_shift_fits, QElem, QMut, QRef, Src};
+use crate::ops::Kernels;
 
 /// Scale-shift time embedding: `out[c] = x[c]·(1 + v[c]) + v[C + c]` (`x` `(c, hw)`, `v` `(2c)`), with
 /// the per-channel factors in f32 and the per-element work in fixed point.
@@ -25,9 +26,41 @@ pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f3
 }
 
 /// `out = sat((a·ma + b·mb + 2^(shift−1)) >> shift)`; `b` is broadcast over each channel's `hw` pixels when
-/// `b_per_channel`.
-#[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift and the broadcast flag
-pub fn qadd(out: &mut QMut<'_>, a: Src<'_>, b: Src<'_>, ma: i32, mb: i32, shift: u32, hw: usize, b_per_channel: bool) {
+/// `b_per_channel`. With [`Kernels::Fast`] on an x86-64 host with AVX-512 the same loops compiled for it (the
+/// same integers).
+#[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift, the broadcast flag, the kernels
+pub fn qadd(
+    out: &mut QMut<'_>,
+    a: Src<'_>,
+    b: Src<'_>,
+    ma: i32,
+    mb: i32,
+    shift: u32,
+    hw: usize,
+    b_per_channel: bool,
+    kernels: Kernels,
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::qadd(out, a, b, ma, mb, shift, hw, b_per_channel) {
+        return;
+    }
+    let _ = kernels;
+    qadd_body(out, a, b, ma, mb, shift, hw, b_per_channel);
+}
+
+/// [`qadd`]'s work (inlined where it is compiled for a wider instruction set).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn qadd_body(
+    out: &mut QMut<'_>,
+    a: Src<'_>,
+    b: Src<'_>,
+    ma: i32,
+    mb: i32,
+    shift: u32,
+    hw: usize,
+    b_per_channel: bool,
+) {
     let half = (1i64 << shift) >> 1;
     let f = move |av: i32, bv: i32| (i64::from(av) * i64::from(ma) + i64::from(bv) * i64::from(mb) + half) >> shift;
     let hw = if b_per_channel { hw.max(1) } else { out.len().max(1) };
@@ -77,6 +110,7 @@ fn typed_add<O: QElem>(
     hw: usize,
     f: impl Fn(i32, i32) -> i64 + Copy,
 ) -> bool {
+    #[inline(always)]
     fn apart<O: QElem, A: QElem, B: QElem>(
         o: &mut [O],
         a: &[A],
@@ -101,6 +135,7 @@ fn typed_add<O: QElem>(
         }
         true
     }
+    #[inline(always)]
     fn a_in_place<O: QElem, B: QElem>(o: &mut [O], b: &[B], pc: bool, hw: usize, f: impl Fn(i32, i32) -> i64) -> bool {
         if b.len() < if pc { o.len().div_ceil(hw) } else { o.len() } {
             return false;
@@ -118,6 +153,7 @@ fn typed_add<O: QElem>(
         }
         true
     }
+    #[inline(always)]
     fn b_in_place<O: QElem, A: QElem>(o: &mut [O], a: &[A], f: impl Fn(i32, i32) -> i64) -> bool {
         if a.len() < o.len() {
             return false;
@@ -146,8 +182,21 @@ fn typed_add<O: QElem>(
     }
 }
 
-/// `out[at + i] = sat(rq(x[i], m, s))`: a requantizing copy (one half of a concatenation).
-pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
+/// `out[at + i] = sat(rq(x[i], m, s))`: a requantizing copy (one half of a concatenation). With
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512 the same loop compiled for it.
+pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32, kernels: Kernels) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast && super::fast::qcopy(out, at, x, m, s) {
+        return;
+    }
+    let _ = kernels;
+    qcopy_body(out, at, x, m, s);
+}
+
+/// [`qcopy`]'s work.
+#[inline(always)]
+pub(super) fn qcopy_body(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32) {
+    #[inline(always)]
     fn copy<O: QElem, X: QElem>(o: &mut [O], at: usize, x: &[X], m: i32, s: u32) -> bool {
         let Some(o) = o.get_mut(at..at + x.len()) else { return false };
         if (32..64).contains(&s) {
@@ -205,14 +254,55 @@ mod tests {
 
     #[test]
     fn qadd_broadcasts_and_saturates() {
-        let a = [10i8, -20, 30, 127];
-        let b = [100i16, -100];
-        let mut out = [0i8; 4];
-        // out = (a·2 + b·1) / 2 with b per channel (2 channels × 2 pixels).
-        qadd(&mut QMut::I8(&mut out), Src::Other(QRef::I8(&a)), Src::Other(QRef::I16(&b)), 2, 1, 1, 2, true);
-        assert_eq!(out, [60, 30, -20, 77]);
-        let mut inplace = a;
-        qadd(&mut QMut::I8(&mut inplace), Src::Out, Src::Out, 3, 0, 0, 1, false);
-        assert_eq!(inplace, [30, -60, 90, 127]);
+        for k in [Kernels::Exact, Kernels::Fast] {
+            let a = [10i8, -20, 30, 127];
+            let b = [100i16, -100];
+            let mut out = [0i8; 4];
+            // out = (a·2 + b·1) / 2 with b per channel (2 channels × 2 pixels).
+            qadd(&mut QMut::I8(&mut out), Src::Other(QRef::I8(&a)), Src::Other(QRef::I16(&b)), 2, 1, 1, 2, true, k);
+            assert_eq!(out, [60, 30, -20, 77]);
+            let mut inplace = a;
+            qadd(&mut QMut::I8(&mut inplace), Src::Out, Src::Out, 3, 0, 0, 1, false, k);
+            assert_eq!(inplace, [30, -60, 90, 127]);
+        }
+    }
+
+    /// The fast kernels give the portable integers: every shift branch, both element types, broadcast and not,
+    /// in place and apart, lengths that leave partial vectors.
+    #[test]
+    fn kernel_modes_agree_on_adds_and_copies() {
+        use crate::ops::int8::tests::ints;
+        let n = 1000 + 37;
+        let a8: Vec<i8> = ints(n, 127, 1).map(|v| v as i8).collect();
+        let b16: Vec<i16> = ints(n, 30000, 2).map(|v| v as i16).collect();
+        let b8: Vec<i8> = ints(n, 127, 3).map(|v| v as i8).collect();
+        for (ma, mb, shift) in [(1 << 29, -(1 << 28), 36), (12_345, 23_456, 14), (i32::MAX, i32::MAX, 20)] {
+            for pc in [false, true] {
+                let run = |k| {
+                    let (mut o8, mut o16, mut ip) = (vec![0i8; n], vec![0i16; n], a8.clone());
+                    let b = if pc { QRef::I16(&b16[..n.div_ceil(7)]) } else { QRef::I16(&b16) };
+                    qadd(&mut QMut::I8(&mut o8), Src::Other(QRef::I8(&a8)), Src::Other(b), ma, mb, shift, 7, pc, k);
+                    qadd(
+                        &mut QMut::I16(&mut o16),
+                        Src::Other(QRef::I8(&a8)),
+                        Src::Other(QRef::I8(&b8)),
+                        ma,
+                        mb,
+                        shift,
+                        7,
+                        false,
+                        k,
+                    );
+                    qadd(&mut QMut::I8(&mut ip), Src::Out, Src::Other(b), ma, mb, shift, 7, pc, k);
+                    let mut c16 = vec![0i16; 2 * n];
+                    qcopy(&mut QMut::I16(&mut c16), 3, QRef::I8(&a8), ma, shift, k);
+                    qcopy(&mut QMut::I16(&mut c16), n + 3, QRef::I16(&b16[..n - 3]), mb, shift, k);
+                    (o8, o16, ip, c16)
+                };
+                let exact = run(Kernels::Exact);
+                assert!(exact.0.iter().any(|&v| v != 0) && exact.3.iter().any(|&v| v != 0));
+                assert!(exact == run(Kernels::Fast), "ma {ma} mb {mb} shift {shift} per channel {pc}");
+            }
+        }
     }
 }

@@ -667,28 +667,89 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
     }
 }
 
-/// [`super::qsdpa`]'s loops compiled for AVX-512BW (16-lane integer products); `false` without it.
-pub(crate) fn qsdpa(
-    out: &mut [i8],
-    q: &[i8],
-    k: &[i8],
-    v: &[i8],
-    scores: &mut [i32],
-    p: &super::QAttention<'_>,
-) -> bool {
-    if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw")) {
-        return false;
-    }
-    // SAFETY: the CPU has AVX-512F/BW; the body is safe code.
-    unsafe { qsdpa_avx512(out, q, k, v, scores, p) };
-    true
+/// Whether the CPU has the AVX-512 subsets (F, BW, DQ, VL) the wrappers below are compiled for.
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
+/// Runs `f` (a call of one of the wrappers below) where [`has_avx512`]: `true`, else `false` without running it.
+fn on_avx512(f: impl FnOnce()) -> bool {
+    let has = has_avx512();
+    if has {
+        f();
+    }
+    has
+}
+
+/// [`super::qsdpa`] on AVX-512 (see [`on_avx512`]).
+pub(crate) fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) -> bool {
+    // SAFETY: run only where the CPU has the wrapper's instruction sets.
+    on_avx512(|| unsafe { qsdpa_avx512(out, q, k, v, s, p) })
+}
+
+/// [`super::qadd`] on AVX-512 (see [`on_avx512`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qadd(
+    out: &mut super::QMut<'_>,
+    a: super::Src<'_>,
+    b: super::Src<'_>,
+    ma: i32,
+    mb: i32,
+    shift: u32,
+    hw: usize,
+    per_channel: bool,
+) -> bool {
+    // SAFETY: as in `qsdpa`.
+    on_avx512(|| unsafe { qadd_avx512(out, a, b, ma, mb, shift, hw, per_channel) })
+}
+
+/// [`super::qcopy`] on AVX-512 (see [`on_avx512`]).
+pub(crate) fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) -> bool {
+    // SAFETY: as in `qsdpa`.
+    on_avx512(|| unsafe { qcopy_avx512(out, at, x, m, s) })
+}
+
+// Portable loops compiled for AVX-512, so that they vectorise 16 lanes wide with the same integer operations:
+// each wrapper's body is an `#[inline(always)]` function of the op's own module, inlined here.
+
+/// [`super::attention`]'s work compiled for AVX-512.
+///
 /// # Safety
-/// AVX-512F and AVX-512BW.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// [`has_avx512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 unsafe fn qsdpa_avx512(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &super::QAttention<'_>) {
     super::attention::qsdpa_body(out, q, k, v, scores, p, super::attention::softmax_body);
+}
+
+/// [`super::qadd`]'s work compiled for AVX-512.
+///
+/// # Safety
+/// [`has_avx512`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn qadd_avx512(
+    out: &mut super::QMut<'_>,
+    a: super::Src<'_>,
+    b: super::Src<'_>,
+    ma: i32,
+    mb: i32,
+    shift: u32,
+    hw: usize,
+    per_channel: bool,
+) {
+    super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
+}
+
+/// [`super::qcopy`]'s work compiled for AVX-512.
+///
+/// # Safety
+/// [`has_avx512`].
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+unsafe fn qcopy_avx512(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) {
+    super::elementwise::qcopy_body(out, at, x, m, s);
 }
 
 #[cfg(test)]
