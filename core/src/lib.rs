@@ -43,5 +43,7 @@ pub mod sampler;
 
 pub use error::{BlobError, RunError};
 pub use format::{fnv1a64, DType, Precision, Schedule};
+#[cfg(feature = "std")]
+pub use model::Prepacked;
 pub use model::{Model, TensorView};
 pub use ops::Kernels;

@@ -419,7 +419,10 @@ fn run_command(cli: Cli) -> Result<()> {
             let kernels = on.kernels();
             let args =
                 sample::SampleArgs { method, num, seed, steps, class, noise, output, each, npy, gif, gif_of, gpu };
-            sample::run(&blob.model()?.with_kernels(kernels), &args)
+            let m = blob.model()?.with_kernels(kernels);
+            // Weights repacked once for the host kernels instead of per forward.
+            let packs = ddpm_core::Prepacked::new(&m);
+            sample::run(&m.with_prepacked(&packs), &args)
         }
         Cmd::Noise { model, run: RunOpts { num, seed, steps }, output } => {
             let blob = blobfile::read(&model)?;
@@ -440,6 +443,8 @@ fn run_command(cli: Cli) -> Result<()> {
         Cmd::Forward { model, input, timestep, class, output, on } => {
             let blob = blobfile::read(&model)?;
             let m = blob.model()?.with_kernels(on.kernels());
+            let packs = ddpm_core::Prepacked::new(&m);
+            let m = m.with_prepacked(&packs);
             let (shape, data) = load::read_npy(&input)?;
             let expect = [m.in_channels(), m.height(), m.width()];
             if shape.len() != 4 || shape[1..] != expect {
@@ -470,6 +475,8 @@ fn run_command(cli: Cli) -> Result<()> {
         Cmd::Bench { model, iters, warmup, per_op, on, batch, sample_steps } => {
             let blob = blobfile::read(&model)?;
             let m = blob.model()?.with_kernels(on.kernels());
+            let packs = ddpm_core::Prepacked::new(&m);
+            let m = m.with_prepacked(&packs);
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }

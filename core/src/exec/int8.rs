@@ -66,18 +66,22 @@ impl Exec<'_, '_> {
                 let bd = self.ints(brq)?;
                 let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
                 let k = self.m.kernels();
+                #[cfg(feature = "std")]
+                let slot = self.m.packed_slot(w);
+                #[cfg(not(feature = "std"))]
+                let slot = None;
                 match (xi.dtype, o.dtype) {
                     (DType::I8, DType::I8) => {
-                        ops::qconv2d_using::<i8, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
+                        ops::qconv2d_using::<i8, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8, slot)
                     }
                     (DType::I8, DType::I16) => {
-                        ops::qconv2d_using::<i8, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8)
+                        ops::qconv2d_using::<i8, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i8, slot)
                     }
                     (DType::I16, DType::I8) => {
-                        ops::qconv2d_using::<i16, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
+                        ops::qconv2d_using::<i16, i8>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16, slot)
                     }
                     (DType::I16, DType::I16) => {
-                        ops::qconv2d_using::<i16, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16)
+                        ops::qconv2d_using::<i16, i16>(k, cast_mut(od)?, cast(xd)?, wd, bd, &g, xi.zero as i16, slot)
                     }
                     _ => return Err(bad),
                 }

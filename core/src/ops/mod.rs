@@ -32,9 +32,11 @@ pub use conv2d::{conv2d, conv2d_pad, conv2d_using, conv_out_len, Conv2dShape};
 pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::{group_norm, group_norm_using};
+#[cfg(feature = "std")]
+pub use int8::PackedWeights;
 pub use int8::{
     dequantize, qadd, qclass_embed, qconv2d, qconv2d_using, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize,
-    rq, QAttention, QElem, QMut, QNorm, QRef, Src,
+    rq, PackSlot, QAttention, QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows, linear_rows_using};

@@ -142,7 +142,9 @@ pub fn qconv2d<X: QElem, Y: QElem>(out: &mut [Y], x: &[X], w: &[i8], brq: &[i32]
 }
 
 /// [`qconv2d`], or with [`Kernels::Fast`] the integer microkernel of this CPU where one applies (AVX-512 VNNI or
-/// AVX2 on x86-64 hosts; see `fast.rs`): the same sums, so the same bits.
+/// AVX2 on x86-64 hosts; see `fast.rs`; its packed weights kept in `packed` when given): the same sums, so the
+/// same bits.
+#[allow(clippy::too_many_arguments)]
 pub fn qconv2d_using<X: QElem, Y: QElem>(
     kernels: Kernels,
     out: &mut [Y],
@@ -151,12 +153,13 @@ pub fn qconv2d_using<X: QElem, Y: QElem>(
     brq: &[i32],
     g: &Conv2dShape,
     pad: X,
+    packed: super::PackSlot<'_>,
 ) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if kernels == Kernels::Fast && super::fast::qconv2d(out, x, w, brq, g, pad) {
+    if kernels == Kernels::Fast && super::fast::qconv2d(out, x, w, brq, g, pad, packed) {
         return;
     }
-    let _ = kernels;
+    let _ = (kernels, packed);
     qconv2d(out, x, w, brq, g, pad);
 }
 

@@ -250,7 +250,9 @@ pub fn qlut(out: &mut [i8], x: Option<&[i8]>, table: &[i8; 256]) {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::{vec, vec::Vec};
 
     #[test]
     fn qadd_broadcasts_and_saturates() {

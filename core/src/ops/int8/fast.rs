@@ -20,8 +20,9 @@
 
 use core::arch::x86_64::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
-use super::{rq, QElem};
+use super::{rq, PackedWeights, QElem};
 use crate::ops::fast::{Grid, MAX_NP};
 use crate::ops::Conv2dShape;
 use crate::par;
@@ -344,17 +345,33 @@ pub(crate) fn qconv2d<X: QElem, Y: QElem>(
     brq: &[i32],
     g: &Conv2dShape,
     pad: X,
+    packed: Option<&OnceLock<Option<PackedWeights>>>,
 ) -> bool {
     let wide = X::as_i8(x).is_none();
     let cost = |k: &QKernel| Grid::new(g, k.np).tiles * k.np * if k.np >= 32 { 10 } else { 13 };
     let best = kernels(wide).iter().filter(|k| Grid::fits(g, k.np)).min_by_key(|k| cost(k));
     match best {
-        Some(k) => qconv2d_with(*k, out, x, w, brq, g, pad),
+        Some(k) => qconv2d_with(*k, out, x, w, brq, g, pad, packed),
         None => false,
     }
 }
 
+/// Every block's [`pack_weights`] in one buffer, block `b` at `b·len·mr` (biases at `b·MAX_MR`).
+fn pack_all(k: &QKernel, w: &[i8], brq: &[i32], g: &Conv2dShape, len: usize) -> PackedWeights {
+    let blocks = g.co.div_ceil(k.mr);
+    let (mut words, mut biases) = (Vec::with_capacity(blocks * len * k.mr), Vec::with_capacity(blocks * MAX_MR));
+    let (mut wq, mut bias) = (Vec::new(), [0i32; MAX_MR]);
+    for b in 0..blocks {
+        let nco = (g.co - b * k.mr).min(k.mr);
+        pack_weights(&mut wq, &mut bias, w, brq, g, b * k.mr, nco, k.mr, k.form, len);
+        words.extend_from_slice(&wq);
+        biases.extend_from_slice(&bias);
+    }
+    PackedWeights { mr: k.mr, lanes: k.form.lanes(), words, biases }
+}
+
 /// [`qconv2d`] with a given kernel (tests run each kernel the CPU has).
+#[allow(clippy::too_many_arguments)]
 fn qconv2d_with<X: QElem, Y: QElem>(
     k: QKernel,
     out: &mut [Y],
@@ -363,6 +380,7 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     brq: &[i32],
     g: &Conv2dShape,
     pad: X,
+    packed: Option<&OnceLock<Option<PackedWeights>>>,
 ) -> bool {
     let (_, hp, rs) = g.scratch_shape();
     let (plane, ksize) = (g.ho * g.wo, g.ci * g.kh * g.kw);
@@ -380,6 +398,13 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     {
         return false;
     }
+    let len = taps.len();
+    // The model's packed weights, made on first use, where they are for this kernel's tile and packing (the
+    // kernel is chosen by the shape and the CPU, so always the same one for a tensor).
+    let blocks = g.co.div_ceil(k.mr);
+    let packed = packed.and_then(|slot| slot.get_or_init(|| Some(pack_all(&k, w, brq, g, len))).as_ref()).filter(|p| {
+        p.mr == k.mr && p.lanes == lanes && p.words.len() == blocks * len * k.mr && p.biases.len() == blocks * MAX_MR
+    });
     let grid = Grid::new(g, k.np);
     let mut xq = INPUT.take();
     pack_input(&mut xq, x, g, pad, k.form, taps.groups);
@@ -394,9 +419,10 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     par::for_each_chunk(&mut out[..g.co * plane], k.mr * plane, |blk, o| {
         let nco = o.len() / plane;
         let co0 = blk * k.mr;
-        WEIGHTS.with_borrow_mut(|wq| {
-            let mut bias = [0i32; MAX_MR];
-            pack_weights(wq, &mut bias, w, brq, g, co0, nco, k.mr, k.form, taps.len());
+        let mut block = |wq: &[u32], bias: &[i32]| {
+            if wq.len() < len * k.mr || bias.len() < k.mr {
+                return;
+            }
             let mut acc = [0i32; MAX_MR * MAX_NP];
             let acc = &mut acc[..k.mr * k.np];
             let mut runs = [(0usize, 0usize, 0usize); MAX_NP];
@@ -404,7 +430,7 @@ fn qconv2d_with<X: QElem, Y: QElem>(
                 let p0 = grid.start(t);
                 // SAFETY: `kernels` returned `k` only on a CPU with its instruction set. Reads of the packed input
                 // reach `p0 + np − 1 + max_offset ≤ pixels − 1 + max_offset < xs.len()` (checked above); wq
-                // holds `len·mr` words (`pack_weights`), bias MAX_MR ≥ mr, acc `mr·np`.
+                // holds `len·mr` words and bias `mr` (checked above), acc `mr·np`.
                 unsafe { run(xs[p0..].as_ptr(), wq.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
                 let nruns = grid.runs(p0, &mut runs);
                 let mut ys = [0i32; MAX_NP];
@@ -419,7 +445,15 @@ fn qconv2d_with<X: QElem, Y: QElem>(
                     }
                 }
             }
-        });
+        };
+        match packed {
+            Some(p) => block(&p.words[blk * len * k.mr..], &p.biases[blk * MAX_MR..]),
+            None => WEIGHTS.with_borrow_mut(|wq| {
+                let mut bias = [0i32; MAX_MR];
+                pack_weights(wq, &mut bias, w, brq, g, co0, nco, k.mr, k.form, len);
+                block(wq, &bias)
+            }),
+        }
     });
     INPUT.set(xq);
     true
@@ -809,12 +843,22 @@ mod tests {
         let mut want = vec![Y::ZERO; g.co * g.ho * g.wo];
         super::super::qconv2d(&mut want, &x, &w, &brq, g, conv(zero));
         let mut ran = 0;
+        // One slot shared by every kernel: the first fills it, the others find it packed for another tile and
+        // pack their own weights per call.
+        let shared = OnceLock::new();
         for k in runnable(X::as_i8(&x).is_none()) {
             if !Grid::fits(g, k.np) {
                 continue;
             }
+            // Weights packed per call, then packed into a slot and read back from it.
+            let own = OnceLock::new();
+            for slot in [None, Some(&own), Some(&own), Some(&shared)] {
+                let mut got = vec![Y::sat(i64::MAX); want.len()];
+                assert!(qconv2d_with(k, &mut got, &x, &w, &brq, g, conv(zero), slot), "{g:?}: refused");
+                assert!(got == want, "{g:?} mr {} np {} {:?} slot {}: differs", k.mr, k.np, k.form, slot.is_some());
+            }
             let mut got = vec![Y::sat(i64::MAX); want.len()];
-            assert!(qconv2d_with(k, &mut got, &x, &w, &brq, g, conv(zero)), "{g:?}: kernel {:?} refused", k.form);
+            assert!(qconv2d_with(k, &mut got, &x, &w, &brq, g, conv(zero), None), "{g:?}: kernel {:?} refused", k.form);
             let bad = got.iter().zip(&want).position(|(a, b)| a != b);
             assert!(
                 bad.is_none(),

@@ -28,6 +28,27 @@ pub use elementwise::{qadd, qclass_embed, qcopy, qlut, qscale_shift};
 pub use group_norm::{qgroup_norm, QNorm};
 pub use quantize::{dequantize, quantize};
 
+/// Weights packed for a host kernel once per model ([`crate::Prepacked`]): the tile's rows and packing they were
+/// made for, and every block's words and biases.
+#[cfg(feature = "std")]
+pub struct PackedWeights {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) mr: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) lanes: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) words: std::vec::Vec<u32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) biases: std::vec::Vec<i32>,
+}
+
+/// Where a host kernel keeps a tensor's packed weights ([`crate::Prepacked`]); nothing without `std`.
+#[cfg(feature = "std")]
+pub type PackSlot<'a> = Option<&'a std::sync::OnceLock<Option<PackedWeights>>>;
+/// Where a host kernel keeps a tensor's packed weights; nothing without `std`.
+#[cfg(not(feature = "std"))]
+pub type PackSlot<'a> = Option<&'a core::convert::Infallible>;
+
 /// `(acc·m + 2^(s−1)) >> s`: rescales an accumulator by the fixed-point factor `m / 2^s`, rounding ties up.
 /// Validation bounds `acc` and `m` so that the product fits; wrapping keeps a broken bound from panicking.
 #[inline(always)]
