@@ -166,6 +166,9 @@ impl Exec<'_, '_> {
             }
             Op::Affine { out, x, mul, add } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
+                if xi.dtype != crate::format::DType::F32 {
+                    return self.run_move(bytemuck::cast_slice_mut(a), op);
+                }
                 Self::copy(a, &o, &xi)?;
                 ops::affine(a.get_mut(o.range()).ok_or(bad)?, mul, add);
             }

@@ -1,5 +1,5 @@
 //! Data-movement ops (nearest ×2 upsampling, permutation, slices, axis concatenation, padding, pooling,
-//! resizing): one op code for every activation type. f32 values run the float kernels; the i8/i16 codes of a
+//! resizing, and `Affine` as a reshape of a quantized value): one op code for every activation type. f32 values run the float kernels; the i8/i16 codes of a
 //! quantized value run the same generic kernels (copies, maxima) and keep the value's scale and zero point, as
 //! validated; only average pooling of codes and bilinear resizing are arithmetic of their own.
 
@@ -164,6 +164,14 @@ impl Exec<'_, '_> {
                         ops::pad2d(od, xd, shape, pad, mode, code as i16)
                     }
                     _ => return Err(bad),
+                }
+            }
+            // A reshape of codes (mul 1, add 0, as validated): a copy, nothing where out is x.
+            Op::Affine { out, x, .. } => {
+                let (o, xi) = (self.value(out)?, self.value(x)?);
+                if o.byte_range() != xi.byte_range() {
+                    let [od, xd] = carve(a, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
+                    od.copy_from_slice(xd);
                 }
             }
             _ => return Err(bad),

@@ -116,7 +116,12 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Affine { out, x, mul, add } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
+            ok(
+                !xi.dtype.is_quantized() || (mul == 1.0 && add == 0.0),
+                "Affine of a quantized value is a reshape only (mul 1, add 0)",
+            )?;
             ok(
                 mul.is_finite() && add.is_finite() && o.numel() == xi.numel() && same_or_disjoint(&o, &xi),
                 "Affine needs finite parameters and out of x's size, equal to or apart from x",
