@@ -231,7 +231,7 @@ fn validation_refuses_moves_between_unlike_values() {
     assert_eq!(refusal(i8_at(S, 0), pool), None);
     for (what, out) in [("another scale", i8_at(2.0 * S, 0)), ("a zero point", i8_at(S, 3))] {
         for (name, op) in [("Permute", &permute as &dyn Fn(u32, u32) -> Op), ("Affine", &copy), ("Pool2d", &pool)] {
-            let e = refusal(&out, op).unwrap_or_else(|| panic!("{name} to {what} validated"));
+            let e = refusal(out, op).unwrap_or_else(|| panic!("{name} to {what} validated"));
             assert!(e.contains(UNLIKE), "{name} to {what}: {e}");
         }
     }
