@@ -36,6 +36,8 @@ pub(super) struct Builder<'g> {
     pub(super) notes: Vec<String>,
     /// Ops the int8 program runs in f32.
     pub(super) float_ops: usize,
+    /// The f32 copy made of each quantized value that an f32 op reads (one `Dequantize` per value).
+    pub(super) dequantized: HashMap<u32, u32>,
 }
 
 impl Builder<'_> {
@@ -471,10 +473,16 @@ impl Builder<'_> {
                         .ok_or_else(|| err!(Quantize, "internal: value {w} read before written"))?;
                     if self.info(q).dtype == DType::F32 {
                         q
+                    } else if let Some(&d) = self.dequantized.get(&q).filter(|_| role == Role::In) {
+                        d
                     } else {
                         let s = self.info(q);
                         let d = self.q.value(s.c, s.h, s.w);
                         self.q.push(Op::Dequantize { out: d, x: q });
+                        // Later f32 ops that read `q` read this copy (unless this op updates it in place).
+                        if role == Role::In {
+                            self.dequantized.insert(q, d);
+                        }
                         d
                     }
                 }

@@ -99,6 +99,7 @@ pub fn to_int8(
         wide: vec![Site::Input],
         notes: Vec::new(),
         float_ops: 0,
+        dequantized: HashMap::new(),
     };
     let s = g.values[input as usize];
     let qin = b.q.value(s.c, s.h, s.w);
