@@ -36,15 +36,15 @@ pub use conv_transpose::{conv_transpose2d, ConvTransposeShape};
 pub use elementwise::{add_assign_scaled, add_channel, affine, scale_assign, scale_shift, silu};
 pub use group_norm::{group_norm, group_norm_using};
 pub use int8::{
-    dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize, rq, QAttention,
-    QElem, QMut, QNorm, QRef, Src,
+    dequantize, qadd, qclass_embed, qconv2d, qcopy, qgroup_norm, qlut, qpool2d_average, qscale_shift, qsdpa, quantize,
+    rq, QAttention, QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows, linear_rows_using};
 pub use matmul::{matmul, MatMulShape};
 pub use permute::{permute, PERMUTE_DIMS};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
-pub use pool::{pad2d, pad_code, pool2d, pool2d_max, qpool2d_average, PadMode, PoolFn, PoolShape};
+pub use pool::{pad2d, pad_code, pool2d, pool2d_max, PadMode, PoolFn, PoolShape};
 pub use reduce::{reduce, ReduceFn};
 pub use resample::{resize, resize_mode, resize_nearest, upsample2x_nearest, ResizeCoord, ResizeSample};
 pub use softmax::softmax;

@@ -1,8 +1,8 @@
 //! Integer kernels of int8 programs (the second op table in [`crate::program`]), one file per op beside the
 //! float kernels of the same name: [`qconv2d`] (`conv2d.rs`), [`qgroup_norm`] (`group_norm.rs`), [`qsdpa`]
-//! (`attention.rs`), the element-wise ops (`elementwise.rs`) and the conversions at the network's edges
-//! (`quantize.rs`). This file holds what they share: the element types, the tensor views and the
-//! requantization primitives.
+//! (`attention.rs`), average pooling [`qpool2d_average`] (`pool.rs`), the element-wise ops (`elementwise.rs`) and
+//! the conversions at the network's edges (`quantize.rs`). This file holds what they share: the element types,
+//! the tensor views and the requantization primitives.
 //!
 //! Everything per element is integer arithmetic: i8 × i8 (or i16 × i8) products summed in i32, rescaled by a
 //! 31-bit multiplier and a shift in i64. Floats appear only where the work is per channel or per tensor, not per
@@ -18,12 +18,14 @@ mod conv2d_dsp;
 mod dsp;
 mod elementwise;
 mod group_norm;
+mod pool;
 mod quantize;
 
 pub use attention::{qsdpa, QAttention};
 pub use conv2d::qconv2d;
 pub use elementwise::{qadd, qclass_embed, qcopy, qlut, qscale_shift};
 pub use group_norm::{qgroup_norm, QNorm};
+pub use pool::qpool2d_average;
 pub use quantize::{dequantize, quantize};
 
 /// `(acc·m + 2^(s−1)) >> s`: rescales an accumulator by the fixed-point factor `m / 2^s`, rounding ties up.
