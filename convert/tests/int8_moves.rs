@@ -284,3 +284,74 @@ fn integer_values_belong_to_int8_blobs_only() {
         assert!(e.contains("activation #2 is malformed"), "{precision:?}: {e}");
     }
 }
+
+/// The converter's choice for an axis concatenation of two values that calibrate to very different ranges (two
+/// 1×1 convolutions whose kernels differ 100-fold): the finer one is requantized to the coarser one's scale
+/// (a `QAdd` with itself at weight 0) and the concatenation runs on codes, within 1.25 steps of the output's
+/// scale of the f32 program's output.
+#[test]
+fn a_concatenation_of_two_scales_requantizes_one_and_moves_codes() {
+    let mut g = Graph::default();
+    let input = g.value(C * H * W, 1, 1);
+    let x = g.value(C, H, W);
+    g.push(Op::Affine { out: x, x: input, mul: 1.0, add: 0.0 });
+    let half = |g: &mut Graph, gain: f32, start: u32| {
+        let w = g.tensor("w", vec![C, C, 1, 1], vec![gain, -0.5 * gain, 0.25 * gain, gain]);
+        let b = g.tensor("b", vec![C], vec![0.1 * gain, -0.2 * gain]);
+        let y = g.value(C, H, W);
+        g.push(Op::Conv2d { out: y, x, w, b, stride: 1, pad: [0; 4], scratch: ddpm_convert::graph::SCRATCH });
+        let o = g.value(C, H, W / 2);
+        let (outer, n, count) = ((C * H) as u32, W as u32, (W / 2) as u32);
+        g.push(Op::Slice { out: o, x: y, outer, n, inner: 1, start, step: 1, count });
+        o
+    };
+    let (a, b) = (half(&mut g, 0.1, 0), half(&mut g, 10.0, (W / 2) as u32));
+    let cat = g.value(C, H, W);
+    g.push(Op::ConcatAxis { out: cat, a, b, outer: (C * H) as u32, na: (W / 2) as u32, nb: (W / 2) as u32, inner: 1 });
+    let output = g.value(C * H * W, 1, 1);
+    g.push(Op::Affine { out: output, x: cat, mul: 1.0, add: 0.0 });
+    let p = Program { g, input, output, out_len: C * H * W };
+    let hdr = |precision| ModelHeader {
+        precision,
+        in_channels: C * H * W,
+        out_channels: C * H * W,
+        height: 1,
+        width: 1,
+        num_classes: 0,
+        schedule: Schedule::DDPM_DEFAULT,
+        config_json: "{}".into(),
+    };
+    let cal = ddpm_convert::Calibration { trajectories: 2, steps: 8, ..Default::default() };
+    let (bytes, _) =
+        ddpm_convert::precision::int8::to_int8(&p.g, &hdr(Precision::F32), p.input, p.output, &cal).expect("int8");
+    let q = AlignedBlob::from_bytes(&bytes);
+    let m = q.model().expect("valid");
+    let ops: Vec<Op> = (0..m.num_ops()).map(|i| m.op(i).unwrap()).collect();
+    let concat = ops.iter().find_map(|op| match *op {
+        Op::ConcatAxis { out, a, b, .. } => Some([out, a, b].map(|v| m.value(v).unwrap())),
+        _ => None,
+    });
+    let [o, a, b] = concat.expect("a ConcatAxis");
+    assert!(o.dtype == DType::I8 && a.dtype == DType::I8 && b.dtype == DType::I8, "{o:?} {a:?} {b:?}");
+    assert!(ops.iter().any(|op| matches!(op, Op::QAdd { a, b, mb: 0, .. } if a == b)), "no requantizing QAdd");
+    // Against the f32 program, on an input inside the range calibration saw (x_t of unit variance).
+    let x: Vec<f32> = (0..C * H * W).map(|i| ((i as i32 * 37) % 61 - 30) as f32 / 30.0).collect();
+    let f = blob(&p, Precision::F32);
+    let fm = f.model().unwrap();
+    let mut want = vec![0f32; C * H * W];
+    let mut arena = vec![0u8; fm.arena_bytes() + 16];
+    fm.forward(&mut arena, &x, 10.0, None, &mut want).expect("forward");
+    let mut got = vec![0f32; C * H * W];
+    let mut arena = vec![0u8; m.arena_bytes() + 16];
+    m.forward(&mut arena, &x, 10.0, None, &mut got).expect("forward");
+    let big = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = got.iter().zip(&want).fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+    eprintln!(
+        "two-scale concatenation: int8 max abs err {err:.3e} = {:.4} x max|f32| = {:.2} steps of the output",
+        err / big,
+        err / o.scale
+    );
+    // Rounding to the output's step (half a step) on top of the convolutions' own rounding.
+    assert!(err <= 1.25 * o.scale, "{err} > 1.25 steps of {}", o.scale);
+    assert_eq!((a.scale, b.scale), (o.scale, o.scale), "the concatenated codes are not at the output's scale");
+}

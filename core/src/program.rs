@@ -352,8 +352,8 @@ impl Op {
     /// resizing, class tables) that has float kernels (on the CPU and as GPU shaders) and no int8 counterpart:
     /// int8 programs run them in f32 between dequantize and quantize steps. The data-movement ops (permutation,
     /// slices, axis concatenation, padding, pooling, nearest resizing) run on quantized values too (see the
-    /// module docs); the converter still runs one in f32 where its operands do not allow that (inputs of
-    /// another scale, a padding constant no code stands for, an f32 input).
+    /// module docs); the converter still runs one in f32 where its operands do not allow that (an f32 input,
+    /// inputs of another type or zero point, a padding constant no code stands for).
     pub const fn has_no_int8_kernel(&self) -> bool {
         match self {
             Op::LayerNorm { .. }

@@ -184,6 +184,21 @@ impl Builder<'_> {
         let cur = |b: &Self, v: u32| b.map[v as usize];
         match *op {
             _ if self.moves_quantized(op) => self.move_op(op)?,
+            Op::ConcatAxis { out, a, b, outer, na, nb, inner } if self.requantizable_pair(a, b) => {
+                // Inputs at two scales: the finer one is requantized to the coarser one's scale (whose range
+                // holds it, so nothing saturates) by a `QAdd` of it with itself at weight 0, then the codes move.
+                let (aq, bq) = (self.info_of(a), self.info_of(b));
+                let (fine, coarse) = if self.info(aq).scale < self.info(bq).scale { (aq, bq) } else { (bq, aq) };
+                let (fi, ci) = (self.info(fine), self.info(coarse));
+                let r = self.q.typed_value(fi.c, fi.h, fi.w, fi.dtype, ci.scale);
+                let (ma, mb, shift) = fixed_pair(f64::from(fi.scale) / f64::from(ci.scale), 0.0);
+                self.q.push(Op::QAdd { out: r, a: fine, b: fine, ma, mb, shift });
+                let (aq, bq) = if fine == aq { (r, bq) } else { (aq, r) };
+                let s = shape(out);
+                let o = self.q.typed_value(s.c, s.h, s.w, ci.dtype, ci.scale);
+                self.q.push(Op::ConcatAxis { out: o, a: aq, b: bq, outer, na, nb, inner });
+                self.define(out, o, None);
+            }
             Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
                 let s = shape(out);
                 let o = self.q.value(s.c, s.h, s.w);
@@ -378,7 +393,8 @@ impl Builder<'_> {
     /// Whether `op` moves elements (a data-movement op, or `Affine` as a reshape) and every value it reads is
     /// quantized with one type, scale and zero point, so that it runs on the codes and its output keeps them:
     /// no dequantize and quantize steps, no rounding. Bilinear resizing and padding with a constant that no code
-    /// stands for run in f32; so do ops whose inputs are f32 already, or quantized at different scales.
+    /// stands for run in f32; so do ops whose inputs are f32 already, or quantized unlike each other (an axis
+    /// concatenation of two scales without zero points requantizes one input instead: see [`Builder::op`]).
     fn moves_quantized(&self, op: &Op) -> bool {
         let moves = match *op {
             Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Pool2d { .. } | Op::Pad { .. } => true,
@@ -405,6 +421,19 @@ impl Builder<'_> {
             }
             _ => all_alike,
         }
+    }
+
+    /// The current int8-program value of f32 value `v` (set: checked by the callers' conditions).
+    fn info_of(&self, v: u32) -> u32 {
+        self.map[v as usize].unwrap_or(v)
+    }
+
+    /// Whether f32 values `a` and `b` are quantized with one type and no zero point but at different scales,
+    /// so that an axis concatenation of them runs on codes after requantizing one (a `QAdd` takes no zero point).
+    fn requantizable_pair(&self, a: u32, b: u32) -> bool {
+        let (Some(aq), Some(bq)) = (self.map[a as usize], self.map[b as usize]) else { return false };
+        let (ai, bi) = (self.info(aq), self.info(bq));
+        ai.dtype.is_quantized() && ai.dtype == bi.dtype && ai.zero == 0 && bi.zero == 0 && aq != bq
     }
 
     /// `op` on the codes of its quantized inputs ([`Builder::moves_quantized`]): the output is a new value of the
