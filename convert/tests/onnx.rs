@@ -237,6 +237,80 @@ fn int8_calibrates_imported_programs_as_native_ones() {
     );
 }
 
+/// int8 programs keep values quantized through the data-movement ops: none of those that run in f32 reads a
+/// dequantized value unless its quantized form does not apply (an axis concatenation of values of different
+/// types or with zero points, a bilinear resize, a padding constant no code stands for), on every fixture whose
+/// program has them.
+#[test]
+fn int8_data_movement_runs_on_quantized_values() {
+    use ddpm_core::program::{Op, Role};
+    for model in ["lucidrains", "attention", "pooling", "diffusers"] {
+        // The program's structure, not its accuracy: a short calibration does.
+        let out = convert_onnx(OnnxRequest {
+            model: read_onnx(&fixtures(model).join("legacy.onnx")).unwrap(),
+            options: Default::default(),
+            scheduler: None,
+            scheduler_overrides: Default::default(),
+            precision: Precision::Int8,
+            calibration: Calibration { trajectories: 1, steps: 4, ..Calibration::default() },
+        })
+        .unwrap_or_else(|e| panic!("{model}: {e}"));
+        let blob = AlignedBlob::from_bytes(&out.blob);
+        let m = blob.model().unwrap();
+        let ops: Vec<Op> = (0..m.num_ops()).map(|i| m.op(i).unwrap()).collect();
+        // The source of each dequantized value.
+        let dequantized: std::collections::HashMap<u32, u32> = ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::Dequantize { out, x } => Some((out, x)),
+                _ => None,
+            })
+            .collect();
+        let coding = |v: u32| m.value(v).map(|v| (v.dtype, v.scale.to_bits(), v.zero));
+        let (mut quantized, mut float) = (0, 0);
+        for (i, op) in ops.iter().enumerate() {
+            let moves = match *op {
+                Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Pool2d { .. } | Op::Pad { .. } => {
+                    true
+                }
+                Op::Resize { mode, .. } => mode >> 4 != 0,
+                Op::Affine { mul, add, .. } => mul == 1.0 && add == 0.0,
+                _ => false,
+            };
+            if !moves {
+                continue;
+            }
+            let mut inputs = Vec::new();
+            op.for_each_value(|v, role| {
+                if role == Role::In {
+                    inputs.push(v)
+                }
+            });
+            if m.value(inputs[0]).unwrap().dtype.is_quantized() {
+                quantized += 1;
+                continue;
+            }
+            float += 1;
+            let sources: Option<Vec<u32>> = inputs.iter().map(|v| dequantized.get(v).copied()).collect();
+            let Some(sources) = sources else { continue };
+            let x = m.value(sources[0]).unwrap();
+            // Values of one coding concatenate on codes; so do values of one type without zero points at two
+            // scales (one is requantized).
+            let alike = sources.iter().all(|&s| coding(s) == coding(sources[0]))
+                || sources.iter().all(|&s| coding(s).map(|c| (c.0, c.2)) == Some((x.dtype, 0)));
+            let code = |value: f32| ddpm_core::ops::pad_code(value, x.scale, x.zero, x.dtype.qmax()).is_some();
+            let needs_f32 = match *op {
+                Op::Pad { value, mode, .. } => mode == 0 && !code(value),
+                Op::ConcatAxis { .. } => !alike,
+                _ => false,
+            };
+            assert!(needs_f32, "{model}: op {i} ({}) runs in f32 on dequantized values", op.name());
+        }
+        eprintln!("{model} int8: {quantized} data-movement ops on quantized values, {float} on f32 ones");
+        assert!(quantized > 0, "{model}: no data-movement op runs on quantized values");
+    }
+}
+
 #[test]
 fn hostile_or_unsupported_files_are_errors() {
     let e = ddpm_convert::onnx::parse(b"\x08\x07garbage\xff\xff", None).unwrap_err().to_string();

@@ -12,7 +12,8 @@
 //!   out of bounds or panics.
 //! - [`ops`]: free functions over slices (convolution, group norm, attention, ...), one file each: the float
 //!   kernels generic over the weight element type (`f32` or `f16`) and accumulating in `f32`; the int8 kernels
-//!   over i8/i16 activations with i32 accumulation and integer requantization.
+//!   over i8/i16 activations with i32 accumulation and integer requantization; the data-movement kernels
+//!   (permutation, slices, padding, pooling, resizing) generic over the activation element, f32 or i8/i16.
 //! - `exec`: [`Model::forward`] runs the program for one sample in one caller-provided arena of
 //!   [`Model::arena_bytes`] bytes.
 //! - [`sampler`]: the schedule ([`sampler::schedule`]) and the DDPM/DDIM samplers, step by step with their

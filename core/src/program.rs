@@ -38,8 +38,14 @@
 //! | 40 | `Pad` | v out, v x, pad top, left, bottom, right, f32 value, mode | each channel padded, [`PadMode`](crate::ops::PadMode) of code `mode` (`value` for constant padding; reflection needs pads below the side) |
 //! | 41 | `ClassTable` | v out, t table | `out = table[class]`, table `[classes, len(out)]` (the blob's class count) |
 //!
-//! Values of the ops above are f32, except `Upsample2x`, which copies any type (input and output of the same
-//! type and scale). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
+//! Values of the ops above are f32, except those of the data-movement ops, which also take the i8/i16 values of
+//! int8 programs: `Upsample2x`, `Permute`, `Slice`, `ConcatAxis`, `Pad`, `Pool2d`, `Resize` and `Affine` copy
+//! (or, for pooling, compare or average) codes, with every input and the output of one type, scale and zero
+//! point, so a quantized value moves through them unchanged. For a quantized value, `Affine` is a reshape only
+//! (`mul` = 1, `add` = 0), `Resize` samples the nearest pixel (bilinear needs f32), `Pad` pads with the code
+//! `q` for which `(q − zero) × scale` is `value` exactly (constant padding of another value needs f32), and
+//! average pooling averages the codes in integers, rounding half up (`floor((2·Σq + n) / 2n)`, padding counted
+//! as the zero point). The ops below make up int8 programs ([`Precision::Int8`](crate::Precision)): their values
 //! are i8 or i16 (`q` stands for `(q − zero) × scale`, the value's scale and zero point; a non-zero zero point
 //! is allowed only where this table says so), kernels i8 with one scale per output channel,
 //! biases i32. Scales are folded at convert time into integer multipliers: `rq(acc, m, s)` is
@@ -342,32 +348,30 @@ pub const NO_LUT: u32 = u32::MAX;
 
 impl Op {
     /// Whether the op is one of those imported graphs add (layer norm, transposed convolution, timestep table,
-    /// pointwise maps, permutations, products of activations, softmax, reductions, slices, axis concatenation,
-    /// constants, per-row linear layers, pooling, resizing, padding, class tables): they have float kernels (on
-    /// the CPU and as GPU shaders) and no int8 counterpart, so int8 programs run them in f32 between dequantize
-    /// and quantize steps.
+    /// pointwise maps, products of activations, softmax, reductions, constants, per-row linear layers, bilinear
+    /// resizing, class tables) that has float kernels (on the CPU and as GPU shaders) and no int8 counterpart:
+    /// int8 programs run them in f32 between dequantize and quantize steps. The data-movement ops (permutation,
+    /// slices, axis concatenation, padding, pooling, nearest resizing) run on quantized values too (see the
+    /// module docs); the converter still runs one in f32 where its operands do not allow that (an f32 input,
+    /// inputs of another type or zero point, a padding constant no code stands for).
     pub const fn has_no_int8_kernel(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Op::LayerNorm { .. }
-                | Op::ConvTranspose2d { .. }
-                | Op::TimestepTable { .. }
-                | Op::Unary { .. }
-                | Op::Binary { .. }
-                | Op::BinaryConst { .. }
-                | Op::Permute { .. }
-                | Op::MatMul { .. }
-                | Op::Softmax { .. }
-                | Op::Reduce { .. }
-                | Op::Slice { .. }
-                | Op::ConcatAxis { .. }
-                | Op::Constant { .. }
-                | Op::LinearRows { .. }
-                | Op::Pool2d { .. }
-                | Op::Resize { .. }
-                | Op::Pad { .. }
-                | Op::ClassTable { .. }
-        )
+            | Op::ConvTranspose2d { .. }
+            | Op::TimestepTable { .. }
+            | Op::Unary { .. }
+            | Op::Binary { .. }
+            | Op::BinaryConst { .. }
+            | Op::MatMul { .. }
+            | Op::Softmax { .. }
+            | Op::Reduce { .. }
+            | Op::Constant { .. }
+            | Op::LinearRows { .. }
+            | Op::ClassTable { .. } => true,
+            // Sampling code 0 is bilinear ([`ResizeSample::Linear`](crate::ops::ResizeSample)).
+            Op::Resize { mode, .. } => (*mode >> 4) & 15 == 0,
+            _ => false,
+        }
     }
 
     /// Calls `f` with every activation value the op reads or writes, and its role, in table order.

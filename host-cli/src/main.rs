@@ -552,6 +552,11 @@ fn inspect(m: &Model<'_>) -> Result<()> {
             count(ddpm_core::DType::F32),
             count(ddpm_core::DType::I32)
         );
+        // The f32 parts of the program: the ops with no integer form run between these conversions.
+        let ops: Vec<_> = (0..m.num_ops()).filter_map(|i| m.op(i)).collect();
+        let quantize = ops.iter().filter(|op| matches!(op, ddpm_core::program::Op::Quantize { .. })).count();
+        let dequantize = ops.iter().filter(|op| matches!(op, ddpm_core::program::Op::Dequantize { .. })).count();
+        println!("conversions   {quantize} Quantize, {dequantize} Dequantize (f32 ops run between them)");
     }
     // The range of the betas: beta_start..beta_end, or that of the stored table.
     let (lo, hi) = match m.trained_betas() {

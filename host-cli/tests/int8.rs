@@ -11,7 +11,8 @@
 //!   the shift is several times larger, and DDIM turns it into less ink).
 //! - samples from the same noise: mean PSNR against f32 ≥ 28 dB over 8 DDIM-50 images.
 //!
-//! Plus: int8 sampling gives the same bits with 1 and 2 threads, and the memory plan meets the
+//! Plus: the shipped blob is byte for byte what the converter makes of weights/mnist/model, int8 sampling gives
+//! the same bits with 1 and 2 threads, and the memory plan meets the
 //! microcontroller budget (blob ≤ 512 KiB of flash, forward arena ≤ 128 KiB of RAM). Measured values: docs/int8.md.
 
 mod common;
@@ -90,6 +91,21 @@ fn int8_sampling_is_thread_count_independent() {
         String::from_utf8_lossy(&text).lines().find(|l| l.starts_with("checksum ")).expect("checksum line").to_string()
     };
     assert_eq!(run("1"), run("2"));
+}
+
+/// The shipped int8 blob is what `convert --precision int8` makes of weights/mnist/model with the default
+/// calibration, byte for byte: conversion is deterministic (portable kernels during calibration) and the
+/// committed blob is current.
+#[test]
+fn shipped_int8_blob_is_what_the_converter_makes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mnist-int8.blob");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weights/mnist/model");
+    host_cli_ok(&["convert", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--precision", "int8"]);
+    let (made, shipped) = (std::fs::read(&out).unwrap(), std::fs::read(blob("int8")).unwrap());
+    assert_eq!(made.len(), shipped.len(), "blob sizes differ");
+    let first = made.iter().zip(&shipped).position(|(a, b)| a != b);
+    assert_eq!(first, None, "the blobs differ from byte {first:?}");
 }
 
 #[test]

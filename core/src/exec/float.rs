@@ -2,7 +2,6 @@
 
 use super::{carve, cast, cast_mut, split_pair, Exec};
 use crate::error::RunError;
-use crate::format::DType;
 use crate::model::TensorView;
 use crate::ops;
 use crate::program::Op;
@@ -157,18 +156,6 @@ impl Exec<'_, '_> {
                     with_weights!(wv, w => ops::attention_output(od, sd, c, hw, w, bv, scale));
                 }
             }
-            Op::Upsample2x { out, x } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(a);
-                let [od, xd] = carve(bytes, [o.byte_range(), xi.byte_range()]).ok_or(bad)?;
-                let (c, h, w) = (xi.c, xi.h, xi.w);
-                match xi.dtype {
-                    DType::F32 => ops::upsample2x_nearest::<f32>(cast_mut(od)?, cast(xd)?, c, h, w),
-                    DType::I8 => ops::upsample2x_nearest::<i8>(cast_mut(od)?, cast(xd)?, c, h, w),
-                    DType::I16 => ops::upsample2x_nearest::<i16>(cast_mut(od)?, cast(xd)?, c, h, w),
-                    _ => return Err(bad),
-                }
-            }
             Op::Concat { out, a: first, b: second } => {
                 let (o, f, s) = (self.value(out)?, self.value(first)?, self.value(second)?);
                 let split = o.range().start + f.numel();
@@ -179,6 +166,9 @@ impl Exec<'_, '_> {
             }
             Op::Affine { out, x, mul, add } => {
                 let (o, xi) = (self.value(out)?, self.value(x)?);
+                if xi.dtype != crate::format::DType::F32 {
+                    return self.run_move(bytemuck::cast_slice_mut(a), op);
+                }
                 Self::copy(a, &o, &xi)?;
                 ops::affine(a.get_mut(o.range()).ok_or(bad)?, mul, add);
             }
@@ -280,12 +270,6 @@ impl Exec<'_, '_> {
                     ops::binary(od, x, y, d, f);
                 }
             }
-            Op::Permute { out, x, dims, perm } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                let p = core::array::from_fn(|i| ((perm >> (4 * i)) & 15) as usize);
-                ops::permute(od, xd, dims.map(|d| d as usize), p);
-            }
             Op::MatMul { out, a: lhs, b: rhs, batch, m, k, n, shared, trans_b } => {
                 let g = ops::MatMulShape::of_op(batch, m, k, n, shared, trans_b);
                 let (od, ld, rd) = self.out_and_two(a, out, lhs, rhs)?;
@@ -302,17 +286,6 @@ impl Exec<'_, '_> {
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
                 ops::reduce(od, xd, outer as usize, n as usize, inner as usize, f);
             }
-            Op::Slice { out, x, outer, n, inner, start, step, count } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                let [outer, n, inner, start, step, count] = [outer, n, inner, start, step, count].map(|d| d as usize);
-                ops::slice_axis(od, xd, outer, n, inner, start, step, count);
-            }
-            Op::ConcatAxis { out, a: lhs, b: rhs, outer, na, nb, inner } => {
-                let (od, ld, rd) = self.out_and_two(a, out, lhs, rhs)?;
-                let [outer, na, nb, inner] = [outer, na, nb, inner].map(|d| d as usize);
-                ops::concat_axis(od, ld, rd, outer, na, nb, inner);
-            }
             Op::Constant { out, t } => {
                 let o = self.value(out)?;
                 let tv = self.vector(t)?;
@@ -325,34 +298,13 @@ impl Exec<'_, '_> {
                 let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
                 with_weights!(wv, w => ops::linear_rows(od, xd, w, bv, info.dims[1], info.dims[0]));
             }
-            Op::Pool2d { out, x, k, stride, pad, kind } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let f = *ops::PoolFn::ALL.get(kind as usize).ok_or(bad)?;
-                let g = ops::PoolShape {
-                    c: xi.c,
-                    h: xi.h,
-                    w: xi.w,
-                    k: k.map(|d| d as usize),
-                    stride: stride.map(|d| d as usize),
-                    pad: pad.map(|d| d as usize),
-                    ho: o.h,
-                    wo: o.w,
-                };
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                ops::pool2d(od, xd, &g, f);
-            }
-            Op::Resize { out, x, mode } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let mode = ops::resize_mode(mode).ok_or(bad)?;
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                ops::resize(od, xd, xi.c, xi.h, xi.w, o.h, o.w, mode);
-            }
-            Op::Pad { out, x, pad, value, mode } => {
-                let (o, xi) = (self.value(out)?, self.value(x)?);
-                let mode = *ops::PadMode::ALL.get(mode as usize).ok_or(bad)?;
-                let (od, xd) = split_pair(a, o.range(), xi.range()).ok_or(bad)?;
-                ops::pad2d(od, xd, (xi.c, xi.h, xi.w), pad.map(|d| d as usize), mode, value);
-            }
+            Op::Upsample2x { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::ConcatAxis { .. }
+            | Op::Pool2d { .. }
+            | Op::Resize { .. }
+            | Op::Pad { .. } => self.run_move(bytemuck::cast_slice_mut(a), op)?,
             _ => self.run_quantized(bytemuck::cast_slice_mut(a), op)?,
         }
         Ok(())

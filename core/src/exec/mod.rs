@@ -1,9 +1,10 @@
 //! The executor: runs a validated program for one sample in the caller's arena. Float ops run in `float.rs`,
-//! the int8 ops in `int8.rs`; this file holds what both share (the arena carving, operand lookups) and the
+//! the int8 ops in `int8.rs`, the data-movement ops (any value type) in `moves.rs`; this file holds what both share (the arena carving, operand lookups) and the
 //! entry points on [`Model`].
 
 mod float;
 mod int8;
+mod moves;
 
 use core::ops::Range;
 

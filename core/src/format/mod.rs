@@ -55,9 +55,10 @@
 //! ## Value type record (8 bytes, version 2, [`value_type::field`])
 //! `dtype u16, zero i16, scale f32`, one per value in value order. dtype: 0 = f32, 2 = i8, 3 = i16, 4 = i32
 //! (scratch). An i8/i16 value `q` stands for the real number `(q − zero) × scale` (`scale` finite and > 0;
-//! `zero` in ±127, and non-zero only for i8 values that only convolutions read: post-SiLU activations, whose
-//! range is nearly one-sided); for f32 and i32 values `scale` and `zero` are 0. Without the table every value
-//! is f32.
+//! `zero` in ±127, non-zero only for i8 values and only where the ops reading them allow it: the converter
+//! gives one to post-SiLU activations that only convolutions read, whose range is nearly one-sided); for f32
+//! and i32 values `scale` and `zero` are 0. Integer values belong to int8 blobs only. Without the table every
+//! value is f32.
 //!
 //! ## Schedule record (64 bytes, [`schedule::field`])
 //! diffusers' scheduler options, one little-endian word each: `num_train_timesteps`, `beta_schedule`

@@ -3,15 +3,17 @@
 
 use crate::format::DType;
 use crate::model::{Model, TensorInfo, TensorView, ValueInfo};
-use crate::ops::{conv_out_len, Conv2dShape};
+use crate::ops::{conv_out_len, Conv2dShape, PadMode, ResizeSample};
 use crate::program::{Op, NO_LUT};
 
-const NO_VALUE: &str = "a value operand is not in the value table";
 const NO_TENSOR: &str = "a tensor operand is not in the tensor table";
 const NOT_F32_VALUE: &str = "a value operand is missing or not f32";
 const NOT_FLOAT_TENSOR: &str = "a tensor operand is missing or not f32/f16";
 const NOT_QUANTIZED: &str = "a value operand is missing, not i8/i16, or has a zero point the op does not allow";
 const WRONG_VALUE_TYPE: &str = "a value operand is missing or of the wrong type";
+const NOT_MOVABLE: &str = "a value operand of a data-movement op is missing or not f32, i8 or i16";
+const CODED_UNLIKE: &str =
+    "a data-movement op's values differ in type, scale or zero point (a quantized value moves through it unchanged)";
 const WRONG_TENSOR_TYPE: &str = "a tensor operand has the wrong type or shape";
 
 /// The convolution geometry of a `Conv2d` op from its (validated) operands.
@@ -57,6 +59,11 @@ fn disjoint(a: &ValueInfo, b: &ValueInfo) -> bool {
     ra.end <= rb.start || rb.end <= ra.start
 }
 
+/// Two values of one type, scale and zero point: a data-movement op's codes mean the same on both sides.
+fn coded_like(a: &ValueInfo, b: &ValueInfo) -> Result<(), &'static str> {
+    ok((a.dtype, a.scale.to_bits(), a.zero) == (b.dtype, b.scale.to_bits(), b.zero), CODED_UNLIKE)
+}
+
 fn same_shape(a: &ValueInfo, b: &ValueInfo) -> bool {
     (a.c, a.h, a.w) == (b.c, b.h, b.w)
 }
@@ -70,6 +77,8 @@ fn is_vector(v: &ValueInfo) -> bool {
 pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
     // Float ops take f32 values only; quantized ops say what they take.
     let v = |i: u32| m.value(i).filter(|v| v.dtype == DType::F32).ok_or(NOT_F32_VALUE);
+    // Data-movement ops take values of any activation type (f32, i8, i16); `coded_like` checks the rest.
+    let mv = |i: u32| m.value(i).filter(|v| matches!(v.dtype, DType::F32 | DType::I8 | DType::I16)).ok_or(NOT_MOVABLE);
     // Float ops take f32 or f16 tensors.
     let t = |i: u32| m.tensor_info(i).filter(|ti| matches!(ti.dtype, DType::F32 | DType::F16)).ok_or(NOT_FLOAT_TENSOR);
     // A 1-D f32 tensor of length n.
@@ -107,7 +116,12 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Affine { out, x, mul, add } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
+            ok(
+                !xi.dtype.is_quantized() || (mul == 1.0 && add == 0.0),
+                "Affine of a quantized value is a reshape only (mul 1, add 0)",
+            )?;
             ok(
                 mul.is_finite() && add.is_finite() && o.numel() == xi.numel() && same_or_disjoint(&o, &xi),
                 "Affine needs finite parameters and out of x's size, equal to or apart from x",
@@ -266,13 +280,12 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
                 && disjoint(&si, &ni), "Attention needs [c, c] projections, heads dividing c, a finite scale, one shape for out, x and xn, and a scratch of 4 values apart from them")
         }
         Op::Upsample2x { out, x } => {
-            let (o, xi) = (m.value(out).ok_or(NO_VALUE)?, m.value(x).ok_or(NO_VALUE)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
             ok(
                 o.c == xi.c
                     && Some(o.h) == xi.h.checked_mul(2)
                     && Some(o.w) == xi.w.checked_mul(2)
-                    && (o.dtype, o.scale.to_bits(), o.zero) == (xi.dtype, xi.scale.to_bits(), xi.zero)
-                    && o.dtype != DType::I32
                     && disjoint(&o, &xi),
                 "Upsample2x needs out twice x's size with x's type and scale, apart from x",
             )
@@ -289,7 +302,8 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Permute { out, x, dims, perm } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
             let p: [u32; 6] = core::array::from_fn(|i| (perm >> (4 * i)) & 15);
             let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
             ok(
@@ -334,7 +348,8 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Slice { out, x, outer, n, inner, start, step, count } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
             let last = (count as u64).checked_sub(1).map(|c| start as u64 + c * step as u64);
             ok(
                 step > 0
@@ -346,7 +361,9 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::ConcatAxis { out, a, b, outer, na, nb, inner } => {
-            let (o, ai, bi) = (v(out)?, v(a)?, v(b)?);
+            let (o, ai, bi) = (mv(out)?, mv(a)?, mv(b)?);
+            coded_like(&o, &ai)?;
+            coded_like(&o, &bi)?;
             ok(
                 product3(outer, na, inner) == Some(ai.numel())
                     && product3(outer, nb, inner) == Some(bi.numel())
@@ -387,7 +404,8 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Pool2d { out, x, k, stride, pad, kind } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
             let [kh, kw, sy, sx, pt, pl] = [k[0], k[1], stride[0], stride[1], pad[0], pad[1]].map(|d| d as usize);
             // Every window starts inside the padded input and overlaps the input itself.
             let fits = |n: usize, k: usize, s: usize, p: usize, out: usize| {
@@ -405,16 +423,29 @@ pub(crate) fn op(m: &Model<'_>, op: &Op) -> Result<(), &'static str> {
             )
         }
         Op::Resize { out, x, mode } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
+            ok(
+                !xi.dtype.is_quantized() || crate::ops::resize_mode(mode).is_some_and(|m| m.1 != ResizeSample::Linear),
+                "Resize of a quantized value needs a nearest-neighbour sampling (bilinear runs on f32 values)",
+            )?;
             ok(
                 crate::ops::resize_mode(mode).is_some() && o.c == xi.c && xi.h > 0 && xi.w > 0 && disjoint(&o, &xi),
                 "Resize needs a known mode, out of x's channels, a non-empty x, apart from x",
             )
         }
         Op::Pad { out, x, pad, value, mode } => {
-            let (o, xi) = (v(out)?, v(x)?);
+            let (o, xi) = (mv(out)?, mv(x)?);
+            coded_like(&o, &xi)?;
             let p = pad.map(|d| d as usize);
             let reflect_ok = mode != 1 || (p[0].max(p[2]) < xi.h && p[1].max(p[3]) < xi.w);
+            let constant = mode == PadMode::Constant as u32;
+            ok(
+                !xi.dtype.is_quantized()
+                    || !constant
+                    || crate::ops::pad_code(value, xi.scale, xi.zero, xi.dtype.qmax()).is_some(),
+                "Pad of a quantized value pads with a constant that a code of its scale and zero point stands for exactly",
+            )?;
             ok(
                 (mode as usize) < crate::ops::PadMode::ALL.len()
                     && reflect_ok

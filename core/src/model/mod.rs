@@ -305,7 +305,11 @@ impl<'a> Model<'a> {
             }
             let scale_ok = if v.dtype.is_quantized() { v.scale.is_finite() && v.scale > 0.0 } else { v.scale == 0.0 };
             let zero_ok = v.zero == 0 || (v.dtype == DType::I8 && v.zero.abs() <= 127);
-            if v.dtype == DType::F16 || !scale_ok || !zero_ok {
+            // Integer activations belong to int8 programs only (the GPU backend, which refuses int8 blobs, runs
+            // every other program's values as f32).
+            let type_ok = v.dtype == DType::F32
+                || (self.precision == Precision::Int8 && matches!(v.dtype, DType::I8 | DType::I16 | DType::I32));
+            if !type_ok || !scale_ok || !zero_ok {
                 return Err(bad);
             }
             let end =

@@ -3,6 +3,9 @@
 //! Float ops: weights come as `&[W]` with `W:` [`Weight`] (`f32` or `f16`), activations are `f32`, and every
 //! sum accumulates in `f32`. The integer kernels of int8 programs are their siblings in `int8/`, with the same
 //! file names (`int8/conv2d.rs` beside `conv2d.rs`, and so on) and the shared integer types in `int8/mod.rs`.
+//! The data-movement kernels (permutation, slices, axis concatenation, padding, max pooling, nearest-neighbour
+//! resizing) are generic over the element, [`Elem`]: `f32`, or the `i8`/`i16` codes of a quantized value, which
+//! they copy as they are (so a quantized value keeps its scale and zero point through them).
 //! Shapes are stated in a comment above each function; callers pass slices of exactly those lengths (the
 //! executor derives them from a validated blob).
 
@@ -35,17 +38,17 @@ pub use group_norm::{group_norm, group_norm_using};
 #[cfg(feature = "std")]
 pub use int8::PackedWeights;
 pub use int8::{
-    dequantize, qadd, qclass_embed, qconv2d, qconv2d_using, qcopy, qgroup_norm, qlut, qscale_shift, qsdpa, quantize,
-    rq, PackSlot, QAttention, QElem, QMut, QNorm, QRef, Src,
+    dequantize, qadd, qclass_embed, qconv2d, qconv2d_using, qcopy, qgroup_norm, qlut, qpool2d_average, qscale_shift,
+    qsdpa, quantize, rq, PackSlot, QAttention, QElem, QMut, QNorm, QRef, Src,
 };
 pub use layer_norm::layer_norm;
 pub use linear::{dot, linear_rows, linear_rows_using};
 pub use matmul::{matmul, MatMulShape};
 pub use permute::{permute, PERMUTE_DIMS};
 pub use pointwise::{binary, unary, BinaryFn, Broadcast, Operand, UnaryFn};
-pub use pool::{pad2d, pool2d, PadMode, PoolFn, PoolShape};
+pub use pool::{pad2d, pad_code, pool2d, pool2d_max, PadMode, PoolFn, PoolShape};
 pub use reduce::{reduce, ReduceFn};
-pub use resample::{resize, resize_mode, upsample2x_nearest, ResizeCoord, ResizeSample};
+pub use resample::{resize, resize_mode, resize_nearest, upsample2x_nearest, ResizeCoord, ResizeSample};
 pub use softmax::softmax;
 pub use timestep::timestep_embedding;
 
@@ -61,6 +64,38 @@ pub enum Kernels {
     Fast,
     /// The portable kernels only: the same bits on every machine and target, the firmware's included.
     Exact,
+}
+
+/// An activation element the data-movement kernels copy unchanged: `f32`, or an `i8`/`i16` code.
+pub trait Elem: Copy + PartialEq + Send + Sync + core::fmt::Debug + 'static {
+    /// The lowest element, where a running maximum starts.
+    const LOWEST: Self;
+    /// The larger of two elements (for `f32`, `f32::max`: a NaN loses to a number).
+    fn larger(self, other: Self) -> Self;
+}
+
+impl Elem for f32 {
+    const LOWEST: Self = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn larger(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
+}
+
+impl Elem for i8 {
+    const LOWEST: Self = i8::MIN;
+    #[inline(always)]
+    fn larger(self, other: Self) -> Self {
+        Ord::max(self, other)
+    }
+}
+
+impl Elem for i16 {
+    const LOWEST: Self = i16::MIN;
+    #[inline(always)]
+    fn larger(self, other: Self) -> Self {
+        Ord::max(self, other)
+    }
 }
 
 /// A stored weight element, widened to `f32` for arithmetic.

@@ -1,5 +1,6 @@
 //! Axis permutation (ONNX `Transpose`, PyTorch's `permute`) of a row-major tensor of up to six dimensions.
 
+use super::Elem;
 use crate::par;
 
 /// Dimensions a permutation covers (lower ranks pad with leading dimensions of 1).
@@ -9,9 +10,9 @@ pub const PERMUTE_DIMS: usize = 6;
 const ROWS: usize = 64;
 
 /// `out` is `x` (row-major with dimensions `dims`) with its axes reordered: output axis `i` is input axis
-/// `perm[i]`. A pure copy: every element lands bit for bit.
+/// `perm[i]`. A pure copy: every element lands bit for bit (f32, or the i8/i16 codes of a quantized value).
 // x (dims[0]·…·dims[5]) -> out (the same count, dims[perm[0]], …, dims[perm[5]])
-pub fn permute(out: &mut [f32], x: &[f32], dims: [usize; PERMUTE_DIMS], perm: [usize; PERMUTE_DIMS]) {
+pub fn permute<T: Elem>(out: &mut [T], x: &[T], dims: [usize; PERMUTE_DIMS], perm: [usize; PERMUTE_DIMS]) {
     let mut stride = [0usize; PERMUTE_DIMS];
     let mut s = 1;
     for i in (0..PERMUTE_DIMS).rev() {
@@ -81,5 +82,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn codes_move_as_their_f32_values_do() {
+        // The same integers as i8, i16 and f32 land in the same places.
+        let dims = [1, 2, 1, 3, 2, 4];
+        let perm = [0, 4, 2, 1, 5, 3];
+        let q8: Vec<i8> = (0..48).map(|v| (v * 37 % 255 - 127) as i8).collect();
+        let q16: Vec<i16> = q8.iter().map(|&v| i16::from(v) * 251).collect();
+        let (f8, f16): (Vec<f32>, Vec<f32>) =
+            (q8.iter().map(|&v| v.into()).collect(), q16.iter().map(|&v| v.into()).collect());
+        let (mut o8, mut o16, mut g8, mut g16) = ([0i8; 48], [0i16; 48], [0f32; 48], [0f32; 48]);
+        permute(&mut o8, &q8, dims, perm);
+        permute(&mut o16, &q16, dims, perm);
+        permute(&mut g8, &f8, dims, perm);
+        permute(&mut g16, &f16, dims, perm);
+        assert_eq!(o8.map(f32::from), g8);
+        assert_eq!(o16.map(f32::from), g16);
+        assert_ne!(o8[..], q8[..], "the permutation moved nothing");
     }
 }

@@ -1,6 +1,7 @@
 //! Resampling: nearest-neighbour ×2 upsampling (diffusers' `Upsample2D` before its convolution) and the general
 //! ONNX `Resize` (nearest or bilinear, any size, each coordinate transformation PyTorch exports).
 
+use super::Elem;
 use crate::par;
 
 /// Doubles height and width by repeating each pixel in a 2×2 block.
@@ -111,7 +112,7 @@ fn taps(o: usize, n_in: usize, n_out: usize, coord: ResizeCoord, sample: ResizeS
 }
 
 /// Resizes each channel of `x` from `h × w` to `ho × wo`. Bilinear is `(1 − a)·row(y0) + a·row(y1)` of the
-/// horizontal lerps `(1 − b)·x0 + b·x1`, in f32.
+/// horizontal lerps `(1 − b)·x0 + b·x1`, in f32; the nearest-neighbour samplings are [`resize_nearest`].
 // x (c,h,w) -> out (c,ho,wo)
 #[allow(clippy::too_many_arguments)]
 pub fn resize(
@@ -125,6 +126,9 @@ pub fn resize(
     mode: (ResizeCoord, ResizeSample),
 ) {
     let (coord, sample) = mode;
+    if sample != ResizeSample::Linear {
+        return resize_nearest(out, x, c, h, w, ho, wo, mode);
+    }
     if c == 0 || h == 0 || w == 0 || ho == 0 || wo == 0 || out.len() < c * ho * wo || x.len() < c * h * w {
         return;
     }
@@ -134,13 +138,39 @@ pub fn resize(
         let (y0, y1, a) = taps(oy, h, ho, coord, sample);
         for (ox, v) in row.iter_mut().enumerate() {
             let (x0, x1, b) = taps(ox, w, wo, coord, sample);
-            *v = if sample == ResizeSample::Linear {
-                let top = (1.0 - b) * plane[y0 * w + x0] + b * plane[y0 * w + x1];
-                let bot = (1.0 - b) * plane[y1 * w + x0] + b * plane[y1 * w + x1];
-                (1.0 - a) * top + a * bot
-            } else {
-                plane[y0 * w + x0]
-            };
+            let top = (1.0 - b) * plane[y0 * w + x0] + b * plane[y0 * w + x1];
+            let bot = (1.0 - b) * plane[y1 * w + x0] + b * plane[y1 * w + x1];
+            *v = (1.0 - a) * top + a * bot;
+        }
+    });
+}
+
+/// [`resize`] with a nearest-neighbour sampling (a [`ResizeSample`] other than `Linear`, which this reads as
+/// `Floor`): each output element is a copy of one input element, of f32 or of the codes of a quantized value.
+// x (c,h,w) -> out (c,ho,wo)
+#[allow(clippy::too_many_arguments)]
+pub fn resize_nearest<T: Elem>(
+    out: &mut [T],
+    x: &[T],
+    c: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    mode: (ResizeCoord, ResizeSample),
+) {
+    let (coord, sample) = mode;
+    let sample = if sample == ResizeSample::Linear { ResizeSample::Floor } else { sample };
+    if c == 0 || h == 0 || w == 0 || ho == 0 || wo == 0 || out.len() < c * ho * wo || x.len() < c * h * w {
+        return;
+    }
+    par::for_each_chunk(&mut out[..c * ho * wo], wo, |r, row| {
+        let (ch, oy) = (r / ho, r % ho);
+        let plane = &x[ch * h * w..][..h * w];
+        let (y0, _, _) = taps(oy, h, ho, coord, sample);
+        for (ox, v) in row.iter_mut().enumerate() {
+            let (x0, _, _) = taps(ox, w, wo, coord, sample);
+            *v = plane[y0 * w + x0];
         }
     });
 }
@@ -171,5 +201,26 @@ mod tests {
         let mut out = [0.0f32; 16];
         upsample2x_nearest(&mut out, &x, 1, 2, 2);
         assert_eq!(out, [1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+    }
+
+    #[test]
+    fn nearest_resizing_of_codes_is_the_f32_kernel_on_their_values() {
+        let q8: [i8; 30] = core::array::from_fn(|i| (i as i32 * 67 % 255 - 127) as i8);
+        let q16 = q8.map(|v| i16::from(v) * 255);
+        let (f8, f16) = (q8.map(f32::from), q16.map(f32::from));
+        // 2×3×5 → 2×7×4 (up in one direction, down in the other), every coordinate map and nearest rounding.
+        for coord in ResizeCoord::ALL {
+            for sample in &ResizeSample::ALL[1..] {
+                let mode = (coord, *sample);
+                let (mut o8, mut o16, mut g8, mut g16) = ([0i8; 56], [0i16; 56], [0f32; 56], [0f32; 56]);
+                resize_nearest(&mut o8, &q8, 2, 3, 5, 7, 4, mode);
+                resize_nearest(&mut o16, &q16, 2, 3, 5, 7, 4, mode);
+                resize(&mut g8, &f8, 2, 3, 5, 7, 4, mode);
+                resize(&mut g16, &f16, 2, 3, 5, 7, 4, mode);
+                assert_eq!(o8.map(f32::from), g8, "{mode:?}");
+                assert_eq!(o16.map(f32::from), g16, "{mode:?}");
+                assert!(o8.iter().all(|v| q8[..15].contains(v) || q8[15..].contains(v)));
+            }
+        }
     }
 }

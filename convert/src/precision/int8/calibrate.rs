@@ -299,7 +299,13 @@ fn written(op: &Op) -> Option<u32> {
         | Op::Attention { out, .. }
         | Op::Upsample2x { out, .. }
         | Op::Concat { out, .. }
-        | Op::Affine { out, .. } => out,
+        | Op::Affine { out, .. }
+        | Op::Permute { out, .. }
+        | Op::Slice { out, .. }
+        | Op::ConcatAxis { out, .. }
+        | Op::Pad { out, .. }
+        | Op::Pool2d { out, .. }
+        | Op::Resize { out, .. } => out,
         Op::AddChannel { x, .. } | Op::ScaleShift { x, .. } => x,
         // Ops with no int8 kernel run in f32 inside the int8 program; their outputs are quantized where an
         // integer op reads them.

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::graph::{Data, Graph, Shape, SCRATCH};
 use crate::{bail, err};
 use ddpm_core::format::DType;
+use ddpm_core::ops::{pad_code, resize_mode, PadMode, ResizeSample};
 use ddpm_core::program::{Op, Role, NO_LUT};
 
 /// The int8 program under construction from the f32 program `f`, with the calibration it is built from.
@@ -33,6 +34,10 @@ pub(super) struct Builder<'g> {
     /// Sites stored as i16.
     pub(super) wide: Vec<Site>,
     pub(super) notes: Vec<String>,
+    /// Ops the int8 program runs in f32.
+    pub(super) float_ops: usize,
+    /// The f32 copy made of each quantized value that an f32 op reads (one `Dequantize` per value).
+    pub(super) dequantized: HashMap<u32, u32>,
 }
 
 impl Builder<'_> {
@@ -178,6 +183,22 @@ impl Builder<'_> {
         let shape = |v: u32| f.values[v as usize];
         let cur = |b: &Self, v: u32| b.map[v as usize];
         match *op {
+            _ if self.moves_quantized(op) => self.move_op(op)?,
+            Op::ConcatAxis { out, a, b, outer, na, nb, inner } if self.requantizable_pair(a, b) => {
+                // Inputs at two scales: the finer one is requantized to the coarser one's scale (whose range
+                // holds it, so nothing saturates) by a `QAdd` of it with itself at weight 0, then the codes move.
+                let (aq, bq) = (self.info_of(a), self.info_of(b));
+                let (fine, coarse) = if self.info(aq).scale < self.info(bq).scale { (aq, bq) } else { (bq, aq) };
+                let (fi, ci) = (self.info(fine), self.info(coarse));
+                let r = self.q.typed_value(fi.c, fi.h, fi.w, fi.dtype, ci.scale);
+                let (ma, mb, shift) = fixed_pair(f64::from(fi.scale) / f64::from(ci.scale), 0.0);
+                self.q.push(Op::QAdd { out: r, a: fine, b: fine, ma, mb, shift });
+                let (aq, bq) = if fine == aq { (r, bq) } else { (aq, r) };
+                let s = shape(out);
+                let o = self.q.typed_value(s.c, s.h, s.w, ci.dtype, ci.scale);
+                self.q.push(Op::ConcatAxis { out: o, a: aq, b: bq, outer, na, nb, inner });
+                self.define(out, o, None);
+            }
             Op::TimestepEmbed { out, flip_sin_to_cos, freq_shift, max_period } => {
                 let s = shape(out);
                 let o = self.q.value(s.c, s.h, s.w);
@@ -185,7 +206,8 @@ impl Builder<'_> {
                 self.site_of.insert(o, Site::Out(i));
                 self.define(out, o, None);
             }
-            // A reshape or affine map of a quantized value runs in f32 like the ops without int8 kernels.
+            // An affine map (other than a reshape) of a quantized value runs in f32 like the ops without int8
+            // kernels.
             Op::Affine { x, .. } if cur(self, x).is_some_and(|q| self.info(q).dtype != DType::F32) => {
                 self.float_op(i, op)?
             }
@@ -355,9 +377,93 @@ impl Builder<'_> {
                 self.q.push(Op::QScaleShift { out: o, x: xq, v: vq });
                 self.define(x, o, Some(xq));
             }
+            // Data-movement ops whose operands do not allow the quantized form (see `moves_quantized`).
+            Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::ConcatAxis { .. }
+            | Op::Pad { .. }
+            | Op::Pool2d { .. }
+            | Op::Resize { .. } => self.float_op(i, op)?,
             _ if op.has_no_int8_kernel() => self.float_op(i, op)?,
             _ => bail!(Quantize, "internal: {} in an f32 program", op.name()),
         }
+        Ok(())
+    }
+
+    /// Whether `op` moves elements (a data-movement op, or `Affine` as a reshape) and every value it reads is
+    /// quantized with one type, scale and zero point, so that it runs on the codes and its output keeps them:
+    /// no dequantize and quantize steps, no rounding. Bilinear resizing and padding with a constant that no code
+    /// stands for run in f32; so do ops whose inputs are f32 already, or quantized unlike each other (an axis
+    /// concatenation of two scales without zero points requantizes one input instead: see [`Builder::op`]).
+    fn moves_quantized(&self, op: &Op) -> bool {
+        let moves = match *op {
+            Op::Permute { .. } | Op::Slice { .. } | Op::ConcatAxis { .. } | Op::Pool2d { .. } | Op::Pad { .. } => true,
+            Op::Affine { mul, add, .. } => mul == 1.0 && add == 0.0,
+            Op::Resize { mode, .. } => resize_mode(mode).is_some_and(|m| m.1 != ResizeSample::Linear),
+            _ => false,
+        };
+        if !moves {
+            return false;
+        }
+        let mut coding = None;
+        let mut all_alike = true;
+        op.for_each_value(|v, role| {
+            if role == Role::In {
+                let s = self.map[v as usize].map(|q| self.info(q));
+                let c = s.map(|s| (s.dtype, s.scale.to_bits(), s.zero));
+                all_alike &= s.is_some_and(|s| s.dtype.is_quantized()) && coding.get_or_insert(c) == &c;
+            }
+        });
+        let Some(Some((dtype, scale, zero))) = coding else { return false };
+        match *op {
+            Op::Pad { value, mode, .. } if mode == PadMode::Constant as u32 => {
+                all_alike && pad_code(value, f32::from_bits(scale), zero, dtype.qmax()).is_some()
+            }
+            _ => all_alike,
+        }
+    }
+
+    /// The current int8-program value of f32 value `v` (set: checked by the callers' conditions).
+    fn info_of(&self, v: u32) -> u32 {
+        self.map[v as usize].unwrap_or(v)
+    }
+
+    /// Whether f32 values `a` and `b` are quantized with one type and no zero point but at different scales,
+    /// so that an axis concatenation of them runs on codes after requantizing one (a `QAdd` takes no zero point).
+    fn requantizable_pair(&self, a: u32, b: u32) -> bool {
+        let (Some(aq), Some(bq)) = (self.map[a as usize], self.map[b as usize]) else { return false };
+        let (ai, bi) = (self.info(aq), self.info(bq));
+        ai.dtype.is_quantized() && ai.dtype == bi.dtype && ai.zero == 0 && bi.zero == 0 && aq != bq
+    }
+
+    /// `op` on the codes of its quantized inputs ([`Builder::moves_quantized`]): the output is a new value of the
+    /// inputs' type, scale and zero point.
+    fn move_op(&mut self, op: &Op) -> Result<()> {
+        let mut new = *op;
+        let (mut input, mut out) = (None, None);
+        op.for_each_value(|v, role| match role {
+            Role::In => input = input.or(self.map[v as usize]),
+            _ => out = Some(v),
+        });
+        let (x, out) = input.zip(out).ok_or_else(|| err!(Quantize, "internal: {} without operands", op.name()))?;
+        let (xi, s) = (self.info(x), self.f.values[out as usize]);
+        let o = self.q.typed_value(s.c, s.h, s.w, xi.dtype, xi.scale);
+        self.q.values[o as usize].zero = xi.zero;
+        let map = &self.map;
+        let mut missing = false;
+        new.map_operands(&mut |w, role| match role {
+            Role::In => match map[*w as usize] {
+                Some(q) => *w = q,
+                None => missing = true,
+            },
+            Role::Out => *w = o,
+            _ => {}
+        });
+        if missing {
+            bail!(Quantize, "internal: {} reads a value before it is written", op.name());
+        }
+        self.q.push(new);
+        self.define(out, o, None);
         Ok(())
     }
 
@@ -384,6 +490,7 @@ impl Builder<'_> {
     /// An op without an int8 kernel, in f32: quantized inputs are dequantized first, tensors copied, and the
     /// output is an f32 value that the next integer op quantizes with the scale calibrated for it.
     fn float_op(&mut self, i: usize, op: &Op) -> Result<()> {
+        self.float_ops += 1;
         let mut words = Vec::new();
         op.for_each_operand(&mut |w, role| words.push((w, role)));
         let mut new_words = Vec::with_capacity(words.len());
@@ -395,10 +502,16 @@ impl Builder<'_> {
                         .ok_or_else(|| err!(Quantize, "internal: value {w} read before written"))?;
                     if self.info(q).dtype == DType::F32 {
                         q
+                    } else if let Some(&d) = self.dequantized.get(&q).filter(|_| role == Role::In) {
+                        d
                     } else {
                         let s = self.info(q);
                         let d = self.q.value(s.c, s.h, s.w);
                         self.q.push(Op::Dequantize { out: d, x: q });
+                        // Later f32 ops that read `q` read this copy (unless this op updates it in place).
+                        if role == Role::In {
+                            self.dequantized.insert(q, d);
+                        }
                         d
                     }
                 }

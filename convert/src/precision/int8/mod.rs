@@ -98,6 +98,8 @@ pub fn to_int8(
         exp_table: None,
         wide: vec![Site::Input],
         notes: Vec::new(),
+        float_ops: 0,
+        dequantized: HashMap::new(),
     };
     let s = g.values[input as usize];
     let qin = b.q.value(s.c, s.h, s.w);
@@ -115,10 +117,11 @@ pub fn to_int8(
         b.q.push(Op::Dequantize { out: qout, x: last });
         qout
     };
-    let float_ops = g.ops.iter().filter(|op| op.has_no_int8_kernel()).count();
-    if float_ops > 0 {
+    if b.float_ops > 0 {
         b.notes.push(format!(
-            "int8: {float_ops} ops have no integer kernel and run in f32 between dequantize and quantize steps"
+            "int8: {} ops have no integer kernel for their operands and run in f32 between dequantize and quantize \
+             steps",
+            b.float_ops
         ));
     }
     let worst = b

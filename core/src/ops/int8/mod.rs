@@ -1,8 +1,8 @@
 //! Integer kernels of int8 programs (the second op table in [`crate::program`]), one file per op beside the
 //! float kernels of the same name: [`qconv2d`] (`conv2d.rs`), [`qgroup_norm`] (`group_norm.rs`), [`qsdpa`]
-//! (`attention.rs`), the element-wise ops (`elementwise.rs`) and the conversions at the network's edges
-//! (`quantize.rs`). This file holds what they share: the element types, the tensor views and the
-//! requantization primitives.
+//! (`attention.rs`), average pooling [`qpool2d_average`] (`pool.rs`), the element-wise ops (`elementwise.rs`) and
+//! the conversions at the network's edges (`quantize.rs`). This file holds what they share: the element types,
+//! the tensor views and the requantization primitives.
 //!
 //! Everything per element is integer arithmetic: i8 × i8 (or i16 × i8) products summed in i32, rescaled by a
 //! 31-bit multiplier and a shift in i64. Floats appear only where the work is per channel or per tensor, not per
@@ -20,12 +20,14 @@ mod elementwise;
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod fast;
 mod group_norm;
+mod pool;
 mod quantize;
 
 pub use attention::{qsdpa, QAttention};
 pub use conv2d::{qconv2d, qconv2d_using};
 pub use elementwise::{qadd, qclass_embed, qcopy, qlut, qscale_shift};
 pub use group_norm::{qgroup_norm, QNorm};
+pub use pool::qpool2d_average;
 pub use quantize::{dequantize, quantize};
 
 /// Weights packed for a host kernel once per model ([`crate::Prepacked`]): the tile's rows and packing they were
