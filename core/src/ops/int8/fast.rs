@@ -104,16 +104,14 @@ trait Lanes {
     unsafe fn store(p: *mut i32, v: Self::V);
 }
 
-/// AVX-512 VNNI, four channels per lane (`vpdpbusd`).
-struct Vnni512Quad;
-/// AVX-512 VNNI, two i16 channels per lane (`vpdpwssd`).
-struct Vnni512Pair;
+/// AVX-512 VNNI: four channels per lane (`vpdpbusd`) when `QUAD`, else two i16 channels (`vpdpwssd`).
+struct Vnni512<const QUAD: bool>;
 /// AVX2, two i16 channels per lane (`vpmaddwd`, `vpaddd`).
 struct Avx2Pair;
 
-// SAFETY (the three impls): each method is only called from a tile function compiled for its instruction set
+// SAFETY (both impls): each method is only called from a tile function compiled for its instruction set
 // (see `tile_*` below), with pointers the tile's caller guarantees readable or writable for a whole vector.
-impl Lanes for Vnni512Quad {
+impl<const QUAD: bool> Lanes for Vnni512<QUAD> {
     type V = __m512i;
     const N: usize = 16;
     #[inline(always)]
@@ -126,28 +124,11 @@ impl Lanes for Vnni512Quad {
     }
     #[inline(always)]
     unsafe fn dot(acc: __m512i, x: __m512i, w: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(acc, x, w)
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut i32, v: __m512i) {
-        unsafe { _mm512_storeu_si512(p.cast(), v) }
-    }
-}
-
-impl Lanes for Vnni512Pair {
-    type V = __m512i;
-    const N: usize = 16;
-    #[inline(always)]
-    unsafe fn splat(v: i32) -> __m512i {
-        _mm512_set1_epi32(v)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u32) -> __m512i {
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m512i, x: __m512i, w: __m512i) -> __m512i {
-        _mm512_dpwssd_epi32(acc, x, w)
+        if QUAD {
+            _mm512_dpbusd_epi32(acc, x, w)
+        } else {
+            _mm512_dpwssd_epi32(acc, x, w)
+        }
     }
     #[inline(always)]
     unsafe fn store(p: *mut i32, v: __m512i) {
@@ -237,8 +218,8 @@ unsafe fn tile_vnni_quad<const MR: usize, const NV: usize, const KW: usize>(
     bias: *const i32,
     acc: *mut i32,
 ) {
-    // SAFETY: this function's features are `Vnni512Quad`'s; the caller keeps the bounds.
-    unsafe { tile::<Vnni512Quad, MR, NV, KW>(x, w, t, bias, acc) }
+    // SAFETY: this function's features are `Vnni512`'s; the caller keeps the bounds.
+    unsafe { tile::<Vnni512<true>, MR, NV, KW>(x, w, t, bias, acc) }
 }
 
 /// [`tile`] for AVX-512 VNNI, two i16 channels per lane.
@@ -253,8 +234,8 @@ unsafe fn tile_vnni_pair<const MR: usize, const NV: usize, const KW: usize>(
     bias: *const i32,
     acc: *mut i32,
 ) {
-    // SAFETY: this function's features are `Vnni512Pair`'s; the caller keeps the bounds.
-    unsafe { tile::<Vnni512Pair, MR, NV, KW>(x, w, t, bias, acc) }
+    // SAFETY: this function's features are `Vnni512`'s; the caller keeps the bounds.
+    unsafe { tile::<Vnni512<false>, MR, NV, KW>(x, w, t, bias, acc) }
 }
 
 /// [`tile`] for AVX2, two i16 channels per lane.
