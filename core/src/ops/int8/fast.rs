@@ -328,12 +328,73 @@ pub(crate) fn qconv2d<X: QElem, Y: QElem>(
     pad: X,
     packed: Option<&OnceLock<Option<PackedWeights>>>,
 ) -> bool {
+    if let Some(x8) = X::as_i8(x).filter(|_| g.h * g.w == 1 && g.kh * g.kw == 1 && g.ho * g.wo == 1) {
+        if matvec(out, x8, w, brq, g) {
+            return true;
+        }
+    }
     let wide = X::as_i8(x).is_none();
     let cost = |k: &QKernel| Grid::new(g, k.np).tiles * k.np * if k.np >= 32 { 10 } else { 13 };
     let best = kernels(wide).iter().filter(|k| Grid::fits(g, k.np)).min_by_key(|k| cost(k));
     match best {
         Some(k) => qconv2d_with(*k, out, x, w, brq, g, pad, packed),
         None => false,
+    }
+}
+
+/// A 1×1 convolution of a 1×1 map (a linear layer on the time embedding): per output channel one dot product
+/// of its weight row, read in place, with the input as bytes `x + 128`, 64 products per `vpdpbusd` (AVX-512
+/// VNNI and BW for the masked tail); `128·Σw` is summed the same way and taken off. `false` without those
+/// instruction sets or where the sizes do not match.
+fn matvec<Y: QElem>(out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
+    let ci = g.ci;
+    let vnni = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni");
+    if !vnni || ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
+        return false;
+    }
+    let mut xq = INPUT.take();
+    xq.clear();
+    xq.resize(ci.div_ceil(4), 0);
+    for (word, quad) in xq.iter_mut().zip(x[..ci].chunks(4)) {
+        *word = quad.iter().enumerate().fold(0, |a, (b, &v)| a | lane_bits(i32::from(v), b, Form::Quad));
+    }
+    for (co, o) in out[..g.co].iter_mut().enumerate() {
+        let row = &w[co * ci..][..ci];
+        // SAFETY: AVX-512F/BW/VNNI checked above; the input words hold `ci` bytes (and up to 3 more, which the
+        // masked tail does not read), the row `ci` bytes.
+        let (dot, sum) = unsafe { dot_quad(xq.as_ptr().cast(), row.as_ptr(), ci) };
+        let acc = brq[3 * co].wrapping_add(dot).wrapping_sub(sum.wrapping_mul(128));
+        *o = Y::sat(rq(i64::from(acc), brq[3 * co + 1], brq[3 * co + 2] as u32));
+    }
+    INPUT.set(xq);
+    true
+}
+
+/// `(Σ u[i]·w[i], Σ w[i])` over `n` bytes, `u` unsigned and `w` signed, with wrapping i32 sums.
+///
+/// # Safety
+/// AVX-512F, BW and VNNI; `u[..n]` and `w[..n]` readable.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_quad(u: *const u8, w: *const i8, n: usize) -> (i32, i32) {
+    let (mut acc, mut sum, ones) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_set1_epi8(1));
+    let mut i = 0;
+    // SAFETY (whole body): whole blocks of 64 below `n`, then a masked load of the rest.
+    unsafe {
+        while i + 64 <= n {
+            let (uv, wv) = (_mm512_loadu_si512(u.add(i).cast()), _mm512_loadu_si512(w.add(i).cast()));
+            acc = _mm512_dpbusd_epi32(acc, uv, wv);
+            sum = _mm512_dpbusd_epi32(sum, ones, wv);
+            i += 64;
+        }
+        if i < n {
+            let mask: __mmask64 = (1u64 << (n - i)) - 1;
+            let (uv, wv) = (_mm512_maskz_loadu_epi8(mask, u.add(i).cast()), _mm512_maskz_loadu_epi8(mask, w.add(i)));
+            acc = _mm512_dpbusd_epi32(acc, uv, wv);
+            sum = _mm512_dpbusd_epi32(sum, ones, wv);
+        }
+        (_mm512_reduce_add_epi32(acc), _mm512_reduce_add_epi32(sum))
     }
 }
 
@@ -880,6 +941,31 @@ mod tests {
         }
         if ran == 0 {
             eprintln!("no AVX2 on this CPU: nothing to compare");
+        }
+    }
+
+    /// Linear layers on a 1×1 map (the dot-product path): the portable kernel's integers, for input widths
+    /// that leave a partial block of 64 and saturating outputs.
+    #[test]
+    fn matvec_matches_the_portable_kernel() {
+        for (ci, co, seed) in [(512, 256, 1u64), (130, 7, 2), (3, 40, 3), (64, 64, 4)] {
+            let g = shape(ci, 1, co, 1, 1, [0; 4]);
+            let x: Vec<i8> = ints(ci, seed, -127, 127).into_iter().map(|v| v as i8).collect();
+            let w: Vec<i8> = ints(co * ci, seed + 1, -127, 127).into_iter().map(|v| v as i8).collect();
+            let brq: Vec<i32> = (0..co)
+                .flat_map(|c| {
+                    [ints(1, seed + c as u64, -9000, 9000)[0], (1 << 30) + 31 * c as i32, 40 - (c % 3) as i32]
+                })
+                .collect();
+            let mut want = vec![0i8; co];
+            super::super::qconv2d(&mut want, &x, &w, &brq, &g, 0);
+            let mut got = vec![0i8; co];
+            if !matvec(&mut got, &x, &w, &brq, &g) {
+                eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+                return;
+            }
+            assert!(want.iter().any(|&v| v != 0) && (ci < 64 || want.iter().any(|&v| v.abs() == 127)), "ci {ci}: weak");
+            assert_eq!(got, want, "ci {ci} co {co}");
         }
     }
 }
