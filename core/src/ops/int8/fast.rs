@@ -56,7 +56,7 @@ type QTileFn = unsafe fn(*const u32, *const u32, &QTaps, *const i32, *mut i32);
 /// An integer convolution microkernel: its tile, its packing and its entry points (any kernel width, `kw = 1`,
 /// `kw = 3`).
 #[derive(Clone, Copy)]
-pub(crate) struct QKernel {
+struct QKernel {
     mr: usize,
     np: usize,
     form: Form,
@@ -206,12 +206,12 @@ unsafe fn tile<L: Lanes, const MR: usize, const NV: usize, const KW: usize>(
     }
 }
 
-/// [`tile`] for AVX-512 VNNI, four channels per lane.
+/// [`tile`] for AVX-512 VNNI: four channels per lane when `QUAD`, else two i16.
 ///
 /// # Safety
 /// As [`QTileFn`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F and AVX-512 VNNI.
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile_vnni_quad<const MR: usize, const NV: usize, const KW: usize>(
+unsafe fn tile_vnni<const QUAD: bool, const MR: usize, const NV: usize, const KW: usize>(
     x: *const u32,
     w: *const u32,
     t: &QTaps,
@@ -219,23 +219,7 @@ unsafe fn tile_vnni_quad<const MR: usize, const NV: usize, const KW: usize>(
     acc: *mut i32,
 ) {
     // SAFETY: this function's features are `Vnni512`'s; the caller keeps the bounds.
-    unsafe { tile::<Vnni512<true>, MR, NV, KW>(x, w, t, bias, acc) }
-}
-
-/// [`tile`] for AVX-512 VNNI, two i16 channels per lane.
-///
-/// # Safety
-/// As [`QTileFn`], with `mr = MR`, `np = 16·NV`, on a CPU with AVX-512F and AVX-512 VNNI.
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile_vnni_pair<const MR: usize, const NV: usize, const KW: usize>(
-    x: *const u32,
-    w: *const u32,
-    t: &QTaps,
-    bias: *const i32,
-    acc: *mut i32,
-) {
-    // SAFETY: this function's features are `Vnni512`'s; the caller keeps the bounds.
-    unsafe { tile::<Vnni512<false>, MR, NV, KW>(x, w, t, bias, acc) }
+    unsafe { tile::<Vnni512<QUAD>, MR, NV, KW>(x, w, t, bias, acc) }
 }
 
 /// [`tile`] for AVX2, two i16 channels per lane.
@@ -254,32 +238,23 @@ unsafe fn tile_avx2_pair<const MR: usize, const NV: usize, const KW: usize>(
     unsafe { tile::<Avx2Pair, MR, NV, KW>(x, w, t, bias, acc) }
 }
 
+/// An AVX-512 VNNI kernel of 8 output channels × `NV` vectors of 16 positions, four channels per lane when
+/// `QUAD`, else two i16.
+const fn vnni<const QUAD: bool, const NV: usize>() -> QKernel {
+    QKernel {
+        mr: 8,
+        np: 16 * NV,
+        form: if QUAD { Form::Quad } else { Form::Pair },
+        run: [tile_vnni::<QUAD, 8, NV, 0>, tile_vnni::<QUAD, 8, NV, 1>, tile_vnni::<QUAD, 8, NV, 3>],
+    }
+}
+
 /// 8 output channels × 48 positions: 24 accumulators, 3 input vectors and a broadcast weight of 32 registers.
-const VNNI_QUAD: QKernel = QKernel {
-    mr: 8,
-    np: 48,
-    form: Form::Quad,
-    run: [tile_vnni_quad::<8, 3, 0>, tile_vnni_quad::<8, 3, 1>, tile_vnni_quad::<8, 3, 3>],
-};
+const VNNI_QUAD: QKernel = vnni::<true, 3>();
 /// One vector of positions, for maps too small for [`VNNI_QUAD`]'s tile.
-const VNNI_QUAD_NARROW: QKernel = QKernel {
-    mr: 8,
-    np: 16,
-    form: Form::Quad,
-    run: [tile_vnni_quad::<8, 1, 0>, tile_vnni_quad::<8, 1, 1>, tile_vnni_quad::<8, 1, 3>],
-};
-const VNNI_PAIR: QKernel = QKernel {
-    mr: 8,
-    np: 48,
-    form: Form::Pair,
-    run: [tile_vnni_pair::<8, 3, 0>, tile_vnni_pair::<8, 3, 1>, tile_vnni_pair::<8, 3, 3>],
-};
-const VNNI_PAIR_NARROW: QKernel = QKernel {
-    mr: 8,
-    np: 16,
-    form: Form::Pair,
-    run: [tile_vnni_pair::<8, 1, 0>, tile_vnni_pair::<8, 1, 1>, tile_vnni_pair::<8, 1, 3>],
-};
+const VNNI_QUAD_NARROW: QKernel = vnni::<true, 1>();
+const VNNI_PAIR: QKernel = vnni::<false, 3>();
+const VNNI_PAIR_NARROW: QKernel = vnni::<false, 1>();
 /// 4 output channels × 16 positions: 8 accumulators of 16 registers, with room for the products.
 const AVX2_PAIR: QKernel = QKernel {
     mr: 4,
@@ -293,9 +268,14 @@ const MAX_MR: usize = 8;
 const _: () = assert!(VNNI_QUAD.mr <= MAX_MR && VNNI_PAIR.mr <= MAX_MR && AVX2_PAIR.mr <= MAX_MR);
 const _: () = assert!(VNNI_QUAD.np <= MAX_NP && VNNI_PAIR.np <= MAX_NP && AVX2_PAIR.np <= MAX_NP);
 
+/// Whether the CPU has AVX-512F and AVX-512 VNNI (the tile kernels' instruction sets).
+fn has_vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
 /// The kernels this CPU runs for i8 (`wide` false) or i16 activations, widest tile first; empty without AVX2.
 fn kernels(wide: bool) -> &'static [QKernel] {
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
+    if has_vnni() {
         if wide {
             &[VNNI_PAIR, VNNI_PAIR_NARROW]
         } else {
@@ -348,9 +328,7 @@ pub(crate) fn qconv2d<X: QElem, Y: QElem>(
 /// instruction sets or where the sizes do not match.
 fn matvec<Y: QElem>(out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
     let ci = g.ci;
-    let vnni = std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni");
+    let vnni = has_vnni() && std::arch::is_x86_feature_detected!("avx512bw");
     if !vnni || ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
         return false;
     }
@@ -855,7 +833,7 @@ mod tests {
     /// Every kernel this CPU can run for the activation width (on an AVX-512 VNNI CPU the AVX2 one too).
     fn runnable(wide: bool) -> Vec<QKernel> {
         let mut ks = Vec::new();
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
+        if has_vnni() {
             ks.extend_from_slice(if wide { &[VNNI_PAIR, VNNI_PAIR_NARROW] } else { &[VNNI_QUAD, VNNI_QUAD_NARROW] });
         }
         if std::arch::is_x86_feature_detected!("avx2") {
