@@ -32,6 +32,8 @@ use super::conv2d::Conv2dShape;
 use super::Weight;
 use crate::par;
 
+mod winograd;
+
 /// A convolution microkernel: its tile and its entry point.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernel {
@@ -133,6 +135,9 @@ thread_local! {
 /// other than 1, a feature map smaller than one tile, no AVX2+FMA).
 // w (co,ci,kh,kw) * xp (ci,hp,rs) + b (co) -> out (co,ho,wo)
 pub(crate) fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32], g: &Conv2dShape) -> bool {
+    if winograd::conv2d(out, xp, w, b, g) {
+        return true;
+    }
     let best = conv_kernels().iter().copied().filter(|k| fits(k, g)).min_by_key(|k| cost(k, g));
     let Some(k) = best else { return false };
     conv2d_with(k, out, xp, w, b, g)
@@ -142,8 +147,12 @@ pub(crate) fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32],
 /// A one-vector tile loads a vector per 8 multiply-adds instead of per 24, measured about 1.3× slower per
 /// position (3×3, 128 channels, 32×32); it wins where the wide tile would mostly compute padding (7×7, 8×8).
 fn cost(k: &Kernel, g: &Conv2dShape) -> usize {
-    let weight = if k.np >= 32 { 10 } else { 13 };
-    Grid::new(g, k.np).tiles * k.np * weight
+    tile_cost(k, Grid::new(g, k.np).tiles * k.np)
+}
+
+/// [`cost`] for `positions` computed (a whole number of tiles).
+fn tile_cost(k: &Kernel, positions: usize) -> usize {
+    positions * if k.np >= 32 { 10 } else { 13 }
 }
 
 /// Whether kernel `k` can compute convolution `g`.
@@ -954,12 +963,12 @@ pub(crate) fn group_norm(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::ops::{conv2d_pad, conv_out_len};
 
     /// A deterministic pseudo-random sequence in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn noise(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
@@ -971,7 +980,7 @@ mod tests {
             .collect()
     }
 
-    fn shape(ci: usize, h: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
+    pub(super) fn shape(ci: usize, h: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
         let ho = conv_out_len(h, k, stride, pad[0], pad[2]).unwrap();
         let wo = conv_out_len(h, k, stride, pad[1], pad[3]).unwrap();
         Conv2dShape { ci, h, w: h, co, kh: k, kw: k, stride, pad, ho, wo }
@@ -1034,7 +1043,7 @@ mod tests {
     }
 
     /// Every kernel this CPU can run (on an AVX-512 CPU the AVX2 one too, which dispatch would not pick).
-    fn runnable() -> Vec<Kernel> {
+    pub(super) fn runnable() -> Vec<Kernel> {
         let mut ks = Vec::new();
         if std::arch::is_x86_feature_detected!("avx512f") {
             ks.extend([AVX512, AVX512_NARROW]);
