@@ -3,7 +3,7 @@
 
 Exact command (from the repository root):
 
-    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--no-build] [--exact]
+    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--batch B] [--no-build] [--exact]
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
 measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
@@ -23,7 +23,7 @@ For each model, in one run:
    Prints max |ours - torch| / max |torch| for both blobs. The f16 blob is compared both
    with the f32 torch output and with torch run on weights rounded the way the blob
    stores them (matrices and kernels to f16, 1-D tensors kept f32).
-3. Time batch-1 forwards at timestep 500 with N threads: PyTorch eager (float32,
+3. Time forwards of batch B (default 1) at timestep 500 with N threads: PyTorch eager (float32,
    ``torch.no_grad()``, ``torch.set_num_threads(N)``) in this process, and
    ``host-cli --threads N bench`` (a subprocess) for the f32 and the f16 blob.
    The same model exported with ``torch.onnx.export`` runs in ONNX Runtime
@@ -244,8 +244,8 @@ def parse_inspect(text):
 BENCH_RE = re.compile(r"forward_ms median ([0-9.]+) min ([0-9.]+) batch \d+ cpu threads (\d+) gflops ([0-9.]+)")
 
 
-def rust_bench(binary, blob, threads, iters, exact):
-    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1]
+def rust_bench(binary, blob, threads, iters, exact, batch):
+    p = run([binary, "--threads", threads, "bench", blob, "--iters", iters, "--warmup", 1, "--batch", batch]
             + (["--exact"] if exact else []))
     m = BENCH_RE.search(p.stdout)
     if not m:
@@ -354,6 +354,12 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     sess = ort_session(model, x, tmp / f"{name}.onnx", args.threads)
     feeds = ort_feeds(x)
     errs["ort"] = rel_err(sess.run(None, feeds)[0], ref)
+    # A batch: its own export, of that fixed batch size (the accuracy check above is on one image).
+    xb = x
+    if args.batch > 1:
+        xb = torch.randn(args.batch, c, h, w, generator=torch.Generator().manual_seed(98))
+        sess = ort_session(model, xb, tmp / f"{name}_b{args.batch}.onnx", args.threads)
+        feeds = ort_feeds(xb)
     log(f"onnxruntime: exported and loaded in {time.perf_counter() - t_export:.0f} s; "
         f"max|ort-torch|/max|torch| {errs['ort']:.2e}")
 
@@ -364,9 +370,9 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
     for r in range(args.rounds):
         for k in keys:
             if k in blobs:
-                (med, mn), o = measure(rust_bench, binary, blobs[k], args.threads, iters, args.exact)
+                (med, mn), o = measure(rust_bench, binary, blobs[k], args.threads, iters, args.exact, args.batch)
             elif k == "torch":
-                (med, mn), o = measure(torch_bench, model, x, iters)
+                (med, mn), o = measure(torch_bench, model, xb, iters)
             else:
                 (med, mn), o = measure(ort_bench, sess, feeds, iters)
             samples[k].append(med)
@@ -391,6 +397,8 @@ def main():
                     help="timed forwards per measurement per round (default: cifar10 3, mnist 20)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--models", default="cifar10,mnist")
+    ap.add_argument("--batch", type=int, default=1,
+                    help="images per timed forward (default 1); host-cli runs one part of the batch per thread")
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release -p host-cli")
     ap.add_argument("--exact", action="store_true", help="time host-cli's portable kernels (bench --exact)")
@@ -402,8 +410,8 @@ def main():
     for n in names:
         if n not in MODELS:
             ap.error(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
-    if args.threads < 1 or args.rounds < 1 or args.iters < 0:
-        ap.error("--threads and --rounds must be >= 1, --iters >= 0")
+    if args.threads < 1 or args.rounds < 1 or args.iters < 0 or args.batch < 1:
+        ap.error("--threads, --rounds and --batch must be >= 1, --iters >= 0")
 
     if not args.no_build:
         log("cargo build --release -p host-cli ...")
@@ -439,17 +447,19 @@ def main():
             results.append(bench_model(n, cfg, default_iters, args, args.bin, work))
 
     log(f"torch {torch.__version__}, diffusers {diffusers.__version__}, onnxruntime {ort.__version__}, "
-        f"CPU {cpu_model()}, {args.threads} thread(s), batch 1, timestep {TIMESTEP}, "
+        f"CPU {cpu_model()}, {args.threads} thread(s), batch {args.batch}, timestep {TIMESTEP}, "
         f"{args.rounds} rounds, median of round medians{', host-cli --exact' if args.exact else ''}")
     log()
-    log(f"SGEMM peak {peak:.1f} GFLOP/s; the last column is ours f32 as a share of it.")
+    log(f"SGEMM peak {peak:.1f} GFLOP/s; the last column is ours f32 as a share of it."
+        + (f" Latencies are per forward of the whole batch of {args.batch}; images/s = {args.batch} × 1000 / ms."
+           if args.batch > 1 else ""))
     log()
     log("| model | params | GFLOP/fwd | onnxruntime ms | torch ms | ours f32 ms | ours f16 ms | "
         "f32/ort | f16/ort | f32/torch | GFLOP/s ort | torch | ours f32 | ours f16 | f32 / peak |")
     log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m = r["med"]
-        gfs = {k: r["gflop"] / (m[k] / 1e3) for k in m}
+        gfs = {k: args.batch * r["gflop"] / (m[k] / 1e3) for k in m}
         log(f"| {r['name']} | {r['params']:,} | {r['gflop']:.3f} | {m['ort']:.2f} | {m['torch']:.2f} | "
             f"{m['f32']:.2f} | {m['f16']:.2f} | {m['f32'] / m['ort']:.2f} | {m['f16'] / m['ort']:.2f} | "
             f"{m['f32'] / m['torch']:.2f} | {gfs['ort']:.1f} | {gfs['torch']:.1f} | {gfs['f32']:.1f} | "

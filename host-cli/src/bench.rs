@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use ddpm_core::sampler::{Method, SampleSpec, Sampler};
 use ddpm_core::Model;
+use rayon::prelude::*;
 
 use crate::blobfile;
 
@@ -69,28 +70,40 @@ fn cpu_bench(
     per_op: bool,
     sample: Option<SampleSpec>,
 ) -> Result<Timings> {
-    let mut arena = blobfile::arena(m.arena_bytes());
     let per_in = m.in_channels() * m.height() * m.width();
-    let mut y = vec![0f32; m.out_channels() * m.height() * m.width()];
+    let out_len = m.out_channels() * m.height() * m.width();
     let class = (m.num_classes() > 0).then_some(0);
+    // A batch is split into one run of consecutive images per worker thread, each with its own arena, as
+    // `host-cli sample` splits it; `--per-op` times one image after another on one arena.
+    let workers = if per_op { 1 } else { rayon::current_num_threads().clamp(1, batch.max(1) as usize) };
+    let per = (batch.max(1) as usize).div_ceil(workers);
+    let mut parts: Vec<_> =
+        x.chunks(per * per_in).map(|xs| (blobfile::arena(m.arena_bytes()), vec![0f32; out_len], xs)).collect();
     let mut times = Vec::new();
     // Per op kind: milliseconds and floating-point operations, summed over the timed forwards.
     let mut per_kind: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
     for i in 0..warmup + iters.max(1) {
         let timed = i >= warmup;
         let t0 = Instant::now();
-        for xi in x.chunks_exact(per_in) {
-            let mut last = Instant::now();
-            let mut after = |_: usize, op: &ddpm_core::program::Op| {
-                if per_op && timed {
-                    let now = Instant::now();
-                    let e = per_kind.entry(op.name()).or_default();
-                    e.0 += (now - last).as_secs_f64() * 1e3;
-                    e.1 += m.op_flops(op) as f64;
-                    last = now;
-                }
-            };
-            m.forward_observed(bytemuck::cast_slice_mut(&mut arena), xi, 500.0, class, &mut y, &mut after)?;
+        if let [(arena, y, xs)] = &mut parts[..] {
+            for xi in xs.chunks_exact(per_in) {
+                let mut last = Instant::now();
+                let mut after = |_: usize, op: &ddpm_core::program::Op| {
+                    if per_op && timed {
+                        let now = Instant::now();
+                        let e = per_kind.entry(op.name()).or_default();
+                        e.0 += (now - last).as_secs_f64() * 1e3;
+                        e.1 += m.op_flops(op) as f64;
+                        last = now;
+                    }
+                };
+                m.forward_observed(bytemuck::cast_slice_mut(arena), xi, 500.0, class, y, &mut after)?;
+            }
+        } else {
+            parts.par_iter_mut().try_for_each(|(arena, y, xs)| {
+                xs.chunks_exact(per_in)
+                    .try_for_each(|xi| m.forward(bytemuck::cast_slice_mut(arena), xi, 500.0, class, y))
+            })?;
         }
         if timed {
             times.push(t0.elapsed().as_secs_f64() * 1e3);

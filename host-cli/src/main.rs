@@ -274,7 +274,8 @@ enum Cmd {
         per_op: bool,
         #[command(flatten)]
         on: BackendOpts,
-        /// Images per forward pass (GPU: one dispatch per op for the whole batch; CPU: one after another).
+        /// Images per forward pass (GPU: one dispatch per op for the whole batch; CPU: one run of consecutive images
+        /// per worker thread, as `sample` splits a batch; with `--per-op`, one after another).
         #[arg(long, default_value_t = 1)]
         batch: u32,
         /// Also time a whole DDPM run of this many steps on the batch and print images per second.
