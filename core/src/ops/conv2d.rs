@@ -64,21 +64,39 @@ impl Conv2dShape {
     }
 }
 
-/// Copies `x` into `xp` with the zero padding made explicit.
+/// Copies `x` into `xp` with the zero padding made explicit. Each element is written once (the interior copied,
+/// the border zeroed), in parallel by groups of channels of at least [`PAD_CHUNK`] floats.
 // x (ci,h,w) -> xp (ci, h+pt+pb, padded_row)
 pub fn conv2d_pad(xp: &mut [f32], x: &[f32], g: &Conv2dShape) {
     let (ci, hp, rs) = g.scratch_shape();
     let [pt, pl, _, _] = g.pad;
-    let xp = &mut xp[..ci * hp * rs];
-    xp.fill(0.0);
-    if g.w == 0 {
+    let plane = hp * rs;
+    let xp = &mut xp[..ci * plane];
+    if plane == 0 {
         return;
     }
-    for (k, src) in x.chunks_exact(g.w).take(ci * g.h).enumerate() {
-        let (c, y) = (k / g.h, k % g.h);
-        xp[(c * hp + y + pt) * rs + pl..][..g.w].copy_from_slice(src);
-    }
+    let chans = PAD_CHUNK.div_ceil(plane).max(1);
+    par::for_each_chunk(xp, chans * plane, |blk, part| {
+        for (k, xc) in part.chunks_exact_mut(plane).enumerate() {
+            let c = blk * chans + k;
+            for (y, row) in xc.chunks_exact_mut(rs).enumerate() {
+                let src = y.checked_sub(pt).filter(|&r| r < g.h).and_then(|r| x.get((c * g.h + r) * g.w..)?.get(..g.w));
+                match (src, row.get_mut(pl..pl + g.w)) {
+                    (Some(src), Some(_)) => {
+                        row[..pl].fill(0.0);
+                        row[pl..pl + g.w].copy_from_slice(src);
+                        row[pl + g.w..].fill(0.0);
+                    }
+                    _ => row.fill(0.0),
+                }
+            }
+        }
+    });
 }
+
+/// Fewest floats of padded input a task of [`conv2d_pad`] copies (64 KiB): smaller maps are copied by one
+/// thread, where a task would cost more than the copy.
+const PAD_CHUNK: usize = 16 * 1024;
 
 /// Converted weights kept on the stack per block of output channels: [`CO_TILE`] × (a chunk of input
 /// channels × kernel size). 1 KiB, small enough for a microcontroller's stack.

@@ -16,7 +16,9 @@
 //!
 //! Every output element is `b[co]` followed by one fused multiply-add per tap, taps in ascending `(c, ky, kx)`
 //! order, whatever the tile, the vector width or the thread count: AVX-512 and AVX2 give the same bits, and so do
-//! 1 and N threads. It differs from the portable kernel (separate multiply and add) by rounding only.
+//! 1 and N threads. It differs from the portable kernel (separate multiply and add) by rounding only. Large 3×3
+//! stride-1 convolutions run Winograd's F(2×2, 3×3) instead ([`winograd`]), with the same guarantees and a
+//! bound of 1e-5 × max|ref| against the direct sum.
 //!
 //! The weights are read where they lie, one row per output channel (no packing: at batch 1 each weight is used
 //! for only a few hundred pixels, and repacking them cost a tenth of a forward). Scratch beyond the arena: per
