@@ -3,7 +3,8 @@
 
 Exact command (from the repository root):
 
-    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--batch B] [--no-build] [--exact]
+    python3 bench/cpu.py [--threads N] [--iters K] [--rounds R] [--models cifar10,mnist] [--batch B] [--sample N,K]
+                         [--no-build] [--exact]
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
 measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
@@ -33,6 +34,8 @@ For each model, in one run:
    each with one untimed warm-up then K timed forwards. A measurement's figure is the median over the
    rounds of each round's median; the spread table gives the lowest and highest round
    median, so noise from other processes on the machine shows up there.
+   With ``--sample N,K``, also whole sampling runs of N images in K steps: diffusers' ``DDPMPipeline``
+   (``DDPMScheduler`` defaults, respaced to K steps) against ``host-cli sample -n N --steps K`` on the f32 blob.
 4. Print torch/diffusers/onnxruntime versions, CPU model, thread count and load averages,
    then one table of latencies, ratios (ours / ONNX Runtime, ours / torch) and achieved
    GFLOP/s (host-cli inspect's FLOP count over the median latency).
@@ -306,6 +309,38 @@ def ort_bench(sess, feeds, iters):
     return statistics.median(times), min(times)
 
 
+def sample_bench(name, model, blob, args, binary, tmp):
+    """One whole DDPM run of args.sample = (N images, K steps) each: diffusers' DDPMPipeline (DDPMScheduler with
+    its defaults, respaced to K steps) against ``host-cli sample`` on the f32 blob (the same schedule and
+    respacing), interleaved over the rounds, after one untimed one-step diffusers run; ours includes starting the
+    process and loading the blob. Returns (median seconds diffusers, ours, other load)."""
+    n, k = args.sample
+    pipe = diffusers.DDPMPipeline(unet=model, scheduler=diffusers.DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def diffusers_run():
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            pipe(batch_size=n, num_inference_steps=k, output_type="np", generator=torch.Generator().manual_seed(0))
+            return time.perf_counter() - t0
+
+    def ours_run():
+        t0 = time.perf_counter()
+        run([binary, "--threads", args.threads, "sample", blob, "-n", n, "--steps", k, "-o", tmp / f"{name}_s.png"])
+        return time.perf_counter() - t0
+
+    with torch.no_grad():  # untimed warm-up (the first call allocates and picks kernels)
+        pipe(batch_size=n, num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0))
+    times, other = {"diffusers": [], "ours": []}, []
+    for _ in range(args.rounds):
+        for key, fn in (("diffusers", diffusers_run), ("ours", ours_run)):
+            t, o = measure(fn)
+            times[key].append(t)
+            other.append(o)
+        log(f"sample {n} x {k} steps: diffusers {times['diffusers'][-1]:.2f} s  ours f32 {times['ours'][-1]:.2f} s")
+    return statistics.median(times["diffusers"]), statistics.median(times["ours"]), statistics.mean(other)
+
+
 def bench_model(name, cfg, default_iters, args, binary, tmp):
     log(f"== {name} ==")
     t_start = time.perf_counter()
@@ -383,10 +418,11 @@ def bench_model(name, cfg, default_iters, args, binary, tmp):
                         for k, lbl in (("ort", "onnxruntime"), ("torch", "torch"), ("f32", "ours f32"),
                                        ("f16", "ours f16"))))
     res = {k: statistics.median(v) for k, v in samples.items()}
+    sampled = sample_bench(name, model, blobs["f32"], args, binary, tmp) if args.sample else None
     log(f"{name} done in {time.perf_counter() - t_start:.0f} s")
     log()
     return dict(name=name, params=params, gflop=gflop, errs=errs, med=res, samples=samples,
-                mins={k: min(v) for k, v in mins.items()}, iters=iters,
+                mins={k: min(v) for k, v in mins.items()}, iters=iters, sampled=sampled,
                 other=statistics.mean(v for vs in other.values() for v in vs))
 
 
@@ -397,6 +433,8 @@ def main():
                     help="timed forwards per measurement per round (default: cifar10 3, mnist 20)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--models", default="cifar10,mnist")
+    ap.add_argument("--sample", default=None, metavar="N,K",
+                    help="also time whole runs: diffusers' DDPMPipeline against host-cli sample, N images, K steps")
     ap.add_argument("--batch", type=int, default=1,
                     help="images per timed forward (default 1); host-cli runs one part of the batch per thread")
     ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "host-cli")
@@ -412,6 +450,12 @@ def main():
             ap.error(f"unknown model {n!r}; choose from {', '.join(MODELS)}")
     if args.threads < 1 or args.rounds < 1 or args.iters < 0 or args.batch < 1:
         ap.error("--threads, --rounds and --batch must be >= 1, --iters >= 0")
+    if args.sample:
+        try:
+            args.sample = tuple(int(v) for v in args.sample.split(","))
+            assert len(args.sample) == 2 and min(args.sample) >= 1
+        except (ValueError, AssertionError):
+            ap.error("--sample takes N,K: images and steps, both >= 1")
 
     if not args.no_build:
         log("cargo build --release -p host-cli ...")
@@ -477,6 +521,17 @@ def main():
             f"{cell('torch')} | {cell('f32')} | {cell('f16')} | {e['ort']:.1e} | {e['f32']:.1e} | "
             f"{e['f16']:.1e} | {e.get('f16_vs_rounded', float('nan')):.1e} |")
     log()
+    if args.sample:
+        n, k = args.sample
+        log(f"Whole runs, {n} images x {k} DDPM steps (median of {args.rounds}): diffusers' DDPMPipeline against "
+            f"host-cli sample (f32 blob, {args.threads} thread(s)):")
+        log()
+        log("| model | diffusers s | ours s | diffusers images/s | ours images/s | ours / diffusers speed | other load |")
+        log("|---|---:|---:|---:|---:|---:|---:|")
+        for r in results:
+            d, o, load = r["sampled"]
+            log(f"| {r['name']} | {d:.2f} | {o:.2f} | {n / d:.2f} | {n / o:.2f} | {d / o:.2f}x | {100 * load:.0f}% |")
+        log()
     log("err = max|ours (or onnxruntime) - torch| / max|torch| on one seeded random input, timestep 500.")
     log("other load = mean share of all cores' time used by other processes while timing "
         "(/proc/stat minus our own CPU time); well above 0% means the timings are inflated.")
