@@ -27,7 +27,7 @@ pub struct QAttention<'a> {
 
 /// Multi-head attention core in integers: scores, a table-driven softmax with 15-bit probabilities, and the
 /// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32. With
-/// [`Kernels::Fast`] on an x86-64 host with AVX-512BW the same loops compiled for it (the same integers).
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it (the same integers).
 pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p) {

@@ -721,89 +721,84 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
     }
 }
 
-/// Whether the CPU has the AVX-512 subsets (F, BW, DQ, VL) the wrappers below are compiled for.
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
+/// The widest vector instruction set of this CPU that the portable loops below are compiled for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Simd {
+    /// AVX-512 F, BW, DQ and VL: 16 i32 lanes.
+    Avx512,
+    /// AVX2 and FMA: 8 i32 lanes.
+    Avx2,
 }
 
-/// Runs `f` (a call of one of the wrappers below) where [`has_avx512`]: `true`, else `false` without running it.
-fn on_avx512(f: impl FnOnce()) -> bool {
-    let has = has_avx512();
-    if has {
-        f();
+/// [`Simd`] for this CPU, `None` without AVX2.
+fn simd() -> Option<Simd> {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+        Some(Simd::Avx512)
+    } else if has!("avx2") && has!("fma") {
+        Some(Simd::Avx2)
+    } else {
+        None
     }
-    has
 }
 
-/// [`super::qsdpa`] on AVX-512 (see [`on_avx512`]).
-pub(crate) fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) -> bool {
-    // SAFETY: run only where the CPU has the wrapper's instruction sets.
-    on_avx512(|| unsafe { qsdpa_avx512(out, q, k, v, s, p) })
+/// Each `fn name(args) => body;` becomes `pub(crate) fn name(args) -> bool` that runs `body` compiled for the
+/// CPU's [`Simd`] (an `#[inline(always)]` portable loop of the op's own module, inlined into a function with that
+/// instruction set, so that LLVM vectorises it 16 or 8 lanes wide with the same integer operations) and
+/// returns `true`, or returns `false` without running it where the CPU has neither.
+macro_rules! compiled_for_simd {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:expr;)*) => {$(
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name($($arg: $ty),*) -> bool {
+            /// The body compiled for [`Simd::Avx512`].
+            ///
+            /// # Safety
+            /// The CPU has AVX-512 F, BW, DQ and VL.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body
+            }
+            /// The body compiled for [`Simd::Avx2`].
+            ///
+            /// # Safety
+            /// The CPU has AVX2 and FMA.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body
+            }
+            match simd() {
+                // SAFETY: `simd` found the instruction sets of the function called.
+                Some(Simd::Avx512) => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                Some(Simd::Avx2) => unsafe { avx2($($arg),*) },
+                None => return false,
+            }
+            true
+        }
+    )*};
 }
 
-/// [`super::qadd`] on AVX-512 (see [`on_avx512`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn qadd(
-    out: &mut super::QMut<'_>,
-    a: super::Src<'_>,
-    b: super::Src<'_>,
-    ma: i32,
-    mb: i32,
-    shift: u32,
-    hw: usize,
-    per_channel: bool,
-) -> bool {
-    // SAFETY: as in `qsdpa`.
-    on_avx512(|| unsafe { qadd_avx512(out, a, b, ma, mb, shift, hw, per_channel) })
-}
-
-/// [`super::qcopy`] on AVX-512 (see [`on_avx512`]).
-pub(crate) fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) -> bool {
-    // SAFETY: as in `qsdpa`.
-    on_avx512(|| unsafe { qcopy_avx512(out, at, x, m, s) })
-}
-
-// Portable loops compiled for AVX-512, so that they vectorise 16 lanes wide with the same integer operations:
-// each wrapper's body is an `#[inline(always)]` function of the op's own module, inlined here.
-
-/// [`super::attention`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qsdpa_avx512(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &super::QAttention<'_>) {
-    super::attention::qsdpa_body(out, q, k, v, scores, p, super::attention::softmax_body);
-}
-
-/// [`super::qadd`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qadd_avx512(
-    out: &mut super::QMut<'_>,
-    a: super::Src<'_>,
-    b: super::Src<'_>,
-    ma: i32,
-    mb: i32,
-    shift: u32,
-    hw: usize,
-    per_channel: bool,
-) {
-    super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
-}
-
-/// [`super::qcopy`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qcopy_avx512(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) {
-    super::elementwise::qcopy_body(out, at, x, m, s);
+compiled_for_simd! {
+    /// [`super::qsdpa`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) =>
+        super::attention::qsdpa_body(out, q, k, v, s, p, super::attention::softmax_body);
+    /// [`super::qadd`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    fn qadd(
+        out: &mut super::QMut<'_>,
+        a: super::Src<'_>,
+        b: super::Src<'_>,
+        ma: i32,
+        mb: i32,
+        shift: u32,
+        hw: usize,
+        per_channel: bool,
+    ) => super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
+    /// [`super::qcopy`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) =>
+        super::elementwise::qcopy_body(out, at, x, m, s);
 }
 
 #[cfg(test)]
@@ -919,6 +914,23 @@ mod tests {
         }
         if ran == 0 {
             eprintln!("no AVX2 on this CPU: nothing to compare");
+        }
+    }
+
+    /// The portable loops compiled for the CPU's [`Simd`] run wherever it has AVX2 (so that the ops' kernel
+    /// mode tests compare them) and give the portable loop's integers.
+    #[test]
+    fn compiled_loops_run_with_avx2() {
+        use super::super::{QMut, QRef};
+        let x: Vec<i16> = ints(300, 5, -32767, 32767).into_iter().map(|v| v as i16).collect();
+        let (mut want, mut got) = (vec![0i8; 310], vec![0i8; 310]);
+        super::super::elementwise::qcopy_body(&mut QMut::I8(&mut want), 7, QRef::I16(&x), 1 << 30, 38);
+        let ran = qcopy(&mut QMut::I8(&mut got), 7, QRef::I16(&x), 1 << 30, 38);
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        assert_eq!(ran, avx2);
+        assert!(want.iter().any(|&v| v.abs() == 127) && want.iter().any(|&v| v.abs() < 100), "weak");
+        if ran {
+            assert_eq!(got, want);
         }
     }
 
