@@ -702,42 +702,52 @@ pub(crate) struct Affine8 {
     pub(crate) ymax: i32,
 }
 
-/// `out[i] = lut(y(x[i]))` (see [`Affine8`]; `x` `None`: `out` itself, i8) over the elements `0 .. n − n % 16`,
-/// 16 at a time with AVX-512BW (and VBMI for the table): returns how many it did (0 without those
-/// instruction sets), the caller does the rest. The same integer operations as the portable loop.
+/// `out[i] = lut(y(x[i]))` (see [`Affine8`]; `x` `None`: `out` itself, i8): with AVX-512BW (and VBMI for the
+/// table) over the elements `0 .. n − n % 16`, 16 at a time, else with AVX2 over all of them, 32 at a time.
+/// Returns how many it did (0 without those instruction sets), the caller does the rest. The same integer
+/// operations as the portable loop.
 pub(crate) fn affine_i8(out: &mut super::QMut<'_>, x: Option<&[i8]>, c: &Affine8, lut: Option<&[i8; 256]>) -> usize {
     use super::QMut;
-    let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
-    if !bw || (lut.is_some() && !std::arch::is_x86_feature_detected!("avx512vbmi")) {
+    use std::arch::is_x86_feature_detected as has;
+    let run: AffineFn = if has!("avx512f") && has!("avx512bw") && (lut.is_none() || has!("avx512vbmi")) {
+        affine16
+    } else if has!("avx2") {
+        affine32
+    } else {
         return 0;
-    }
+    };
     let table = lut.map_or(core::ptr::null(), |t| t.as_ptr());
     match (out, x) {
         (QMut::I8(o), src) => {
-            let n = src.map_or(o.len(), |x| x.len().min(o.len())) / 16;
+            let n = src.map_or(o.len(), |x| x.len().min(o.len()));
             let from = src.map_or(o.as_ptr(), |x| x.as_ptr());
-            // SAFETY: the CPU has AVX-512F/BW (and VBMI where a table is read, checked above); `from` and `o`
-            // hold at least 16·n elements; the table, when there is one, 256 bytes.
-            unsafe { affine16(from, o.as_mut_ptr().cast(), n, c, table, false) };
-            16 * n
+            // SAFETY: the CPU has the kernel's instruction sets (checked above); `from` and `o` hold at least n
+            // elements; the table, when there is one, 256 bytes.
+            unsafe { run(from, o.as_mut_ptr().cast(), n, c, table, false) }
         }
         (QMut::I16(o), Some(x)) => {
-            let n = x.len().min(o.len()) / 16;
-            // SAFETY: as above, `o` holding 16·n i16.
-            unsafe { affine16(x.as_ptr(), o.as_mut_ptr().cast(), n, c, table, true) };
-            16 * n
+            let n = x.len().min(o.len());
+            // SAFETY: as above, `o` holding n i16.
+            unsafe { run(x.as_ptr(), o.as_mut_ptr().cast(), n, c, table, true) }
         }
         (QMut::I16(_), None) => 0,
     }
 }
 
-/// See [`affine_i8`]: `n` blocks of 16 from `x` to `out` (i8, or i16 when `wide`), through `lut` unless null.
+/// `run(x, out, n, c, lut, wide)`: [`affine_i8`] over (a prefix of) the `n` elements of `x`, to `out` (i8, or
+/// i16 when `wide`), through `lut` unless null; returns how many it did.
 ///
 /// # Safety
-/// AVX-512F/BW, and VBMI when `lut` is not null; `x[..16n]` readable, `out[..16n]` writable (elements of its
-/// type), `lut[..256]` readable when not null. `x` and `out` are the same or apart.
+/// The CPU has the kernel's instruction sets; `x[..n]` readable, `out[..n]` writable (elements of its type),
+/// `lut[..256]` readable when not null. `x` and `out` are the same or apart.
+type AffineFn = unsafe fn(*const i8, *mut u8, usize, &Affine8, *const i8, bool) -> usize;
+
+/// An [`AffineFn`] for AVX-512F/BW, and VBMI when `lut` is not null: `n / 16` blocks of 16.
+///
+/// # Safety
+/// As [`AffineFn`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) {
+unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) -> usize {
     let (ah, al, bh, bl) =
         (_mm512_set1_epi32(c.ah), _mm512_set1_epi32(c.al), _mm512_set1_epi32(c.bh), _mm512_set1_epi32(c.bl));
     let (hi, lo, off) = (_mm512_set1_epi32(c.ymax), _mm512_set1_epi32(-c.ymax), _mm512_set1_epi32(128));
@@ -749,7 +759,7 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
         } else {
             core::array::from_fn(|k| _mm512_loadu_si512(lut.add(64 * k).cast()))
         };
-        for i in 0..n {
+        for i in 0..n / 16 {
             let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(16 * i).cast()));
             let frac = _mm512_srai_epi32::<24>(_mm512_add_epi32(_mm512_mullo_epi32(v, al), bl));
             let y = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(v, ah), bh), frac);
@@ -774,6 +784,99 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
             }
         }
     }
+    16 * (n / 16)
+}
+
+/// An [`AffineFn`] for AVX2: all `n` elements, 32 at a time (the last `n % 32` through a buffer of one block).
+/// The map is [`affine16`]'s in 32-bit lanes, four vectors a block, then packed to bytes. The table is read as
+/// 16 rows of 16 bytes, each a `vpshufb` of the index's low four bits: for each pair of rows `k` and `k + 8`
+/// one `vpshufb` of the index and one of it with its top bit flipped (a set top bit reads 0) give row
+/// `k + 8·top bit`, and blends by the index's bits 4, 5 and 6 pick `k`.
+///
+/// # Safety
+/// As [`AffineFn`], on a CPU with AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn affine32(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) -> usize {
+    let (ah, al, bh, bl) =
+        (_mm256_set1_epi32(c.ah), _mm256_set1_epi32(c.al), _mm256_set1_epi32(c.bh), _mm256_set1_epi32(c.bl));
+    let omax = if wide { i32::from(i16::MAX) } else { i32::from(i8::MAX) };
+    // Without a table the clamp to `±ymax` and the output type's range are one; a table entry of -128 is
+    // clamped for i8 after the lookup.
+    let bound = if lut.is_null() { c.ymax.min(omax) } else { c.ymax };
+    let (hi, lo) = (_mm256_set1_epi32(bound), _mm256_set1_epi32(-bound));
+    // Packing four vectors of i32 to bytes interleaves their 128-bit halves; this puts them back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // SAFETY (whole body): every access is inside the bounds the caller guarantees, or a local buffer's.
+    unsafe {
+        let t: [__m256i; 16] = if lut.is_null() {
+            [_mm256_setzero_si256(); 16]
+        } else {
+            core::array::from_fn(|k| _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.add(16 * k).cast())))
+        };
+        // The table at the bytes `b`.
+        let lookup = |b: __m256i| {
+            let flipped = _mm256_xor_si256(b, _mm256_set1_epi8(i8::MIN));
+            let rows: [__m256i; 8] = core::array::from_fn(|k| {
+                _mm256_or_si256(_mm256_shuffle_epi8(t[k], b), _mm256_shuffle_epi8(t[k + 8], flipped))
+            });
+            // `vpblendvb` picks by each byte's top bit: bits 4, 5, 6 of `b` moved there.
+            let (b4, b5, b6) = (_mm256_slli_epi16::<3>(b), _mm256_slli_epi16::<2>(b), _mm256_slli_epi16::<1>(b));
+            let r4: [__m256i; 4] = core::array::from_fn(|j| _mm256_blendv_epi8(rows[2 * j], rows[2 * j + 1], b4));
+            let r5: [__m256i; 2] = core::array::from_fn(|j| _mm256_blendv_epi8(r4[2 * j], r4[2 * j + 1], b5));
+            _mm256_blendv_epi8(r5[0], r5[1], b6)
+        };
+        // One block of 32 inputs: the output as 32 bytes, or as two vectors of 16 i16 when `wide`.
+        let block = |xv: __m256i| {
+            let (x0, x1) = (_mm256_castsi256_si128(xv), _mm256_extracti128_si256::<1>(xv));
+            let v = [x0, _mm_srli_si128::<8>(x0), x1, _mm_srli_si128::<8>(x1)].map(|h| _mm256_cvtepi8_epi32(h));
+            let y = v.map(|v| {
+                let frac = _mm256_srai_epi32::<24>(_mm256_add_epi32(_mm256_mullo_epi32(v, al), bl));
+                let y = _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(v, ah), bh), frac);
+                _mm256_max_epi32(_mm256_min_epi32(y, hi), lo)
+            });
+            if lut.is_null() {
+                let (w0, w1) = (_mm256_packs_epi32(y[0], y[1]), _mm256_packs_epi32(y[2], y[3]));
+                if wide {
+                    (_mm256_permute4x64_epi64::<0b11_01_10_00>(w0), _mm256_permute4x64_epi64::<0b11_01_10_00>(w1))
+                } else {
+                    (_mm256_permutevar8x32_epi32(_mm256_packs_epi16(w0, w1), order), w1)
+                }
+            } else {
+                // The index `y + 128` wraps to a byte, as the portable loop's.
+                let (off, byte) = (_mm256_set1_epi32(128), _mm256_set1_epi32(0xff));
+                let idx = y.map(|y| _mm256_and_si256(_mm256_add_epi32(y, off), byte));
+                let (w0, w1) = (_mm256_packus_epi32(idx[0], idx[1]), _mm256_packus_epi32(idx[2], idx[3]));
+                let r = lookup(_mm256_permutevar8x32_epi32(_mm256_packus_epi16(w0, w1), order));
+                if wide {
+                    (
+                        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
+                    )
+                } else {
+                    (_mm256_max_epi8(r, _mm256_set1_epi8(-i8::MAX)), r)
+                }
+            }
+        };
+        let size = if wide { 2 } else { 1 };
+        let store = |o: *mut u8, (r0, r1): (__m256i, __m256i)| {
+            _mm256_storeu_si256(o.cast(), r0);
+            if wide {
+                _mm256_storeu_si256(o.add(32).cast(), r1);
+            }
+        };
+        let mut i = 0;
+        while i + 32 <= n {
+            store(out.add(size * i), block(_mm256_loadu_si256(x.add(i).cast())));
+            i += 32;
+        }
+        if i < n {
+            let (mut xb, mut ob) = ([0i8; 32], [0u8; 64]);
+            core::ptr::copy_nonoverlapping(x.add(i), xb.as_mut_ptr(), n - i);
+            store(ob.as_mut_ptr(), block(_mm256_loadu_si256(xb.as_ptr().cast())));
+            core::ptr::copy_nonoverlapping(ob.as_ptr(), out.add(size * i), size * (n - i));
+        }
+    }
+    n
 }
 
 /// The widest vector instruction set of this CPU that the portable loops below are compiled for.
@@ -1031,6 +1134,26 @@ mod tests {
         assert!(want.iter().any(|&v| v.abs() == 127) && want.iter().any(|&v| v.abs() < 100), "weak");
         if ran {
             assert_eq!(got, want);
+        }
+    }
+
+    /// The group-norm map runs as a vector kernel wherever the CPU has AVX2 (so that `channel_affine`'s test
+    /// compares it with the portable loop), over every element on AVX2.
+    #[test]
+    fn affine_runs_with_avx2() {
+        use super::super::QMut;
+        let x: Vec<i8> = ints(77, 3, -128, 127).into_iter().map(|v| v as i8).collect();
+        let lut: [i8; 256] = core::array::from_fn(|i| (255 - i) as u8 as i8);
+        let c = Affine8 { ah: 1, al: 1 << 23, bh: -2, bl: 0, ymax: 127 };
+        let (mut o8, mut o16) = ([0i8; 77], [0i16; 77]);
+        let done = [
+            affine_i8(&mut QMut::I8(&mut o8), Some(&x), &c, Some(&lut)),
+            affine_i8(&mut QMut::I16(&mut o16), Some(&x), &c, None),
+        ];
+        if simd() == Some(Simd::Avx2) {
+            assert_eq!(done, [77, 77]);
+        } else if simd().is_some() {
+            assert!(done.iter().all(|&d| d == 64 || d == 77), "{done:?}");
         }
     }
 
