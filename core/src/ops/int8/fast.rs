@@ -453,14 +453,14 @@ fn qconv2d_with<X: QElem, Y: QElem>(
                 // holds `len·mr` words and bias `mr` (checked above), acc `mr·np`.
                 unsafe { run(xs[p0..].as_ptr(), wq.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
                 let nruns = grid.runs(p0, &mut runs);
-                let mut ys = [0i32; MAX_NP];
+                let mut ys = [Y::ZERO; MAX_NP];
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let (m, sh) = (brq[3 * (co0 + r) + 1], brq[3 * (co0 + r) + 2] as u32);
-                    requant_row(row, &mut ys, m, sh, Y::MAX, simd);
+                    requant_row(row, &mut ys, m, sh, simd);
                     let dst = &mut o[r * plane..][..plane];
                     for &(j, d, n) in &runs[..nruns] {
                         if let (Some(to), Some(from)) = (dst.get_mut(d..d + n), ys.get(j..j + n)) {
-                            to.iter_mut().zip(from).for_each(|(t, &y)| *t = Y::sat(i64::from(y)));
+                            to.copy_from_slice(from);
                         }
                     }
                 }
@@ -479,90 +479,106 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     true
 }
 
-/// `ys[j] = clamp(rq(acc[j], m, s), ±max)` for a row of a tile (`max ≤ i32::MAX`), the same integers as [`rq`]
-/// (the product of two i32 is exact, the rest are the same wrapping add and arithmetic shift): with
-/// [`Simd::Avx512`] eight lanes at a time in 64-bit arithmetic, with [`Simd::Avx2`] eight at a time as two
-/// vectors of four 64-bit products, else (and for a shift past 62, and the last `n % 8` elements) one at a time.
-fn requant_row(acc: &[i32], ys: &mut [i32; MAX_NP], m: i32, s: u32, max: i32, simd: Option<Simd>) {
+/// `ys[j] = Y::sat(rq(acc[j], m, s))` for a row of a tile, the same integers as [`rq`] (the product of two i32
+/// is exact, the rest are the same wrapping add and arithmetic shift): with [`Simd::Avx512`] eight lanes at a
+/// time in 64-bit arithmetic, with [`Simd::Avx2`] eight at a time as two vectors of four 64-bit products, else
+/// (and for a shift past 62, and the last `n % 8` elements) one at a time.
+fn requant_row<Y: QElem>(acc: &[i32], ys: &mut [Y; MAX_NP], m: i32, s: u32, simd: Option<Simd>) {
+    use core::any::TypeId;
     let n = acc.len().min(MAX_NP);
-    let done = match simd {
+    // The vector kernels store i8 or i16 (`wide`): only for those element types.
+    let wide = match TypeId::of::<Y>() {
+        t if t == TypeId::of::<i8>() => Some(false),
+        t if t == TypeId::of::<i16>() => Some(true),
+        _ => None,
+    };
+    let done = match (simd, wide) {
         _ if s > 62 => 0,
         // SAFETY (both): the CPU has the instruction set (`simd`); the loop reads `acc[..n − n % 8]` and writes
-        // `ys[..n − n % 8]`, n ≤ both lengths; `s ≤ 62`.
-        Some(Simd::Avx512) => unsafe { requant_row_avx512(acc.as_ptr(), ys.as_mut_ptr(), n / 8, m, s, max) },
-        Some(Simd::Avx2) => unsafe { requant_row_avx2(acc.as_ptr(), ys.as_mut_ptr(), n / 8, m, s, max) },
-        None => 0,
+        // as many elements of `ys`, whose type is i16 when `wide`, else i8; n ≤ both lengths; `s ≤ 62`.
+        (Some(Simd::Avx512), Some(wide)) => unsafe {
+            requant_row_avx512(acc.as_ptr(), ys.as_mut_ptr().cast(), n / 8, m, s, wide)
+        },
+        (Some(Simd::Avx2), Some(wide)) => unsafe {
+            requant_row_avx2(acc.as_ptr(), ys.as_mut_ptr().cast(), n / 8, m, s, wide)
+        },
+        _ => 0,
     };
     for (y, &a) in ys[done..n].iter_mut().zip(&acc[done..n]) {
-        *y = rq(i64::from(a), m, s).clamp(-i64::from(max), i64::from(max)) as i32;
+        *y = Y::sat(rq(i64::from(a), m, s));
     }
 }
 
-/// See [`requant_row`]: `blocks` blocks of 8; returns how many elements it did.
+/// See [`requant_row`]: `blocks` blocks of 8 to `ys`, i16 when `wide` (clamped to ±32767), else i8 (±127);
+/// returns how many elements it did.
 ///
 /// # Safety
-/// AVX-512F; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable, `s ≤ 62`.
-#[target_feature(enable = "avx512f")]
-unsafe fn requant_row_avx512(acc: *const i32, ys: *mut i32, blocks: usize, m: i32, s: u32, max: i32) -> usize {
+/// AVX-512F, BW and VL; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable (elements of its type), `s ≤ 62`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn requant_row_avx512(acc: *const i32, ys: *mut u8, blocks: usize, m: i32, s: u32, wide: bool) -> usize {
+    let max = if wide { i64::from(i16::MAX) } else { i64::from(i8::MAX) };
     let (mv, round) = (_mm512_set1_epi64(i64::from(m)), _mm512_set1_epi64((1i64 << s) >> 1));
-    let (hi, lo, count) =
-        (_mm512_set1_epi64(i64::from(max)), _mm512_set1_epi64(-i64::from(max)), _mm_cvtsi32_si128(s as i32));
+    let (hi, lo, count) = (_mm512_set1_epi64(max), _mm512_set1_epi64(-max), _mm_cvtsi32_si128(s as i32));
     for i in (0..8 * blocks).step_by(8) {
         // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
         unsafe {
             let a = _mm512_cvtepi32_epi64(_mm256_loadu_si256(acc.add(i).cast()));
             let p = _mm512_add_epi64(_mm512_mul_epi32(a, mv), round);
             let y = _mm512_max_epi64(_mm512_min_epi64(_mm512_sra_epi64(p, count), hi), lo);
-            _mm256_storeu_si256(ys.add(i).cast(), _mm512_cvtepi64_epi32(y));
+            if wide {
+                _mm_storeu_si128(ys.add(2 * i).cast(), _mm512_cvtepi64_epi16(y));
+            } else {
+                _mm_storel_epi64(ys.add(i).cast(), _mm512_cvtepi64_epi8(y));
+            }
         }
     }
     8 * blocks
 }
 
-/// See [`requant_row`]: `blocks` blocks of 8, the even and the odd lanes' exact 64-bit products (`vpmuldq`)
-/// apart; returns how many elements it did. With `32 ≤ s`, `p = acc·m + 2^(s−1)` lies inside ±2^63 without
-/// wrapping, so `p >> s` is the high word of `p` shifted by `s − 32`, in 32-bit lanes. Below that the 64-bit
-/// arithmetic shift AVX2 lacks is a logical one of `p + 2^63` less `2^(63 − s)`, and the clamp two 64-bit
-/// compares and blends.
+/// See [`requant_row`]: `blocks` blocks of 8 to `ys`, i16 when `wide` (clamped to ±32767), else i8 (±127), the
+/// even and the odd lanes' exact 64-bit products (`vpmuldq`) apart; returns how many elements it did. With
+/// `32 ≤ s`, `p = acc·m + 2^(s−1)` lies inside ±2^63 without wrapping, so `p >> s` is the high word of `p`
+/// shifted by `s − 32`, in 32-bit lanes. Below that the 64-bit arithmetic shift AVX2 lacks is a logical one of
+/// `p + 2^63` less `2^(63 − s)`, and the clamp two 64-bit compares and blends.
 ///
 /// # Safety
-/// AVX2; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable, `s ≤ 62`.
+/// AVX2; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable (elements of its type), `s ≤ 62`.
 #[target_feature(enable = "avx2")]
-unsafe fn requant_row_avx2(acc: *const i32, ys: *mut i32, blocks: usize, m: i32, s: u32, max: i32) -> usize {
+unsafe fn requant_row_avx2(acc: *const i32, ys: *mut u8, blocks: usize, m: i32, s: u32, wide: bool) -> usize {
+    let max = if wide { i32::from(i16::MAX) } else { i32::from(i8::MAX) };
     let mv = _mm256_set1_epi64x(i64::from(m));
     let (hi32, lo32) = (_mm256_set1_epi32(max), _mm256_set1_epi32(-max));
-    if s >= 32 {
-        let (round, count) = (_mm256_set1_epi64x(1i64 << (s - 1)), _mm_cvtsi32_si128(s as i32 - 32));
-        for i in (0..8 * blocks).step_by(8) {
-            // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
-            unsafe {
-                let a = _mm256_loadu_si256(acc.add(i).cast());
+    let (hi, lo) = (_mm256_set1_epi64x(i64::from(max)), _mm256_set1_epi64x(-i64::from(max)));
+    // `p + 2^63` (the rounding constant's wrapping sum with it) shifted logically, less `2^(63 − s)`.
+    let bias = _mm256_set1_epi64x(((1i64 << s) >> 1).wrapping_add(i64::MIN));
+    let (unbias, count) = (_mm256_set1_epi64x(1i64 << (63 - s)), _mm_cvtsi32_si128(s as i32));
+    let (round, count32) = (_mm256_set1_epi64x((1i64 << s) >> 1), _mm_cvtsi32_si128(s as i32 - 32));
+    let lane = |a: __m256i| {
+        let p = _mm256_add_epi64(_mm256_mul_epi32(a, mv), bias);
+        let y = _mm256_sub_epi64(_mm256_srl_epi64(p, count), unbias);
+        let y = _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
+        _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y))
+    };
+    for i in (0..8 * blocks).step_by(8) {
+        // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
+        unsafe {
+            let a = _mm256_loadu_si256(acc.add(i).cast());
+            let y = if s >= 32 {
                 let even = _mm256_add_epi64(_mm256_mul_epi32(a, mv), round);
                 let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), mv), round);
                 // The high words: the even lanes' moved down, the odd lanes' in place.
                 let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
-                let y = _mm256_max_epi32(_mm256_min_epi32(_mm256_sra_epi32(high, count), hi32), lo32);
-                _mm256_storeu_si256(ys.add(i).cast(), y);
-            }
-        }
-    } else {
-        // `p + 2^63` (the rounding constant's wrapping sum with it) shifted logically, less `2^(63 − s)`.
-        let bias = _mm256_set1_epi64x(((1i64 << s) >> 1).wrapping_add(i64::MIN));
-        let (unbias, count) = (_mm256_set1_epi64x(1i64 << (63 - s)), _mm_cvtsi32_si128(s as i32));
-        let (hi, lo) = (_mm256_set1_epi64x(i64::from(max)), _mm256_set1_epi64x(-i64::from(max)));
-        let lane = |a: __m256i| {
-            let p = _mm256_add_epi64(_mm256_mul_epi32(a, mv), bias);
-            let y = _mm256_sub_epi64(_mm256_srl_epi64(p, count), unbias);
-            let y = _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
-            _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y))
-        };
-        for i in (0..8 * blocks).step_by(8) {
-            // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
-            unsafe {
-                let a = _mm256_loadu_si256(acc.add(i).cast());
+                _mm256_max_epi32(_mm256_min_epi32(_mm256_sra_epi32(high, count32), hi32), lo32)
+            } else {
                 let (even, odd) = (lane(a), lane(_mm256_srli_epi64::<32>(a)));
-                let y = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
-                _mm256_storeu_si256(ys.add(i).cast(), y);
+                _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
+            };
+            // In range: packing with saturation is truncation.
+            let y16 = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256::<1>(y));
+            if wide {
+                _mm_storeu_si128(ys.add(2 * i).cast(), y16);
+            } else {
+                _mm_storel_epi64(ys.add(i).cast(), _mm_packs_epi16(y16, y16));
             }
         }
     }
@@ -1087,36 +1103,38 @@ mod tests {
         all
     }
 
-    /// The vector requantization of a tile's row is [`rq`] clamped, for every shift it takes (both of AVX2's
-    /// paths), extreme accumulators and multipliers, saturating results and rows with a partial block.
+    /// The vector requantization of a tile's row is [`rq`] saturated, to i8 and to i16, for every shift it
+    /// takes (both of AVX2's paths), extreme accumulators and multipliers, saturating results and rows with a
+    /// partial block.
     #[test]
     fn requant_row_is_rq() {
+        fn check<Y: QElem + PartialEq + core::fmt::Debug>(acc: &[i32]) -> usize {
+            let mut ran = 0;
+            for (k, m) in [i32::MIN, i32::MAX, 1 << 30, -(1 << 30) + 12345, 977, -3, 1].into_iter().enumerate() {
+                for s in 0..=63 {
+                    let n = [MAX_NP, 16, 24, 13, 5][(k + s as usize) % 5];
+                    let row = &acc[(k + s as usize) % 20..][..n];
+                    let mut want = [Y::ZERO; MAX_NP];
+                    requant_row(row, &mut want, m, s, None);
+                    for (j, &a) in row.iter().enumerate() {
+                        assert_eq!(want[j], Y::sat(rq(i64::from(a), m, s)));
+                    }
+                    for simd in runnable_simd() {
+                        let mut got = [Y::sat(i64::MAX); MAX_NP];
+                        requant_row(row, &mut got, m, s, Some(simd));
+                        assert_eq!(got[..n], want[..n], "{simd:?} m {m} s {s} n {n}");
+                        ran += 1;
+                    }
+                }
+            }
+            ran
+        }
         let mut acc = ints(4 * MAX_NP, 17, 1 - (1 << 30), (1 << 30) - 1);
         for (i, a) in acc.iter_mut().enumerate() {
             *a = (*a << 1) >> (i % 23); // small and large magnitudes
         }
         acc[..6].copy_from_slice(&[i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1]);
-        let simds = runnable_simd();
-        let mut ran = 0;
-        for (k, m) in [i32::MIN, i32::MAX, 1 << 30, -(1 << 30) + 12345, 977, -3, 1].into_iter().enumerate() {
-            for s in 0..=63 {
-                for max in [127, 32767] {
-                    let n = [MAX_NP, 16, 24, 13, 5][(k + s as usize) % 5];
-                    let row = &acc[(k + s as usize) % 20..][..n];
-                    let mut want = [0i32; MAX_NP];
-                    requant_row(row, &mut want, m, s, max, None);
-                    for (j, &a) in row.iter().enumerate() {
-                        assert_eq!(i64::from(want[j]), rq(i64::from(a), m, s).clamp(-i64::from(max), i64::from(max)));
-                    }
-                    for &simd in &simds {
-                        let mut got = [i32::MIN; MAX_NP];
-                        requant_row(row, &mut got, m, s, max, Some(simd));
-                        assert_eq!(got[..n], want[..n], "{simd:?} m {m} s {s} max {max} n {n}");
-                        ran += 1;
-                    }
-                }
-            }
-        }
+        let ran = check::<i8>(&acc) + check::<i16>(&acc);
         assert!(ran > 0 || !std::arch::is_x86_feature_detected!("avx2"), "the vector paths did not run");
     }
 
