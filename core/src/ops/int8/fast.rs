@@ -323,31 +323,68 @@ pub(crate) fn qconv2d<X: QElem, Y: QElem>(
 }
 
 /// A 1×1 convolution of a 1×1 map (a linear layer on the time embedding): per output channel one dot product
-/// of its weight row, read in place, with the input as bytes `x + 128`, 64 products per `vpdpbusd` (AVX-512
-/// VNNI and BW for the masked tail); `128·Σw` is summed the same way and taken off. `false` without those
-/// instruction sets or where the sizes do not match.
+/// of its weight row, read in place. With AVX-512 VNNI and BW (the masked tail) the input is taken as bytes
+/// `x + 128`, 64 products per `vpdpbusd`, and `128·Σw`, summed the same way, taken off; else with AVX2 both
+/// are widened to i16, 16 products per `vpmaddwd`. `false` without those instruction sets or where the sizes do
+/// not match.
 fn matvec<Y: QElem>(out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
-    let ci = g.ci;
     let vnni = has_vnni() && std::arch::is_x86_feature_detected!("avx512bw");
-    if !vnni || ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
+    (vnni || std::arch::is_x86_feature_detected!("avx2")) && matvec_with(vnni, out, x, w, brq, g)
+}
+
+/// [`matvec`] with AVX-512 VNNI (`vnni`) or AVX2, which the CPU has.
+fn matvec_with<Y: QElem>(vnni: bool, out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
+    let ci = g.ci;
+    if ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
         return false;
     }
     let mut xq = INPUT.take();
-    xq.clear();
-    xq.resize(ci.div_ceil(4), 0);
-    for (word, quad) in xq.iter_mut().zip(x[..ci].chunks(4)) {
-        *word = quad.iter().enumerate().fold(0, |a, (b, &v)| a | lane_bits(i32::from(v), b, Form::Quad));
+    if vnni {
+        xq.clear();
+        xq.resize(ci.div_ceil(4), 0);
+        for (word, quad) in xq.iter_mut().zip(x[..ci].chunks(4)) {
+            *word = quad.iter().enumerate().fold(0, |a, (b, &v)| a | lane_bits(i32::from(v), b, Form::Quad));
+        }
     }
     for (co, o) in out[..g.co].iter_mut().enumerate() {
         let row = &w[co * ci..][..ci];
-        // SAFETY: AVX-512F/BW/VNNI checked above; the input words hold `ci` bytes (and up to 3 more, which the
-        // masked tail does not read), the row `ci` bytes.
-        let (dot, sum) = unsafe { dot_quad(xq.as_ptr().cast(), row.as_ptr(), ci) };
-        let acc = brq[3 * co].wrapping_add(dot).wrapping_sub(sum.wrapping_mul(128));
+        let acc = if vnni {
+            // SAFETY: the caller checked AVX-512F/BW/VNNI; the input words hold `ci` bytes (and up to 3 more,
+            // which the masked tail does not read), the row `ci` bytes.
+            let (dot, sum) = unsafe { dot_quad(xq.as_ptr().cast(), row.as_ptr(), ci) };
+            brq[3 * co].wrapping_add(dot).wrapping_sub(sum.wrapping_mul(128))
+        } else {
+            // SAFETY: the caller checked AVX2; the input and the row hold `ci` bytes.
+            brq[3 * co].wrapping_add(unsafe { dot_pair(x.as_ptr(), row.as_ptr(), ci) })
+        };
         *o = Y::sat(rq(i64::from(acc), brq[3 * co + 1], brq[3 * co + 2] as u32));
     }
     INPUT.set(xq);
     true
+}
+
+/// `Σ x[i]·w[i]` over `n` signed bytes with a wrapping i32 sum: 16 at a time widened to i16 (`vpmaddwd`), the
+/// rest one at a time.
+///
+/// # Safety
+/// AVX2; `x[..n]` and `w[..n]` readable.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_pair(x: *const i8, w: *const i8, n: usize) -> i32 {
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    // SAFETY (whole body): whole blocks of 16 below `n`, then single bytes below `n`.
+    unsafe {
+        while i + 16 <= n {
+            let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(i).cast()));
+            let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(i).cast()));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+            i += 16;
+        }
+        let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        (i..n).fold(_mm_cvtsi128_si32(s), |a, j| a.wrapping_add(i32::from(*x.add(j)) * i32::from(*w.add(j))))
+    }
 }
 
 /// `(Σ u[i]·w[i], Σ w[i])` over `n` bytes, `u` unsigned and `w` signed, with wrapping i32 sums.
@@ -1175,8 +1212,8 @@ mod tests {
         }
     }
 
-    /// Linear layers on a 1×1 map (the dot-product path): the portable kernel's integers, for input widths
-    /// that leave a partial block of 64 and saturating outputs.
+    /// Linear layers on a 1×1 map (the dot-product path, with each instruction set the CPU has): the portable
+    /// kernel's integers, for input widths that leave a partial block of 64 (and of 16) and saturating outputs.
     #[test]
     fn matvec_matches_the_portable_kernel() {
         for (ci, co, seed) in [(512, 256, 1u64), (130, 7, 2), (3, 40, 3), (64, 64, 4)] {
@@ -1190,13 +1227,20 @@ mod tests {
                 .collect();
             let mut want = vec![0i8; co];
             super::super::qconv2d(&mut want, &x, &w, &brq, &g, 0);
-            let mut got = vec![0i8; co];
-            if !matvec(&mut got, &x, &w, &brq, &g) {
-                eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
-                return;
-            }
             assert!(want.iter().any(|&v| v != 0) && (ci < 64 || want.iter().any(|&v| v.abs() == 127)), "ci {ci}: weak");
-            assert_eq!(got, want, "ci {ci} co {co}");
+            let mut isas = Vec::new();
+            if has_vnni() && std::arch::is_x86_feature_detected!("avx512bw") {
+                isas.push(true);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                isas.push(false);
+            }
+            assert_eq!(isas.is_empty(), !matvec(&mut vec![0i8; co], &x, &w, &brq, &g));
+            for vnni in isas {
+                let mut got = vec![0i8; co];
+                assert!(matvec_with(vnni, &mut got, &x, &w, &brq, &g));
+                assert_eq!(got, want, "ci {ci} co {co} vnni {vnni}");
+            }
         }
     }
 }
