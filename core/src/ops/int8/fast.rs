@@ -497,7 +497,7 @@ fn qconv2d_with<X: QElem, Y: QElem>(
                     let dst = &mut o[r * plane..][..plane];
                     for &(j, d, n) in &runs[..nruns] {
                         if let (Some(to), Some(from)) = (dst.get_mut(d..d + n), ys.get(j..j + n)) {
-                            to.copy_from_slice(from);
+                            copy_short(to, from);
                         }
                     }
                 }
@@ -514,6 +514,25 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     });
     INPUT.set(xq);
     true
+}
+
+/// `to.copy_from_slice(from)` for the short runs of a tile: blocks of 8, 4, 2 and 1 elements, each a fixed-size
+/// copy the compiler inlines (a call of `memcpy` per run costs more than the copy).
+#[inline(always)]
+fn copy_short<Y: Copy>(to: &mut [Y], from: &[Y]) {
+    let mut to_chunks = to.chunks_exact_mut(8);
+    let mut from_chunks = from.chunks_exact(8);
+    for (t, f) in (&mut to_chunks).zip(&mut from_chunks) {
+        t.copy_from_slice(f);
+    }
+    let (mut t, mut f) = (to_chunks.into_remainder(), from_chunks.remainder());
+    for size in [4, 2, 1] {
+        if t.len() >= size && f.len() >= size {
+            let ((th, tr), (fh, fr)) = (t.split_at_mut(size), f.split_at(size));
+            th.copy_from_slice(fh);
+            (t, f) = (tr, fr);
+        }
+    }
 }
 
 /// `ys[j] = Y::sat(rq(acc[j], m, s))` for a row of a tile, the same integers as [`rq`] (the product of two i32
