@@ -119,6 +119,13 @@ fn softmax(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
 /// sum); returns `Σ|p|`.
 #[inline(always)]
 pub(super) fn softmax_body(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
+    let sum = softmax_exp(s, p, last);
+    softmax_divide(s, sum)
+}
+
+/// The first half of [`softmax_body`]: the scores `s` into their table-driven exponentials; returns their sum.
+#[inline(always)]
+pub(super) fn softmax_exp(s: &mut [i32], p: &QAttention<'_>, last: usize) -> i64 {
     let mx = s.iter().copied().max().unwrap_or(0);
     let mut sum = 0i64;
     let z_fast = (32..64).contains(&p.s_score);
@@ -135,6 +142,13 @@ pub(super) fn softmax_body(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u6
         *e = i32::from(p.exp[z.clamp(0, last as i64) as usize]);
         sum += i64::from(*e);
     }
+    sum
+}
+
+/// The second half of [`softmax_body`]: the exponentials `s` into 15-bit probabilities, `(e·2^15 + ⌊sum/2⌋) /
+/// sum` rounded down (`sum` at least 1); returns `Σ|p|`.
+#[inline(always)]
+pub(super) fn softmax_divide(s: &mut [i32], sum: i64) -> u64 {
     let sum = sum.max(1);
     let half = sum / 2;
     // The same quotients in 32 bits when they fit (a 64-bit division is a library call on 32-bit cores):

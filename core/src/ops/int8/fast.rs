@@ -1011,10 +1011,41 @@ macro_rules! compiled_for_simd {
     )*};
 }
 
+/// [`super::attention::softmax_divide`]'s integers with the division in f64, which vectorises (an integer
+/// division does not): where `sum < 2^31` and every `e` lies in `[0, min(2^16, sum + 1))` (so always for the
+/// exponentials of a softmax, `sum` being theirs), the numerator `a = e·2^15 + ⌊sum/2⌋ < 2^32` and the divisor
+/// are exact doubles and `⌊a/sum⌋` is the correctly rounded quotient truncated: a quotient `q + r/sum` with
+/// `0 < r < sum` lies at least `1/sum` below `q + 1`, a relative `1/(a + sum) > 2^−33`, far more than the
+/// rounding's `2^−53`, so the rounded quotient stays below `q + 1` (and at or above `q`, which is exact). The
+/// quotients lie in `[0, 2^15 + 1]` (`e ≤ sum`). Other inputs go to the integer division.
+#[inline(always)]
+fn divide_exact(s: &mut [i32], sum: i64) -> u64 {
+    // The largest `e` as u32 (a negative one is at least 2^31).
+    let top = s.iter().fold(0u32, |a, &e| a.max(e as u32));
+    match u32::try_from(sum.max(1)) {
+        Ok(d) if d < 1 << 31 && top < 1 << 16 && top <= d => {
+            let (df, half) = (f64::from(d), f64::from(d / 2));
+            for e in s.iter_mut() {
+                let q = (f64::from(*e) * 32768.0 + half) / df;
+                // SAFETY: `0 ≤ q < 2^15 + 2` (above), a finite value inside i32.
+                *e = unsafe { q.to_int_unchecked::<i32>() };
+            }
+            // The quotients are not negative: `Σ|p|` is their sum.
+            s.iter().map(|&e| u64::from(e as u32)).sum()
+        }
+        _ => super::attention::softmax_divide(s, sum),
+    }
+}
+
 compiled_for_simd! {
     /// [`super::qsdpa`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    /// The softmax's division by the sum in f64 (see [`divide_exact`]), a closure so that it is inlined (and
+    /// compiled for the wrapper's instruction set).
     fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) =>
-        super::attention::qsdpa_body(out, q, k, v, s, p, super::attention::softmax_body);
+        super::attention::qsdpa_body(out, q, k, v, s, p, |s, p, last| {
+            let sum = super::attention::softmax_exp(s, p, last);
+            divide_exact(s, sum)
+        });
     /// [`super::qadd`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
     fn qadd(
         out: &mut super::QMut<'_>,
@@ -1229,6 +1260,43 @@ mod tests {
         } else if simd().is_some() {
             assert!(done.iter().all(|&d| d == 64 || d == 77), "{done:?}");
         }
+    }
+
+    /// The softmax's division in f64 gives the integer division's quotients and `Σ|p|`: exponentials up to
+    /// 2^16 − 1 with small and large sums (past 2^31, and sums below an element, for the integer fallback),
+    /// negative values, and ties of the rounding.
+    #[test]
+    fn divide_exact_is_the_integer_division() {
+        let mut cases: Vec<(Vec<i32>, i64)> = Vec::new();
+        for (n, hi, seed) in [(49, 32767, 1u64), (196, 65535, 2), (7, 3, 3), (1, 65535, 4), (40_000, 65535, 5)] {
+            let e = ints(n, seed, 0, hi);
+            let sum = e.iter().map(|&v| i64::from(v)).sum();
+            cases.push((e, sum));
+        }
+        cases.push((vec![0; 9], 0));
+        cases.push((vec![1, 1, 2, 3, 5, 8, 13], 2)); // a sum below some elements
+        cases.push((vec![3, -4, 100], 99)); // a negative exponential
+        cases.push((vec![65535; 3], (1 << 31) - 1));
+        cases.push((vec![65535, 1, 2, 3], (1 << 31) + 5));
+        // Numerators `e·2^15 + ⌊sum/2⌋` that are exact multiples of the sum, or one short of one.
+        let mut edges = 0;
+        let big = [99_991, 1_000_003, 123_456_789, (1 << 31) - 1];
+        for d in (0..300).map(|k| 3 + 997 * k).chain(big) {
+            let near = |e: &i32| [0, 1].into_iter().any(|k| (i64::from(*e) * 32768 + d / 2 + k) % d == 0);
+            let e: Vec<i32> = (0..=d.min(65535) as i32).filter(near).collect();
+            edges += e.len();
+            cases.push((e, d));
+        }
+        assert!(edges > 200, "{edges}");
+        let mut fast = 0;
+        for (e, sum) in cases {
+            let (mut want, mut got) = (e.clone(), e.clone());
+            let psum = super::super::attention::softmax_divide(&mut want, sum);
+            assert_eq!(divide_exact(&mut got, sum), psum, "sum {sum}");
+            assert_eq!(got, want, "sum {sum}");
+            fast += usize::from(sum > 0 && sum < 1 << 31 && e.iter().all(|&v| (0..=sum as i32).contains(&v)));
+        }
+        assert!(fast >= 6, "{fast}: the f64 path ran too rarely");
     }
 
     /// Linear layers on a 1×1 map (the dot-product path, with each instruction set the CPU has): the portable
