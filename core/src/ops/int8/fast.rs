@@ -464,14 +464,19 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     });
     let grid = Grid::new(g, k.np);
     let mut xq = INPUT.take();
-    pack_input(&mut xq, x, g, pad, k.form, taps.groups);
+    let simd = simd();
+    if simd.is_some() {
+        // SAFETY: `simd` found AVX2 (which AVX-512 CPUs have too).
+        unsafe { pack_input_avx2(&mut xq, x, g, pad, k.form, taps.groups) };
+    } else {
+        pack_input(&mut xq, x, g, pad, k.form, taps.groups);
+    }
     // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
     if grid.pixels + taps.max_offset() > xq.len() {
         INPUT.set(xq);
         return false;
     }
     let run = k.entry(g.kw);
-    let simd = simd();
     let xs = &xq[..];
     par::for_each_chunk(&mut out[..g.co * plane], k.mr * plane, |blk, o| {
         let nco = o.len() / plane;
@@ -673,9 +678,19 @@ fn pack_group<const KHW: usize, const L: usize>(group: &[i8], dst: &mut [u32], r
     true
 }
 
+/// [`pack_input`] compiled for AVX2, so that its loops vectorise 32 bytes wide.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn pack_input_avx2<X: QElem>(xq: &mut Vec<u32>, x: &[X], g: &Conv2dShape, pad: X, form: Form, groups: usize) {
+    pack_input(xq, x, g, pad, form, groups);
+}
+
 /// Copies `x` (ci, h, w) into `xq` (groups, hp, rs) with its channels interleaved in groups of `form.lanes()`
 /// and every position outside the input holding `pad`. Channels past `ci` in the last group read as `pad`
 /// too (their weights are zero).
+#[inline(always)]
 fn pack_input<X: QElem>(xq: &mut Vec<u32>, x: &[X], g: &Conv2dShape, pad: X, form: Form, groups: usize) {
     let (_, hp, rs) = g.scratch_shape();
     let [pt, pl, _, _] = g.pad;
