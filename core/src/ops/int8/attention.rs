@@ -30,7 +30,7 @@ pub struct QAttention<'a> {
 /// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it (the same integers).
 pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p) {
+    if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p).is_some() {
         return;
     }
     qsdpa_body(out, q, k, v, scores, p, softmax);

@@ -41,7 +41,7 @@ pub fn qadd(
     kernels: Kernels,
 ) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if kernels == Kernels::Fast && super::fast::qadd(out, a, b, ma, mb, shift, hw, b_per_channel) {
+    if kernels == Kernels::Fast && super::fast::qadd(out, a, b, ma, mb, shift, hw, b_per_channel).is_some() {
         return;
     }
     let _ = kernels;
@@ -186,7 +186,7 @@ fn typed_add<O: QElem>(
 /// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loop compiled for it.
 pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32, kernels: Kernels) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if kernels == Kernels::Fast && super::fast::qcopy(out, at, x, m, s) {
+    if kernels == Kernels::Fast && super::fast::qcopy(out, at, x, m, s).is_some() {
         return;
     }
     let _ = kernels;

@@ -987,22 +987,25 @@ fn simd() -> Option<Simd> {
     }
 }
 
-/// Each `fn name(args) => body;` becomes `pub(crate) fn name(args) -> bool` that runs `body` compiled for the
-/// CPU's [`Simd`] (an `#[inline(always)]` portable loop of the op's own module, inlined into a function with that
-/// instruction set, so that LLVM vectorises it 16 or 8 lanes wide with the same integer operations) and
-/// returns `true`, or returns `false` without running it where the CPU has neither.
+/// Each `fn name(args) -> T => body;` becomes `pub(crate) fn name(args) -> Option<T>` (`T` is `()` when left
+/// out) that runs `body` compiled for the CPU's [`Simd`] (an `#[inline(always)]` portable loop of the op's own
+/// module, inlined into a function with that instruction set, so that LLVM vectorises it 16 or 8 lanes wide
+/// with the same integer operations) and returns its value, or returns `None` without running it where the
+/// CPU has neither.
 macro_rules! compiled_for_simd {
-    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:expr;)*) => {$(
+    (@ret) => { () };
+    (@ret $ret:ty) => { $ret };
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:expr;)*) => {$(
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        pub(crate) fn $name($($arg: $ty),*) -> bool {
+        pub(crate) fn $name($($arg: $ty),*) -> Option<compiled_for_simd!(@ret $($ret)?)> {
             /// The body compiled for [`Simd::Avx512`].
             ///
             /// # Safety
             /// The CPU has AVX-512 F, BW, DQ and VL.
             #[allow(clippy::too_many_arguments)]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-            unsafe fn avx512($($arg: $ty),*) {
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                 $body
             }
             /// The body compiled for [`Simd::Avx2`].
@@ -1011,17 +1014,15 @@ macro_rules! compiled_for_simd {
             /// The CPU has AVX2 and FMA.
             #[allow(clippy::too_many_arguments)]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 $body
             }
-            match simd() {
+            match simd()? {
                 // SAFETY: `simd` found the instruction sets of the function called.
-                Some(Simd::Avx512) => unsafe { avx512($($arg),*) },
+                Simd::Avx512 => Some(unsafe { avx512($($arg),*) }),
                 // SAFETY: as above.
-                Some(Simd::Avx2) => unsafe { avx2($($arg),*) },
-                None => return false,
+                Simd::Avx2 => Some(unsafe { avx2($($arg),*) }),
             }
-            true
         }
     )*};
 }
@@ -1075,6 +1076,9 @@ compiled_for_simd! {
     /// [`super::qcopy`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
     fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) =>
         super::elementwise::qcopy_body(out, at, x, m, s);
+    /// [`super::qgroup_norm`]'s statistics of a group on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    fn group_sums(out: &super::QMut<'_>, x: super::Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) =>
+        super::group_norm::sums(out, x, range);
 }
 
 #[cfg(test)]
@@ -1248,7 +1252,7 @@ mod tests {
         let x: Vec<i16> = ints(300, 5, -32767, 32767).into_iter().map(|v| v as i16).collect();
         let (mut want, mut got) = (vec![0i8; 310], vec![0i8; 310]);
         super::super::elementwise::qcopy_body(&mut QMut::I8(&mut want), 7, QRef::I16(&x), 1 << 30, 38);
-        let ran = qcopy(&mut QMut::I8(&mut got), 7, QRef::I16(&x), 1 << 30, 38);
+        let ran = qcopy(&mut QMut::I8(&mut got), 7, QRef::I16(&x), 1 << 30, 38).is_some();
         let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
         assert_eq!(ran, avx2);
         assert!(want.iter().any(|&v| v.abs() == 127) && want.iter().any(|&v| v.abs() < 100), "weak");
