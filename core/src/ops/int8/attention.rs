@@ -27,7 +27,8 @@ pub struct QAttention<'a> {
 
 /// Multi-head attention core in integers: scores, a table-driven softmax with 15-bit probabilities, and the
 /// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32. With
-/// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it (the same integers).
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it, the softmax's division
+/// in f64 where that is exact (the same integers).
 pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
     if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p).is_some() {
@@ -146,7 +147,7 @@ pub(super) fn softmax_exp(s: &mut [i32], p: &QAttention<'_>, last: usize) -> i64
 }
 
 /// The second half of [`softmax_body`]: the exponentials `s` into 15-bit probabilities, `(e·2^15 + ⌊sum/2⌋) /
-/// sum` rounded down (`sum` at least 1); returns `Σ|p|`.
+/// sum` in integers (rounded toward zero; `sum` at least 1); returns `Σ|p|`.
 #[inline(always)]
 pub(super) fn softmax_divide(s: &mut [i32], sum: i64) -> u64 {
     let sum = sum.max(1);

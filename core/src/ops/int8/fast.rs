@@ -1,8 +1,17 @@
-//! Integer convolution for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets:
-//! AVX-512 VNNI (`vpdpbusd`: four u8 × i8 products summed into each i32 lane, and `vpdpwssd`, two i16 × i16
-//! products, for i16 activations), else AVX2 (`vpmaddwd`, two i16 products per lane, then an add), else none (the
-//! portable kernel runs). Integer sums are exact, so every kernel gives the bits of the portable
-//! [`super::qconv2d`]: on every machine, for any thread count, in both kernel modes.
+//! Integer kernels for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets. Integer
+//! arithmetic is exact, so every kernel gives the bits of the portable one: on every machine, for any thread
+//! count, in both kernel modes.
+//!
+//! - Convolution ([`super::qconv2d`]): AVX-512 VNNI (`vpdpbusd`: four u8 × i8 products summed into each i32
+//!   lane, and `vpdpwssd`, two i16 × i16 products, for i16 activations), else AVX2 (`vpmaddwd`, two i16 products
+//!   per lane, then an add), else none (the portable kernel runs). A tile's rows are requantized with AVX-512F
+//!   or AVX2 (64-bit products, see [`requant_row`]), the input packed with a loop compiled for AVX2. Linear
+//!   layers on a 1×1 map are dot products ([`matvec`]): AVX-512 VNNI, else AVX2.
+//! - Group norm ([`super::qgroup_norm`]): the per-element affine map and its lookup table with AVX-512BW (and
+//!   VBMI for the table), else AVX2 ([`affine_i8`]); the group statistics compiled for AVX-512 or AVX2.
+//! - Attention ([`super::qsdpa`]), adds ([`super::qadd`]) and requantizing copies ([`super::qcopy`]): the
+//!   portable loops compiled for AVX-512 (F, BW, DQ, VL), else AVX2 (`compiled_for_simd!`), so that they
+//!   vectorise; the softmax divides in f64 where that is exact ([`divide_exact`]).
 //!
 //! The microkernel is the float one's (`ops/fast.rs`): a tile of output channels × positions along the padded
 //! rows (`p = y·rs + x`, the same [`Grid`]) held in registers for the whole reduction, so that for stride 1 each
@@ -1054,7 +1063,7 @@ fn divide_exact(s: &mut [i32], sum: i64) -> u64 {
 }
 
 compiled_for_simd! {
-    /// [`super::qsdpa`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    /// [`super::qsdpa`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
     /// The softmax's division by the sum in f64 (see [`divide_exact`]), a closure so that it is inlined (and
     /// compiled for the wrapper's instruction set).
     fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) =>
@@ -1062,7 +1071,7 @@ compiled_for_simd! {
             let sum = super::attention::softmax_exp(s, p, last);
             divide_exact(s, sum)
         });
-    /// [`super::qadd`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    /// [`super::qadd`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
     fn qadd(
         out: &mut super::QMut<'_>,
         a: super::Src<'_>,
@@ -1073,10 +1082,10 @@ compiled_for_simd! {
         hw: usize,
         per_channel: bool,
     ) => super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
-    /// [`super::qcopy`]'s work on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    /// [`super::qcopy`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
     fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) =>
         super::elementwise::qcopy_body(out, at, x, m, s);
-    /// [`super::qgroup_norm`]'s statistics of a group on AVX-512 or AVX2 (see [`compiled_for_simd`]).
+    /// [`super::qgroup_norm`]'s statistics of a group on AVX-512 or AVX2 (see `compiled_for_simd!`).
     fn group_sums(out: &super::QMut<'_>, x: super::Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) =>
         super::group_norm::sums(out, x, range);
 }
