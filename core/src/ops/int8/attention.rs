@@ -27,10 +27,11 @@ pub struct QAttention<'a> {
 
 /// Multi-head attention core in integers: scores, a table-driven softmax with 15-bit probabilities, and the
 /// probability-weighted sum of `v`. `q`, `k`, `v`, `out` are `(c, n)`; `scores` holds `n` i32. With
-/// [`Kernels::Fast`] on an x86-64 host with AVX-512BW the same loops compiled for it (the same integers).
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it, the softmax's division
+/// in f64 where that is exact (the same integers).
 pub fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &QAttention<'_>) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p) {
+    if p.kernels == Kernels::Fast && super::fast::qsdpa(out, q, k, v, scores, p).is_some() {
         return;
     }
     qsdpa_body(out, q, k, v, scores, p, softmax);
@@ -119,6 +120,13 @@ fn softmax(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
 /// sum); returns `Σ|p|`.
 #[inline(always)]
 pub(super) fn softmax_body(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u64 {
+    let sum = softmax_exp(s, p, last);
+    softmax_divide(s, sum)
+}
+
+/// The first half of [`softmax_body`]: the scores `s` into their table-driven exponentials; returns their sum.
+#[inline(always)]
+pub(super) fn softmax_exp(s: &mut [i32], p: &QAttention<'_>, last: usize) -> i64 {
     let mx = s.iter().copied().max().unwrap_or(0);
     let mut sum = 0i64;
     let z_fast = (32..64).contains(&p.s_score);
@@ -135,6 +143,13 @@ pub(super) fn softmax_body(s: &mut [i32], p: &QAttention<'_>, last: usize) -> u6
         *e = i32::from(p.exp[z.clamp(0, last as i64) as usize]);
         sum += i64::from(*e);
     }
+    sum
+}
+
+/// The second half of [`softmax_body`]: the exponentials `s` into 15-bit probabilities, `(e·2^15 + ⌊sum/2⌋) /
+/// sum` in integers (rounded toward zero; `sum` at least 1); returns `Σ|p|`.
+#[inline(always)]
+pub(super) fn softmax_divide(s: &mut [i32], sum: i64) -> u64 {
     let sum = sum.max(1);
     let half = sum / 2;
     // The same quotients in 32 bits when they fit (a 64-bit division is a library call on 32-bit cores):

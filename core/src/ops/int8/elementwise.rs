@@ -26,7 +26,7 @@ pub fn qclass_embed(out: &mut QMut<'_>, x: Src<'_>, row: &[f32], sx: f32, so: f3
 }
 
 /// `out = sat((a·ma + b·mb + 2^(shift−1)) >> shift)`; `b` is broadcast over each channel's `hw` pixels when
-/// `b_per_channel`. With [`Kernels::Fast`] on an x86-64 host with AVX-512 the same loops compiled for it (the
+/// `b_per_channel`. With [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loops compiled for it (the
 /// same integers).
 #[allow(clippy::too_many_arguments)] // two operands, their multipliers, the shift, the broadcast flag, the kernels
 pub fn qadd(
@@ -41,7 +41,7 @@ pub fn qadd(
     kernels: Kernels,
 ) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if kernels == Kernels::Fast && super::fast::qadd(out, a, b, ma, mb, shift, hw, b_per_channel) {
+    if kernels == Kernels::Fast && super::fast::qadd(out, a, b, ma, mb, shift, hw, b_per_channel).is_some() {
         return;
     }
     let _ = kernels;
@@ -183,10 +183,10 @@ fn typed_add<O: QElem>(
 }
 
 /// `out[at + i] = sat(rq(x[i], m, s))`: a requantizing copy (one half of a concatenation). With
-/// [`Kernels::Fast`] on an x86-64 host with AVX-512 the same loop compiled for it.
+/// [`Kernels::Fast`] on an x86-64 host with AVX-512 or AVX2 the same loop compiled for it.
 pub fn qcopy(out: &mut QMut<'_>, at: usize, x: QRef<'_>, m: i32, s: u32, kernels: Kernels) {
     #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if kernels == Kernels::Fast && super::fast::qcopy(out, at, x, m, s) {
+    if kernels == Kernels::Fast && super::fast::qcopy(out, at, x, m, s).is_some() {
         return;
     }
     let _ = kernels;

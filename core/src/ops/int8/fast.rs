@@ -1,8 +1,17 @@
-//! Integer convolution for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets:
-//! AVX-512 VNNI (`vpdpbusd`: four u8 × i8 products summed into each i32 lane, and `vpdpwssd`, two i16 × i16
-//! products, for i16 activations), else AVX2 (`vpmaddwd`, two i16 products per lane, then an add), else none (the
-//! portable kernel runs). Integer sums are exact, so every kernel gives the bits of the portable
-//! [`super::qconv2d`]: on every machine, for any thread count, in both kernel modes.
+//! Integer kernels for x86-64 hosts (feature `std`), chosen at run time by the CPU's instruction sets. Integer
+//! arithmetic is exact, so every kernel gives the bits of the portable one: on every machine, for any thread
+//! count, in both kernel modes.
+//!
+//! - Convolution ([`super::qconv2d`]): AVX-512 VNNI (`vpdpbusd`: four u8 × i8 products summed into each i32
+//!   lane, and `vpdpwssd`, two i16 × i16 products, for i16 activations), else AVX2 (`vpmaddwd`, two i16 products
+//!   per lane, then an add), else none (the portable kernel runs). A tile's rows are requantized with AVX-512F
+//!   or AVX2 (64-bit products, see [`requant_row`]), the input packed with a loop compiled for AVX2. Linear
+//!   layers on a 1×1 map are dot products ([`matvec`]): AVX-512 VNNI, else AVX2.
+//! - Group norm ([`super::qgroup_norm`]): the per-element affine map and its lookup table with AVX-512BW (and
+//!   VBMI for the table), else AVX2 ([`affine_i8`]); the group statistics compiled for AVX-512 or AVX2.
+//! - Attention ([`super::qsdpa`]), adds ([`super::qadd`]) and requantizing copies ([`super::qcopy`]): the
+//!   portable loops compiled for AVX-512 (F, BW, DQ, VL), else AVX2 (`compiled_for_simd!`), so that they
+//!   vectorise; the softmax divides in f64 where that is exact ([`divide_exact`]).
 //!
 //! The microkernel is the float one's (`ops/fast.rs`): a tile of output channels × positions along the padded
 //! rows (`p = y·rs + x`, the same [`Grid`]) held in registers for the whole reduction, so that for stride 1 each
@@ -323,31 +332,68 @@ pub(crate) fn qconv2d<X: QElem, Y: QElem>(
 }
 
 /// A 1×1 convolution of a 1×1 map (a linear layer on the time embedding): per output channel one dot product
-/// of its weight row, read in place, with the input as bytes `x + 128`, 64 products per `vpdpbusd` (AVX-512
-/// VNNI and BW for the masked tail); `128·Σw` is summed the same way and taken off. `false` without those
-/// instruction sets or where the sizes do not match.
+/// of its weight row, read in place. With AVX-512 VNNI and BW (the masked tail) the input is taken as bytes
+/// `x + 128`, 64 products per `vpdpbusd`, and `128·Σw`, summed the same way, taken off; else with AVX2 both
+/// are widened to i16, 16 products per `vpmaddwd`. `false` without those instruction sets or where the sizes do
+/// not match.
 fn matvec<Y: QElem>(out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
-    let ci = g.ci;
     let vnni = has_vnni() && std::arch::is_x86_feature_detected!("avx512bw");
-    if !vnni || ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
+    (vnni || std::arch::is_x86_feature_detected!("avx2")) && matvec_with(vnni, out, x, w, brq, g)
+}
+
+/// [`matvec`] with AVX-512 VNNI (`vnni`) or AVX2, which the CPU has.
+fn matvec_with<Y: QElem>(vnni: bool, out: &mut [Y], x: &[i8], w: &[i8], brq: &[i32], g: &Conv2dShape) -> bool {
+    let ci = g.ci;
+    if ci == 0 || x.len() < ci || w.len() < g.co * ci || brq.len() < 3 * g.co || out.len() < g.co {
         return false;
     }
     let mut xq = INPUT.take();
-    xq.clear();
-    xq.resize(ci.div_ceil(4), 0);
-    for (word, quad) in xq.iter_mut().zip(x[..ci].chunks(4)) {
-        *word = quad.iter().enumerate().fold(0, |a, (b, &v)| a | lane_bits(i32::from(v), b, Form::Quad));
+    if vnni {
+        xq.clear();
+        xq.resize(ci.div_ceil(4), 0);
+        for (word, quad) in xq.iter_mut().zip(x[..ci].chunks(4)) {
+            *word = quad.iter().enumerate().fold(0, |a, (b, &v)| a | lane_bits(i32::from(v), b, Form::Quad));
+        }
     }
     for (co, o) in out[..g.co].iter_mut().enumerate() {
         let row = &w[co * ci..][..ci];
-        // SAFETY: AVX-512F/BW/VNNI checked above; the input words hold `ci` bytes (and up to 3 more, which the
-        // masked tail does not read), the row `ci` bytes.
-        let (dot, sum) = unsafe { dot_quad(xq.as_ptr().cast(), row.as_ptr(), ci) };
-        let acc = brq[3 * co].wrapping_add(dot).wrapping_sub(sum.wrapping_mul(128));
+        let acc = if vnni {
+            // SAFETY: the caller checked AVX-512F/BW/VNNI; the input words hold `ci` bytes (and up to 3 more,
+            // which the masked tail does not read), the row `ci` bytes.
+            let (dot, sum) = unsafe { dot_quad(xq.as_ptr().cast(), row.as_ptr(), ci) };
+            brq[3 * co].wrapping_add(dot).wrapping_sub(sum.wrapping_mul(128))
+        } else {
+            // SAFETY: the caller checked AVX2; the input and the row hold `ci` bytes.
+            brq[3 * co].wrapping_add(unsafe { dot_pair(x.as_ptr(), row.as_ptr(), ci) })
+        };
         *o = Y::sat(rq(i64::from(acc), brq[3 * co + 1], brq[3 * co + 2] as u32));
     }
     INPUT.set(xq);
     true
+}
+
+/// `Σ x[i]·w[i]` over `n` signed bytes with a wrapping i32 sum: 16 at a time widened to i16 (`vpmaddwd`), the
+/// rest one at a time.
+///
+/// # Safety
+/// AVX2; `x[..n]` and `w[..n]` readable.
+#[target_feature(enable = "avx2")]
+unsafe fn dot_pair(x: *const i8, w: *const i8, n: usize) -> i32 {
+    let mut acc = _mm256_setzero_si256();
+    let mut i = 0;
+    // SAFETY (whole body): whole blocks of 16 below `n`, then single bytes below `n`.
+    unsafe {
+        while i + 16 <= n {
+            let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(i).cast()));
+            let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(i).cast()));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xv, wv));
+            i += 16;
+        }
+        let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256::<1>(acc));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        (i..n).fold(_mm_cvtsi128_si32(s), |a, j| a.wrapping_add(i32::from(*x.add(j)) * i32::from(*w.add(j))))
+    }
 }
 
 /// `(Σ u[i]·w[i], Σ w[i])` over `n` bytes, `u` unsigned and `w` signed, with wrapping i32 sums.
@@ -427,14 +473,19 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     });
     let grid = Grid::new(g, k.np);
     let mut xq = INPUT.take();
-    pack_input(&mut xq, x, g, pad, k.form, taps.groups);
+    let simd = simd();
+    if simd.is_some() {
+        // SAFETY: `simd` found AVX2 (which AVX-512 CPUs have too).
+        unsafe { pack_input_avx2(&mut xq, x, g, pad, k.form, taps.groups) };
+    } else {
+        pack_input(&mut xq, x, g, pad, k.form, taps.groups);
+    }
     // Every read of every tile lies below `pixels − 1 + max_offset`; refuse a geometry where it would not.
     if grid.pixels + taps.max_offset() > xq.len() {
         INPUT.set(xq);
         return false;
     }
     let run = k.entry(g.kw);
-    let wide_requant = std::arch::is_x86_feature_detected!("avx512f");
     let xs = &xq[..];
     par::for_each_chunk(&mut out[..g.co * plane], k.mr * plane, |blk, o| {
         let nco = o.len() / plane;
@@ -453,14 +504,14 @@ fn qconv2d_with<X: QElem, Y: QElem>(
                 // holds `len·mr` words and bias `mr` (checked above), acc `mr·np`.
                 unsafe { run(xs[p0..].as_ptr(), wq.as_ptr(), &taps, bias.as_ptr(), acc.as_mut_ptr()) };
                 let nruns = grid.runs(p0, &mut runs);
-                let mut ys = [0i32; MAX_NP];
+                let mut ys = [Y::ZERO; MAX_NP];
                 for (r, row) in acc.chunks_exact(k.np).take(nco).enumerate() {
                     let (m, sh) = (brq[3 * (co0 + r) + 1], brq[3 * (co0 + r) + 2] as u32);
-                    requant_row(row, &mut ys, m, sh, Y::MAX, wide_requant);
+                    requant_row(row, &mut ys, m, sh, simd);
                     let dst = &mut o[r * plane..][..plane];
                     for &(j, d, n) in &runs[..nruns] {
                         if let (Some(to), Some(from)) = (dst.get_mut(d..d + n), ys.get(j..j + n)) {
-                            to.iter_mut().zip(from).for_each(|(t, &y)| *t = Y::sat(i64::from(y)));
+                            copy_short(to, from);
                         }
                     }
                 }
@@ -479,39 +530,129 @@ fn qconv2d_with<X: QElem, Y: QElem>(
     true
 }
 
-/// `ys[j] = clamp(rq(acc[j], m, s), ±max)` for a row of a tile: eight lanes at a time in 64-bit arithmetic with
-/// AVX-512F (`simd`; the same integers as [`rq`]: the product of two i32 is exact, the rest are the same
-/// wrapping add and arithmetic shift), else one at a time.
-fn requant_row(acc: &[i32], ys: &mut [i32; MAX_NP], m: i32, s: u32, max: i32, simd: bool) {
-    let n = acc.len().min(MAX_NP);
-    if simd && s <= 62 && n.is_multiple_of(8) {
-        // SAFETY: AVX-512F is present (`simd`); the loop reads `acc[..n]` and writes `ys[..n]`, n ≤ both lengths.
-        unsafe { requant_row_avx512(acc.as_ptr(), ys.as_mut_ptr(), n, m, s, max) };
-        return;
+/// `to.copy_from_slice(from)` for the short runs of a tile: blocks of 8, 4, 2 and 1 elements, each a fixed-size
+/// copy the compiler inlines (a call of `memcpy` per run costs more than the copy).
+#[inline(always)]
+fn copy_short<Y: Copy>(to: &mut [Y], from: &[Y]) {
+    let mut to_chunks = to.chunks_exact_mut(8);
+    let mut from_chunks = from.chunks_exact(8);
+    for (t, f) in (&mut to_chunks).zip(&mut from_chunks) {
+        t.copy_from_slice(f);
     }
-    for (y, &a) in ys.iter_mut().zip(&acc[..n]) {
-        *y = rq(i64::from(a), m, s).clamp(-i64::from(max), i64::from(max)) as i32;
+    let (mut t, mut f) = (to_chunks.into_remainder(), from_chunks.remainder());
+    for size in [4, 2, 1] {
+        if t.len() >= size && f.len() >= size {
+            let ((th, tr), (fh, fr)) = (t.split_at_mut(size), f.split_at(size));
+            th.copy_from_slice(fh);
+            (t, f) = (tr, fr);
+        }
     }
 }
 
-/// See [`requant_row`].
+/// `ys[j] = Y::sat(rq(acc[j], m, s))` for a row of a tile, the same integers as [`rq`] (the product of two i32
+/// is exact, the rest are the same wrapping add and arithmetic shift): with [`Simd::Avx512`] eight lanes at a
+/// time in 64-bit arithmetic, with [`Simd::Avx2`] eight at a time as two vectors of four 64-bit products, else
+/// (and for a shift past 62, and the last `n % 8` elements) one at a time.
+fn requant_row<Y: QElem>(acc: &[i32], ys: &mut [Y; MAX_NP], m: i32, s: u32, simd: Option<Simd>) {
+    use core::any::TypeId;
+    let n = acc.len().min(MAX_NP);
+    // The vector kernels store i8 or i16 (`wide`): only for those element types.
+    let wide = match TypeId::of::<Y>() {
+        t if t == TypeId::of::<i8>() => Some(false),
+        t if t == TypeId::of::<i16>() => Some(true),
+        _ => None,
+    };
+    let done = match (simd, wide) {
+        _ if s > 62 => 0,
+        // SAFETY (both): the CPU has the instruction set (`simd`); the loop reads `acc[..n − n % 8]` and writes
+        // as many elements of `ys`, whose type is i16 when `wide`, else i8; n ≤ both lengths; `s ≤ 62`.
+        (Some(Simd::Avx512), Some(wide)) => unsafe {
+            requant_row_avx512(acc.as_ptr(), ys.as_mut_ptr().cast(), n / 8, m, s, wide)
+        },
+        (Some(Simd::Avx2), Some(wide)) => unsafe {
+            requant_row_avx2(acc.as_ptr(), ys.as_mut_ptr().cast(), n / 8, m, s, wide)
+        },
+        _ => 0,
+    };
+    for (y, &a) in ys[done..n].iter_mut().zip(&acc[done..n]) {
+        *y = Y::sat(rq(i64::from(a), m, s));
+    }
+}
+
+/// See [`requant_row`]: `blocks` blocks of 8 to `ys`, i16 when `wide` (clamped to ±32767), else i8 (±127);
+/// returns how many elements it did.
 ///
 /// # Safety
-/// AVX-512F; `acc[..n]` readable, `ys[..n]` writable, `n` a multiple of 8, `s ≤ 62`.
-#[target_feature(enable = "avx512f")]
-unsafe fn requant_row_avx512(acc: *const i32, ys: *mut i32, n: usize, m: i32, s: u32, max: i32) {
+/// AVX-512F, BW and VL; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable (elements of its type), `s ≤ 62`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn requant_row_avx512(acc: *const i32, ys: *mut u8, blocks: usize, m: i32, s: u32, wide: bool) -> usize {
+    let max = if wide { i64::from(i16::MAX) } else { i64::from(i8::MAX) };
     let (mv, round) = (_mm512_set1_epi64(i64::from(m)), _mm512_set1_epi64((1i64 << s) >> 1));
-    let (hi, lo, count) =
-        (_mm512_set1_epi64(i64::from(max)), _mm512_set1_epi64(-i64::from(max)), _mm_cvtsi32_si128(s as i32));
-    for i in (0..n).step_by(8) {
-        // SAFETY: i + 8 ≤ n, inside both buffers.
+    let (hi, lo, count) = (_mm512_set1_epi64(max), _mm512_set1_epi64(-max), _mm_cvtsi32_si128(s as i32));
+    for i in (0..8 * blocks).step_by(8) {
+        // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
         unsafe {
             let a = _mm512_cvtepi32_epi64(_mm256_loadu_si256(acc.add(i).cast()));
             let p = _mm512_add_epi64(_mm512_mul_epi32(a, mv), round);
             let y = _mm512_max_epi64(_mm512_min_epi64(_mm512_sra_epi64(p, count), hi), lo);
-            _mm256_storeu_si256(ys.add(i).cast(), _mm512_cvtepi64_epi32(y));
+            if wide {
+                _mm_storeu_si128(ys.add(2 * i).cast(), _mm512_cvtepi64_epi16(y));
+            } else {
+                _mm_storel_epi64(ys.add(i).cast(), _mm512_cvtepi64_epi8(y));
+            }
         }
     }
+    8 * blocks
+}
+
+/// See [`requant_row`]: `blocks` blocks of 8 to `ys`, i16 when `wide` (clamped to ±32767), else i8 (±127), the
+/// even and the odd lanes' exact 64-bit products (`vpmuldq`) apart; returns how many elements it did. With
+/// `32 ≤ s`, `p = acc·m + 2^(s−1)` lies inside ±2^63 without wrapping, so `p >> s` is the high word of `p`
+/// shifted by `s − 32`, in 32-bit lanes. Below that the 64-bit arithmetic shift AVX2 lacks is a logical one of
+/// `p + 2^63` less `2^(63 − s)`, and the clamp two 64-bit compares and blends.
+///
+/// # Safety
+/// AVX2; `acc[..8·blocks]` readable, `ys[..8·blocks]` writable (elements of its type), `s ≤ 62`.
+#[target_feature(enable = "avx2")]
+unsafe fn requant_row_avx2(acc: *const i32, ys: *mut u8, blocks: usize, m: i32, s: u32, wide: bool) -> usize {
+    let max = if wide { i32::from(i16::MAX) } else { i32::from(i8::MAX) };
+    let mv = _mm256_set1_epi64x(i64::from(m));
+    let (hi32, lo32) = (_mm256_set1_epi32(max), _mm256_set1_epi32(-max));
+    let (hi, lo) = (_mm256_set1_epi64x(i64::from(max)), _mm256_set1_epi64x(-i64::from(max)));
+    // `p + 2^63` (the rounding constant's wrapping sum with it) shifted logically, less `2^(63 − s)`.
+    let bias = _mm256_set1_epi64x(((1i64 << s) >> 1).wrapping_add(i64::MIN));
+    let (unbias, count) = (_mm256_set1_epi64x(1i64 << (63 - s)), _mm_cvtsi32_si128(s as i32));
+    let (round, count32) = (_mm256_set1_epi64x((1i64 << s) >> 1), _mm_cvtsi32_si128(s as i32 - 32));
+    let lane = |a: __m256i| {
+        let p = _mm256_add_epi64(_mm256_mul_epi32(a, mv), bias);
+        let y = _mm256_sub_epi64(_mm256_srl_epi64(p, count), unbias);
+        let y = _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
+        _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y))
+    };
+    for i in (0..8 * blocks).step_by(8) {
+        // SAFETY: i + 8 ≤ 8·blocks, inside both buffers.
+        unsafe {
+            let a = _mm256_loadu_si256(acc.add(i).cast());
+            let y = if s >= 32 {
+                let even = _mm256_add_epi64(_mm256_mul_epi32(a, mv), round);
+                let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64::<32>(a), mv), round);
+                // The high words: the even lanes' moved down, the odd lanes' in place.
+                let high = _mm256_blend_epi32::<0b1010_1010>(_mm256_srli_epi64::<32>(even), odd);
+                _mm256_max_epi32(_mm256_min_epi32(_mm256_sra_epi32(high, count32), hi32), lo32)
+            } else {
+                let (even, odd) = (lane(a), lane(_mm256_srli_epi64::<32>(a)));
+                _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd))
+            };
+            // In range: packing with saturation is truncation.
+            let y16 = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256::<1>(y));
+            if wide {
+                _mm_storeu_si128(ys.add(2 * i).cast(), y16);
+            } else {
+                _mm_storel_epi64(ys.add(i).cast(), _mm_packs_epi16(y16, y16));
+            }
+        }
+    }
+    8 * blocks
 }
 
 /// One element of a packed group: a byte `x + 128` of a quad, or an i16 of a pair, at lane `b`.
@@ -546,9 +687,19 @@ fn pack_group<const KHW: usize, const L: usize>(group: &[i8], dst: &mut [u32], r
     true
 }
 
+/// [`pack_input`] compiled for AVX2, so that its loops vectorise 32 bytes wide.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn pack_input_avx2<X: QElem>(xq: &mut Vec<u32>, x: &[X], g: &Conv2dShape, pad: X, form: Form, groups: usize) {
+    pack_input(xq, x, g, pad, form, groups);
+}
+
 /// Copies `x` (ci, h, w) into `xq` (groups, hp, rs) with its channels interleaved in groups of `form.lanes()`
 /// and every position outside the input holding `pad`. Channels past `ci` in the last group read as `pad`
 /// too (their weights are zero).
+#[inline(always)]
 fn pack_input<X: QElem>(xq: &mut Vec<u32>, x: &[X], g: &Conv2dShape, pad: X, form: Form, groups: usize) {
     let (_, hp, rs) = g.scratch_shape();
     let [pt, pl, _, _] = g.pad;
@@ -647,42 +798,52 @@ pub(crate) struct Affine8 {
     pub(crate) ymax: i32,
 }
 
-/// `out[i] = lut(y(x[i]))` (see [`Affine8`]; `x` `None`: `out` itself, i8) over the elements `0 .. n − n % 16`,
-/// 16 at a time with AVX-512BW (and VBMI for the table): returns how many it did (0 without those
-/// instruction sets), the caller does the rest. The same integer operations as the portable loop.
+/// `out[i] = lut(y(x[i]))` (see [`Affine8`]; `x` `None`: `out` itself, i8): with AVX-512BW (and VBMI for the
+/// table) over the elements `0 .. n − n % 16`, 16 at a time, else with AVX2 over all of them, 32 at a time.
+/// Returns how many it did (0 without those instruction sets), the caller does the rest. The same integer
+/// operations as the portable loop.
 pub(crate) fn affine_i8(out: &mut super::QMut<'_>, x: Option<&[i8]>, c: &Affine8, lut: Option<&[i8; 256]>) -> usize {
     use super::QMut;
-    let bw = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
-    if !bw || (lut.is_some() && !std::arch::is_x86_feature_detected!("avx512vbmi")) {
+    use std::arch::is_x86_feature_detected as has;
+    let run: AffineFn = if has!("avx512f") && has!("avx512bw") && (lut.is_none() || has!("avx512vbmi")) {
+        affine16
+    } else if has!("avx2") {
+        affine32
+    } else {
         return 0;
-    }
+    };
     let table = lut.map_or(core::ptr::null(), |t| t.as_ptr());
     match (out, x) {
         (QMut::I8(o), src) => {
-            let n = src.map_or(o.len(), |x| x.len().min(o.len())) / 16;
+            let n = src.map_or(o.len(), |x| x.len().min(o.len()));
             let from = src.map_or(o.as_ptr(), |x| x.as_ptr());
-            // SAFETY: the CPU has AVX-512F/BW (and VBMI where a table is read, checked above); `from` and `o`
-            // hold at least 16·n elements; the table, when there is one, 256 bytes.
-            unsafe { affine16(from, o.as_mut_ptr().cast(), n, c, table, false) };
-            16 * n
+            // SAFETY: the CPU has the kernel's instruction sets (checked above); `from` and `o` hold at least n
+            // elements; the table, when there is one, 256 bytes.
+            unsafe { run(from, o.as_mut_ptr().cast(), n, c, table, false) }
         }
         (QMut::I16(o), Some(x)) => {
-            let n = x.len().min(o.len()) / 16;
-            // SAFETY: as above, `o` holding 16·n i16.
-            unsafe { affine16(x.as_ptr(), o.as_mut_ptr().cast(), n, c, table, true) };
-            16 * n
+            let n = x.len().min(o.len());
+            // SAFETY: as above, `o` holding n i16.
+            unsafe { run(x.as_ptr(), o.as_mut_ptr().cast(), n, c, table, true) }
         }
         (QMut::I16(_), None) => 0,
     }
 }
 
-/// See [`affine_i8`]: `n` blocks of 16 from `x` to `out` (i8, or i16 when `wide`), through `lut` unless null.
+/// `run(x, out, n, c, lut, wide)`: [`affine_i8`] over (a prefix of) the `n` elements of `x`, to `out` (i8, or
+/// i16 when `wide`), through `lut` unless null; returns how many it did.
 ///
 /// # Safety
-/// AVX-512F/BW, and VBMI when `lut` is not null; `x[..16n]` readable, `out[..16n]` writable (elements of its
-/// type), `lut[..256]` readable when not null. `x` and `out` are the same or apart.
+/// The CPU has the kernel's instruction sets; `x[..n]` readable, `out[..n]` writable (elements of its type),
+/// `lut[..256]` readable when not null. `x` and `out` are the same or apart.
+type AffineFn = unsafe fn(*const i8, *mut u8, usize, &Affine8, *const i8, bool) -> usize;
+
+/// An [`AffineFn`] for AVX-512F/BW, and VBMI when `lut` is not null: `n / 16` blocks of 16.
+///
+/// # Safety
+/// As [`AffineFn`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) {
+unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) -> usize {
     let (ah, al, bh, bl) =
         (_mm512_set1_epi32(c.ah), _mm512_set1_epi32(c.al), _mm512_set1_epi32(c.bh), _mm512_set1_epi32(c.bl));
     let (hi, lo, off) = (_mm512_set1_epi32(c.ymax), _mm512_set1_epi32(-c.ymax), _mm512_set1_epi32(128));
@@ -694,7 +855,7 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
         } else {
             core::array::from_fn(|k| _mm512_loadu_si512(lut.add(64 * k).cast()))
         };
-        for i in 0..n {
+        for i in 0..n / 16 {
             let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(x.add(16 * i).cast()));
             let frac = _mm512_srai_epi32::<24>(_mm512_add_epi32(_mm512_mullo_epi32(v, al), bl));
             let y = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(v, ah), bh), frac);
@@ -719,91 +880,214 @@ unsafe fn affine16(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *cons
             }
         }
     }
+    16 * (n / 16)
 }
 
-/// Whether the CPU has the AVX-512 subsets (F, BW, DQ, VL) the wrappers below are compiled for.
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-}
-
-/// Runs `f` (a call of one of the wrappers below) where [`has_avx512`]: `true`, else `false` without running it.
-fn on_avx512(f: impl FnOnce()) -> bool {
-    let has = has_avx512();
-    if has {
-        f();
+/// An [`AffineFn`] for AVX2: all `n` elements, 32 at a time (the last `n % 32` through a buffer of one block).
+/// The map is [`affine16`]'s in 32-bit lanes, four vectors a block, then packed to bytes. The table is read as
+/// 16 rows of 16 bytes, each a `vpshufb` of the index's low four bits: for each pair of rows `k` and `k + 8`
+/// one `vpshufb` of the index and one of it with its top bit flipped (a set top bit reads 0) give row
+/// `k + 8·top bit`, and blends by the index's bits 4, 5 and 6 pick `k`.
+///
+/// # Safety
+/// As [`AffineFn`], on a CPU with AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn affine32(x: *const i8, out: *mut u8, n: usize, c: &Affine8, lut: *const i8, wide: bool) -> usize {
+    let (ah, al, bh, bl) =
+        (_mm256_set1_epi32(c.ah), _mm256_set1_epi32(c.al), _mm256_set1_epi32(c.bh), _mm256_set1_epi32(c.bl));
+    let omax = if wide { i32::from(i16::MAX) } else { i32::from(i8::MAX) };
+    // Without a table the clamp to `±ymax` and the output type's range are one; a table entry of -128 is
+    // clamped for i8 after the lookup.
+    let bound = if lut.is_null() { c.ymax.min(omax) } else { c.ymax };
+    let (hi, lo) = (_mm256_set1_epi32(bound), _mm256_set1_epi32(-bound));
+    // Packing four vectors of i32 to bytes interleaves their 128-bit halves; this puts them back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // SAFETY (whole body): every access is inside the bounds the caller guarantees, or a local buffer's.
+    unsafe {
+        let t: [__m256i; 16] = if lut.is_null() {
+            [_mm256_setzero_si256(); 16]
+        } else {
+            core::array::from_fn(|k| _mm256_broadcastsi128_si256(_mm_loadu_si128(lut.add(16 * k).cast())))
+        };
+        // The table at the bytes `b`.
+        let lookup = |b: __m256i| {
+            let flipped = _mm256_xor_si256(b, _mm256_set1_epi8(i8::MIN));
+            let rows: [__m256i; 8] = core::array::from_fn(|k| {
+                _mm256_or_si256(_mm256_shuffle_epi8(t[k], b), _mm256_shuffle_epi8(t[k + 8], flipped))
+            });
+            // `vpblendvb` picks by each byte's top bit: bits 4, 5, 6 of `b` moved there.
+            let (b4, b5, b6) = (_mm256_slli_epi16::<3>(b), _mm256_slli_epi16::<2>(b), _mm256_slli_epi16::<1>(b));
+            let r4: [__m256i; 4] = core::array::from_fn(|j| _mm256_blendv_epi8(rows[2 * j], rows[2 * j + 1], b4));
+            let r5: [__m256i; 2] = core::array::from_fn(|j| _mm256_blendv_epi8(r4[2 * j], r4[2 * j + 1], b5));
+            _mm256_blendv_epi8(r5[0], r5[1], b6)
+        };
+        // One block of 32 inputs: the output as 32 bytes, or as two vectors of 16 i16 when `wide`.
+        let block = |xv: __m256i| {
+            let (x0, x1) = (_mm256_castsi256_si128(xv), _mm256_extracti128_si256::<1>(xv));
+            let v = [x0, _mm_srli_si128::<8>(x0), x1, _mm_srli_si128::<8>(x1)].map(|h| _mm256_cvtepi8_epi32(h));
+            let y = v.map(|v| {
+                let frac = _mm256_srai_epi32::<24>(_mm256_add_epi32(_mm256_mullo_epi32(v, al), bl));
+                let y = _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(v, ah), bh), frac);
+                _mm256_max_epi32(_mm256_min_epi32(y, hi), lo)
+            });
+            if lut.is_null() {
+                let (w0, w1) = (_mm256_packs_epi32(y[0], y[1]), _mm256_packs_epi32(y[2], y[3]));
+                if wide {
+                    (_mm256_permute4x64_epi64::<0b11_01_10_00>(w0), _mm256_permute4x64_epi64::<0b11_01_10_00>(w1))
+                } else {
+                    (_mm256_permutevar8x32_epi32(_mm256_packs_epi16(w0, w1), order), w1)
+                }
+            } else {
+                // The index `y + 128` wraps to a byte, as the portable loop's.
+                let (off, byte) = (_mm256_set1_epi32(128), _mm256_set1_epi32(0xff));
+                let idx = y.map(|y| _mm256_and_si256(_mm256_add_epi32(y, off), byte));
+                let (w0, w1) = (_mm256_packus_epi32(idx[0], idx[1]), _mm256_packus_epi32(idx[2], idx[3]));
+                let r = lookup(_mm256_permutevar8x32_epi32(_mm256_packus_epi16(w0, w1), order));
+                if wide {
+                    (
+                        _mm256_cvtepi8_epi16(_mm256_castsi256_si128(r)),
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(r)),
+                    )
+                } else {
+                    (_mm256_max_epi8(r, _mm256_set1_epi8(-i8::MAX)), r)
+                }
+            }
+        };
+        let size = if wide { 2 } else { 1 };
+        let store = |o: *mut u8, (r0, r1): (__m256i, __m256i)| {
+            _mm256_storeu_si256(o.cast(), r0);
+            if wide {
+                _mm256_storeu_si256(o.add(32).cast(), r1);
+            }
+        };
+        let mut i = 0;
+        while i + 32 <= n {
+            store(out.add(size * i), block(_mm256_loadu_si256(x.add(i).cast())));
+            i += 32;
+        }
+        if i < n {
+            let (mut xb, mut ob) = ([0i8; 32], [0u8; 64]);
+            core::ptr::copy_nonoverlapping(x.add(i), xb.as_mut_ptr(), n - i);
+            store(ob.as_mut_ptr(), block(_mm256_loadu_si256(xb.as_ptr().cast())));
+            core::ptr::copy_nonoverlapping(ob.as_ptr(), out.add(size * i), size * (n - i));
+        }
     }
-    has
+    n
 }
 
-/// [`super::qsdpa`] on AVX-512 (see [`on_avx512`]).
-pub(crate) fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) -> bool {
-    // SAFETY: run only where the CPU has the wrapper's instruction sets.
-    on_avx512(|| unsafe { qsdpa_avx512(out, q, k, v, s, p) })
+/// The widest vector instruction set of this CPU that the portable loops below are compiled for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Simd {
+    /// AVX-512 F, BW, DQ and VL: 16 i32 lanes.
+    Avx512,
+    /// AVX2 and FMA: 8 i32 lanes.
+    Avx2,
 }
 
-/// [`super::qadd`] on AVX-512 (see [`on_avx512`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn qadd(
-    out: &mut super::QMut<'_>,
-    a: super::Src<'_>,
-    b: super::Src<'_>,
-    ma: i32,
-    mb: i32,
-    shift: u32,
-    hw: usize,
-    per_channel: bool,
-) -> bool {
-    // SAFETY: as in `qsdpa`.
-    on_avx512(|| unsafe { qadd_avx512(out, a, b, ma, mb, shift, hw, per_channel) })
+/// [`Simd`] for this CPU, `None` without AVX2.
+fn simd() -> Option<Simd> {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+        Some(Simd::Avx512)
+    } else if has!("avx2") && has!("fma") {
+        Some(Simd::Avx2)
+    } else {
+        None
+    }
 }
 
-/// [`super::qcopy`] on AVX-512 (see [`on_avx512`]).
-pub(crate) fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) -> bool {
-    // SAFETY: as in `qsdpa`.
-    on_avx512(|| unsafe { qcopy_avx512(out, at, x, m, s) })
+/// Each `fn name(args) -> T => body;` becomes `pub(crate) fn name(args) -> Option<T>` (`T` is `()` when left
+/// out) that runs `body` compiled for the CPU's [`Simd`] (an `#[inline(always)]` portable loop of the op's own
+/// module, inlined into a function with that instruction set, so that LLVM vectorises it 16 or 8 lanes wide
+/// with the same integer operations) and returns its value, or returns `None` without running it where the
+/// CPU has neither.
+macro_rules! compiled_for_simd {
+    (@ret) => { () };
+    (@ret $ret:ty) => { $ret };
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:expr;)*) => {$(
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name($($arg: $ty),*) -> Option<compiled_for_simd!(@ret $($ret)?)> {
+            /// The body compiled for [`Simd::Avx512`].
+            ///
+            /// # Safety
+            /// The CPU has AVX-512 F, BW, DQ and VL.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $body
+            }
+            /// The body compiled for [`Simd::Avx2`].
+            ///
+            /// # Safety
+            /// The CPU has AVX2 and FMA.
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                $body
+            }
+            match simd()? {
+                // SAFETY: `simd` found the instruction sets of the function called.
+                Simd::Avx512 => Some(unsafe { avx512($($arg),*) }),
+                // SAFETY: as above.
+                Simd::Avx2 => Some(unsafe { avx2($($arg),*) }),
+            }
+        }
+    )*};
 }
 
-// Portable loops compiled for AVX-512, so that they vectorise 16 lanes wide with the same integer operations:
-// each wrapper's body is an `#[inline(always)]` function of the op's own module, inlined here.
-
-/// [`super::attention`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qsdpa_avx512(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], scores: &mut [i32], p: &super::QAttention<'_>) {
-    super::attention::qsdpa_body(out, q, k, v, scores, p, super::attention::softmax_body);
+/// [`super::attention::softmax_divide`]'s integers with the division in f64, which vectorises (an integer
+/// division does not): where `sum < 2^31` and every `e` lies in `[0, min(2^16, sum + 1))` (so always for the
+/// exponentials of a softmax, `sum` being theirs), the numerator `a = e·2^15 + ⌊sum/2⌋ < 2^32` and the divisor
+/// are exact doubles and `⌊a/sum⌋` is the correctly rounded quotient truncated: a quotient `q + r/sum` with
+/// `0 < r < sum` lies at least `1/sum` below `q + 1`, a relative `1/(a + sum) > 2^−33`, far more than the
+/// rounding's `2^−53`, so the rounded quotient stays below `q + 1` (and at or above `q`, which is exact). The
+/// quotients lie in `[0, 2^15 + 1]` (`e ≤ sum`). Other inputs go to the integer division.
+#[inline(always)]
+fn divide_exact(s: &mut [i32], sum: i64) -> u64 {
+    // The largest `e` as u32 (a negative one is at least 2^31).
+    let top = s.iter().fold(0u32, |a, &e| a.max(e as u32));
+    match u32::try_from(sum.max(1)) {
+        Ok(d) if d < 1 << 31 && top < 1 << 16 && top <= d => {
+            let (df, half) = (f64::from(d), f64::from(d / 2));
+            for e in s.iter_mut() {
+                let q = (f64::from(*e) * 32768.0 + half) / df;
+                // SAFETY: `0 ≤ q < 2^15 + 2` (above), a finite value inside i32.
+                *e = unsafe { q.to_int_unchecked::<i32>() };
+            }
+            // The quotients are not negative: `Σ|p|` is their sum.
+            s.iter().map(|&e| u64::from(e as u32)).sum()
+        }
+        _ => super::attention::softmax_divide(s, sum),
+    }
 }
 
-/// [`super::qadd`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qadd_avx512(
-    out: &mut super::QMut<'_>,
-    a: super::Src<'_>,
-    b: super::Src<'_>,
-    ma: i32,
-    mb: i32,
-    shift: u32,
-    hw: usize,
-    per_channel: bool,
-) {
-    super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
-}
-
-/// [`super::qcopy`]'s work compiled for AVX-512.
-///
-/// # Safety
-/// [`has_avx512`].
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn qcopy_avx512(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) {
-    super::elementwise::qcopy_body(out, at, x, m, s);
+compiled_for_simd! {
+    /// [`super::qsdpa`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
+    /// The softmax's division by the sum in f64 (see [`divide_exact`]), a closure so that it is inlined (and
+    /// compiled for the wrapper's instruction set).
+    fn qsdpa(out: &mut [i8], q: &[i8], k: &[i8], v: &[i8], s: &mut [i32], p: &super::QAttention<'_>) =>
+        super::attention::qsdpa_body(out, q, k, v, s, p, |s, p, last| {
+            let sum = super::attention::softmax_exp(s, p, last);
+            divide_exact(s, sum)
+        });
+    /// [`super::qadd`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
+    fn qadd(
+        out: &mut super::QMut<'_>,
+        a: super::Src<'_>,
+        b: super::Src<'_>,
+        ma: i32,
+        mb: i32,
+        shift: u32,
+        hw: usize,
+        per_channel: bool,
+    ) => super::elementwise::qadd_body(out, a, b, ma, mb, shift, hw, per_channel);
+    /// [`super::qcopy`]'s work on AVX-512 or AVX2 (see `compiled_for_simd!`).
+    fn qcopy(out: &mut super::QMut<'_>, at: usize, x: super::QRef<'_>, m: i32, s: u32) =>
+        super::elementwise::qcopy_body(out, at, x, m, s);
+    /// [`super::qgroup_norm`]'s statistics of a group on AVX-512 or AVX2 (see `compiled_for_simd!`).
+    fn group_sums(out: &super::QMut<'_>, x: super::Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) =>
+        super::group_norm::sums(out, x, range);
 }
 
 #[cfg(test)]
@@ -922,8 +1206,129 @@ mod tests {
         }
     }
 
-    /// Linear layers on a 1×1 map (the dot-product path): the portable kernel's integers, for input widths
-    /// that leave a partial block of 64 and saturating outputs.
+    /// Every [`Simd`] this CPU runs (on an AVX-512 CPU the AVX2 one too).
+    fn runnable_simd() -> Vec<Simd> {
+        let mut all = Vec::new();
+        if simd() == Some(Simd::Avx512) {
+            all.push(Simd::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            all.push(Simd::Avx2);
+        }
+        all
+    }
+
+    /// The vector requantization of a tile's row is [`rq`] saturated, to i8 and to i16, for every shift it
+    /// takes (both of AVX2's paths), extreme accumulators and multipliers, saturating results and rows with a
+    /// partial block.
+    #[test]
+    fn requant_row_is_rq() {
+        fn check<Y: QElem + PartialEq + core::fmt::Debug>(acc: &[i32]) -> usize {
+            let mut ran = 0;
+            for (k, m) in [i32::MIN, i32::MAX, 1 << 30, -(1 << 30) + 12345, 977, -3, 1].into_iter().enumerate() {
+                for s in 0..=63 {
+                    let n = [MAX_NP, 16, 24, 13, 5][(k + s as usize) % 5];
+                    let row = &acc[(k + s as usize) % 20..][..n];
+                    let mut want = [Y::ZERO; MAX_NP];
+                    requant_row(row, &mut want, m, s, None);
+                    for (j, &a) in row.iter().enumerate() {
+                        assert_eq!(want[j], Y::sat(rq(i64::from(a), m, s)));
+                    }
+                    for simd in runnable_simd() {
+                        let mut got = [Y::sat(i64::MAX); MAX_NP];
+                        requant_row(row, &mut got, m, s, Some(simd));
+                        assert_eq!(got[..n], want[..n], "{simd:?} m {m} s {s} n {n}");
+                        ran += 1;
+                    }
+                }
+            }
+            ran
+        }
+        let mut acc = ints(4 * MAX_NP, 17, 1 - (1 << 30), (1 << 30) - 1);
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = (*a << 1) >> (i % 23); // small and large magnitudes
+        }
+        acc[..6].copy_from_slice(&[i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1]);
+        let ran = check::<i8>(&acc) + check::<i16>(&acc);
+        assert!(ran > 0 || !std::arch::is_x86_feature_detected!("avx2"), "the vector paths did not run");
+    }
+
+    /// The portable loops compiled for the CPU's [`Simd`] run wherever it has AVX2 (so that the ops' kernel
+    /// mode tests compare them) and give the portable loop's integers.
+    #[test]
+    fn compiled_loops_run_with_avx2() {
+        use super::super::{QMut, QRef};
+        let x: Vec<i16> = ints(300, 5, -32767, 32767).into_iter().map(|v| v as i16).collect();
+        let (mut want, mut got) = (vec![0i8; 310], vec![0i8; 310]);
+        super::super::elementwise::qcopy_body(&mut QMut::I8(&mut want), 7, QRef::I16(&x), 1 << 30, 38);
+        let ran = qcopy(&mut QMut::I8(&mut got), 7, QRef::I16(&x), 1 << 30, 38).is_some();
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        assert_eq!(ran, avx2);
+        assert!(want.iter().any(|&v| v.abs() == 127) && want.iter().any(|&v| v.abs() < 100), "weak");
+        if ran {
+            assert_eq!(got, want);
+        }
+    }
+
+    /// The group-norm map runs as a vector kernel wherever the CPU has AVX2 (so that `channel_affine`'s test
+    /// compares it with the portable loop), over every element on AVX2.
+    #[test]
+    fn affine_runs_with_avx2() {
+        use super::super::QMut;
+        let x: Vec<i8> = ints(77, 3, -128, 127).into_iter().map(|v| v as i8).collect();
+        let lut: [i8; 256] = core::array::from_fn(|i| (255 - i) as u8 as i8);
+        let c = Affine8 { ah: 1, al: 1 << 23, bh: -2, bl: 0, ymax: 127 };
+        let (mut o8, mut o16) = ([0i8; 77], [0i16; 77]);
+        let done = [
+            affine_i8(&mut QMut::I8(&mut o8), Some(&x), &c, Some(&lut)),
+            affine_i8(&mut QMut::I16(&mut o16), Some(&x), &c, None),
+        ];
+        if simd() == Some(Simd::Avx2) {
+            assert_eq!(done, [77, 77]);
+        } else if simd().is_some() {
+            assert!(done.iter().all(|&d| d == 64 || d == 77), "{done:?}");
+        }
+    }
+
+    /// The softmax's division in f64 gives the integer division's quotients and `Σ|p|`: exponentials up to
+    /// 2^16 − 1 with small and large sums (past 2^31, and sums below an element, for the integer fallback),
+    /// negative values, and ties of the rounding.
+    #[test]
+    fn divide_exact_is_the_integer_division() {
+        let mut cases: Vec<(Vec<i32>, i64)> = Vec::new();
+        for (n, hi, seed) in [(49, 32767, 1u64), (196, 65535, 2), (7, 3, 3), (1, 65535, 4), (40_000, 65535, 5)] {
+            let e = ints(n, seed, 0, hi);
+            let sum = e.iter().map(|&v| i64::from(v)).sum();
+            cases.push((e, sum));
+        }
+        cases.push((vec![0; 9], 0));
+        cases.push((vec![1, 1, 2, 3, 5, 8, 13], 2)); // a sum below some elements
+        cases.push((vec![3, -4, 100], 99)); // a negative exponential
+        cases.push((vec![65535; 3], (1 << 31) - 1));
+        cases.push((vec![65535, 1, 2, 3], (1 << 31) + 5));
+        // Numerators `e·2^15 + ⌊sum/2⌋` that are exact multiples of the sum, or one short of one.
+        let mut edges = 0;
+        let big = [99_991, 1_000_003, 123_456_789, (1 << 31) - 1];
+        for d in (0..300).map(|k| 3 + 997 * k).chain(big) {
+            let near = |e: &i32| [0, 1].into_iter().any(|k| (i64::from(*e) * 32768 + d / 2 + k) % d == 0);
+            let e: Vec<i32> = (0..=d.min(65535) as i32).filter(near).collect();
+            edges += e.len();
+            cases.push((e, d));
+        }
+        assert!(edges > 200, "{edges}");
+        let mut fast = 0;
+        for (e, sum) in cases {
+            let (mut want, mut got) = (e.clone(), e.clone());
+            let psum = super::super::attention::softmax_divide(&mut want, sum);
+            assert_eq!(divide_exact(&mut got, sum), psum, "sum {sum}");
+            assert_eq!(got, want, "sum {sum}");
+            fast += usize::from(sum > 0 && sum < 1 << 31 && e.iter().all(|&v| (0..=sum as i32).contains(&v)));
+        }
+        assert!(fast >= 6, "{fast}: the f64 path ran too rarely");
+    }
+
+    /// Linear layers on a 1×1 map (the dot-product path, with each instruction set the CPU has): the portable
+    /// kernel's integers, for input widths that leave a partial block of 64 (and of 16) and saturating outputs.
     #[test]
     fn matvec_matches_the_portable_kernel() {
         for (ci, co, seed) in [(512, 256, 1u64), (130, 7, 2), (3, 40, 3), (64, 64, 4)] {
@@ -937,13 +1342,20 @@ mod tests {
                 .collect();
             let mut want = vec![0i8; co];
             super::super::qconv2d(&mut want, &x, &w, &brq, &g, 0);
-            let mut got = vec![0i8; co];
-            if !matvec(&mut got, &x, &w, &brq, &g) {
-                eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
-                return;
-            }
             assert!(want.iter().any(|&v| v != 0) && (ci < 64 || want.iter().any(|&v| v.abs() == 127)), "ci {ci}: weak");
-            assert_eq!(got, want, "ci {ci} co {co}");
+            let mut isas = Vec::new();
+            if has_vnni() && std::arch::is_x86_feature_detected!("avx512bw") {
+                isas.push(true);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                isas.push(false);
+            }
+            assert_eq!(isas.is_empty(), !matvec(&mut vec![0i8; co], &x, &w, &brq, &g));
+            for vnni in isas {
+                let mut got = vec![0i8; co];
+                assert!(matvec_with(vnni, &mut got, &x, &w, &brq, &g));
+                assert_eq!(got, want, "ci {ci} co {co} vnni {vnni}");
+            }
         }
     }
 }

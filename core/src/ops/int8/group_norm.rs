@@ -39,7 +39,12 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
     let ymax = i64::from(if p.lut.is_some() { 127 } else { out.max() });
     for g in 0..p.groups {
         let base = g * cg * hw;
-        let (s1, s2) = sums(out, x, base..base + cg * hw);
+        let range = base..base + cg * hw;
+        #[cfg(all(feature = "std", target_arch = "x86_64"))]
+        let fast = if p.kernels == Kernels::Fast { super::fast::group_sums(out, x, range.clone()) } else { None };
+        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        let fast = None;
+        let (s1, s2) = fast.unwrap_or_else(|| sums(out, x, range));
         // n·Σq² − (Σq)² ≥ 0 exactly; mean and variance in units of the input's integer step.
         let var_n2 = i128::from(n) * i128::from(s2) - i128::from(s1) * i128::from(s1);
         let mean = (s1 as f64 / n as f64) as f32;
@@ -54,8 +59,10 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
     }
 }
 
-/// `(Σ x, Σ x²)` over `range` (elements outside `x` read 0), the element type resolved once.
-fn sums(out: &QMut<'_>, x: Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) {
+/// `(Σ x, Σ x²)` over `range` (elements outside `x` read 0), the element type resolved once (inlined where it is
+/// compiled for a wider instruction set).
+#[inline(always)]
+pub(super) fn sums(out: &QMut<'_>, x: Src<'_>, range: core::ops::Range<usize>) -> (i64, i64) {
     fn typed<X: QElem>(x: &[X], range: core::ops::Range<usize>) -> Option<(i64, i64)> {
         let (mut s1, mut s2) = (0i64, 0i64);
         for &v in x.get(range)? {
@@ -131,5 +138,48 @@ mod tests {
         let mut apart = vec![0i16; x.len()];
         qgroup_norm(&mut QMut::I16(&mut apart), Src::Other(QRef::I16(&x)), &p16);
         assert_eq!(inplace, apart);
+    }
+    /// The fast kernels (the statistics and the per-element map, where this host has them) give the portable
+    /// kernels' integers: i8 and i16 inputs, apart and in place, with and without a table, channel sizes that
+    /// leave partial vector blocks.
+    #[test]
+    fn kernel_modes_agree() {
+        let (c, hw, groups) = (12, 49, 4);
+        let gamma: Vec<f32> = (0..c).map(|i| 0.7 + 0.1 * i as f32).collect();
+        let beta: Vec<f32> = (0..c).map(|i| 0.05 * i as f32 - 0.3).collect();
+        let lut: [i8; 256] = core::array::from_fn(|i| ((i as i32 * 5) % 255 - 127) as i8);
+        let x8: Vec<i8> = ints(c * hw, 127, 8).map(|v| (v / 2 + 20) as i8).collect();
+        let x16: Vec<i16> = ints(c * hw, 20000, 9).map(|v| v as i16).collect();
+        for lut in [None, Some(&lut)] {
+            let run = |kernels, wide_in: bool, in_place: bool| {
+                let p = QNorm {
+                    c,
+                    hw,
+                    groups,
+                    gamma: &gamma,
+                    beta: &beta,
+                    eps: 1e-5,
+                    x_scale: if wide_in { 0.0002 } else { 0.03 },
+                    mid_scale: 0.02,
+                    lut,
+                    kernels,
+                };
+                let mut out = vec![0i8; c * hw];
+                match (wide_in, in_place) {
+                    (false, true) => {
+                        out.copy_from_slice(&x8);
+                        qgroup_norm(&mut QMut::I8(&mut out), Src::Out, &p);
+                    }
+                    (false, false) => qgroup_norm(&mut QMut::I8(&mut out), Src::Other(QRef::I8(&x8)), &p),
+                    (true, _) => qgroup_norm(&mut QMut::I8(&mut out), Src::Other(QRef::I16(&x16)), &p),
+                }
+                out
+            };
+            for (wide_in, in_place) in [(false, false), (false, true), (true, false)] {
+                let exact = run(Kernels::Exact, wide_in, in_place);
+                assert!(exact.iter().any(|&v| v != exact[0]), "constant output: the check would be weak");
+                assert_eq!(exact, run(Kernels::Fast, wide_in, in_place), "{wide_in} {in_place} {}", lut.is_some());
+            }
+        }
     }
 }

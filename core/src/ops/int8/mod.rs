@@ -401,10 +401,11 @@ mod tests {
         // One entry outside the symmetric i8 range, which the result clamps.
         let lut: [i8; 256] =
             core::array::from_fn(|i| if i % 50 == 3 { -128 } else { ((i as i32 * 7) % 255 - 127) as i8 });
-        // Both kernel modes (the vector kernel where this CPU has one), and a range that leaves a partial block.
+        // Both kernel modes (the vector kernel where this CPU has one), and a range that leaves a partial block;
+        // bounds past 127 with a table (its index wraps).
         for (a, b) in [(0.37f32, -3.2f32), (-1.9e3, 4.4e4), (6.0e4, -6.0e4), (1e-7, 0.49), (-0.0, -0.5), (7.7e4, 1e9)] {
-            let modes =
-                [(127, None), (127, Some(&lut)), (32767, None)].into_iter().flat_map(|m| [(m, false), (m, true)]);
+            let modes = [(127, None), (127, Some(&lut)), (32767, None), (32767, Some(&lut)), (300, Some(&lut))];
+            let modes = modes.into_iter().flat_map(|m| [(m, false), (m, true)]);
             for ((ymax, t), fast) in modes {
                 let mut o8 = [0i8; 256];
                 let mut o16 = [0i16; 256];
