@@ -982,6 +982,17 @@ pub(super) mod tests {
             .collect()
     }
 
+    /// A padded input, weights and biases for layer `g`, seeded by `n`.
+    pub(super) fn layer(g: &Conv2dShape, n: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (sc, sh, sw) = g.scratch_shape();
+        let x = noise(g.ci * g.h * g.w, n);
+        let w = noise(g.co * g.ci * g.kh * g.kw, 100 + n);
+        let b = noise(g.co, 200 + n);
+        let mut xp = vec![f32::NAN; sc * sh * sw];
+        conv2d_pad(&mut xp, &x, g);
+        (xp, w, b)
+    }
+
     pub(super) fn shape(ci: usize, h: usize, co: usize, k: usize, stride: usize, pad: [usize; 4]) -> Conv2dShape {
         let ho = conv_out_len(h, k, stride, pad[0], pad[2]).unwrap();
         let wo = conv_out_len(h, k, stride, pad[1], pad[3]).unwrap();
@@ -1013,12 +1024,7 @@ pub(super) mod tests {
             shape(16, 9, 5, 3, 2, [1; 4]),
         ];
         for (n, g) in cases.iter().enumerate() {
-            let (sc, sh, sw) = g.scratch_shape();
-            let x = noise(g.ci * g.h * g.w, n as u64);
-            let w = noise(g.co * g.ci * g.kh * g.kw, 100 + n as u64);
-            let b = noise(g.co, 200 + n as u64);
-            let mut xp = vec![f32::NAN; sc * sh * sw];
-            conv2d_pad(&mut xp, &x, g);
+            let (xp, w, b) = layer(g, n as u64);
             let mut want = vec![0f32; g.co * g.ho * g.wo];
             crate::ops::conv2d(&mut want, &xp, &w, &b, g);
             let max_ref = want.iter().fold(0f32, |m, v| m.max(v.abs()));

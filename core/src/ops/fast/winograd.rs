@@ -112,11 +112,12 @@ pub(crate) fn conv2d_with<W: Weight>(
     // 1. Bᵀ d B for every channel and tile, per block of tiles.
     par::for_each_chunk(&mut v[..blocks * 16 * panel], 16 * panel, |tb, vb| {
         let (t0, n) = (tb * np, (tiles - tb * np).min(np));
+        let block = Block { ci, hp, rs, tw, np, t0, n };
         match isa {
             // SAFETY: `isa()` found the instruction sets each variant needs.
-            Isa::Avx512 => unsafe { input_block_avx512(vb, xp, ci, hp, rs, np, t0, n, tw) },
+            Isa::Avx512 => unsafe { input_block_avx512(vb, xp, &block) },
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { input_block_avx2(vb, xp, ci, hp, rs, np, t0, n, tw) },
+            Isa::Avx2 => unsafe { input_block_avx2(vb, xp, &block) },
         }
     });
     // 2 and 3, per block of output channels.
@@ -167,25 +168,27 @@ pub(crate) fn conv2d_with<W: Weight>(
     true
 }
 
-/// `vb[(ξ·ci + c)·np + j] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of channel `c` (`xc`, padded, rows `rs` apart)
-/// under tile `t0 + j` (`t = ty·tw + tx`, the patch at `(2·ty, 2·tx)`), `j < n`; with
-/// `Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]`. The panel's other tiles stay zero. Per tile row, `Bᵀ d` is
-/// formed for the whole padded row and split into its even and odd columns, so that both steps run along
-/// contiguous memory (they vectorise); the values are the same operations in the same order per element.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn input_transform(
-    vb: &mut [f32],
-    (even, odd): &mut Halves,
-    c: usize,
+/// Where one block of tiles lies: the padded input's geometry (`ci` channels of `hp` rows of `rs`), the tile
+/// grid's width `tw`, the block's first tile `t0`, its tiles `n` of a panel width `np`.
+#[derive(Clone, Copy)]
+struct Block {
     ci: usize,
-    np: usize,
-    xc: &[f32],
+    hp: usize,
     rs: usize,
+    tw: usize,
+    np: usize,
     t0: usize,
     n: usize,
-    tw: usize,
-) {
+}
+
+/// `vb[(ξ·ci + c)·np + j] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of channel `c` (`xc`, padded) under tile
+/// `t0 + j` (`t = ty·tw + tx`, the patch at `(2·ty, 2·tx)`), `j < n`; with
+/// `Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]`. Per tile row, `Bᵀ d` is formed for the whole padded row and
+/// split into its even and odd columns, so that both steps run along contiguous memory (they vectorise); the
+/// values are the same operations in the same order per element.
+#[inline(always)]
+fn input_transform(vb: &mut [f32], (even, odd): &mut Halves, c: usize, xc: &[f32], b: &Block) {
+    let Block { ci, rs, tw, np, t0, n, .. } = *b;
     let width = 2 * tw + 2;
     if n == 0 {
         return;
@@ -228,17 +231,17 @@ fn combine(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
-/// [`input_transform`] of every channel for the block of tiles `t0 .. t0 + n` (see there).
-#[allow(clippy::too_many_arguments)]
+/// [`input_transform`] of every channel for one block of tiles into its panels `vb`; the tiles of a short last
+/// block past the last tile are zero.
 #[inline(always)]
-fn input_block(vb: &mut [f32], xp: &[f32], ci: usize, hp: usize, rs: usize, np: usize, t0: usize, n: usize, tw: usize) {
+fn input_block(vb: &mut [f32], xp: &[f32], b: &Block) {
+    let plane = b.hp * b.rs;
     let mut halves = ([[0f32; MAX_TW + 1]; 4], [[0f32; MAX_TW + 1]; 4]);
-    for c in 0..ci {
-        input_transform(vb, &mut halves, c, ci, np, &xp[c * hp * rs..][..hp * rs], rs, t0, n, tw);
+    for c in 0..b.ci {
+        input_transform(vb, &mut halves, c, &xp[c * plane..][..plane], b);
     }
-    // A short last block: its tiles past the last one are zero.
-    if n < np {
-        vb.chunks_exact_mut(np).for_each(|l| l[n..].fill(0.0));
+    if b.n < b.np {
+        vb.chunks_exact_mut(b.np).for_each(|l| l[b.n..].fill(0.0));
     }
 }
 
@@ -246,40 +249,18 @@ fn input_block(vb: &mut [f32], xp: &[f32], ci: usize, hp: usize, rs: usize, np: 
 ///
 /// # Safety
 /// The CPU has AVX-512F and FMA.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn input_block_avx512(
-    vb: &mut [f32],
-    xp: &[f32],
-    ci: usize,
-    hp: usize,
-    rs: usize,
-    np: usize,
-    t0: usize,
-    n: usize,
-    tw: usize,
-) {
-    input_block(vb, xp, ci, hp, rs, np, t0, n, tw)
+unsafe fn input_block_avx512(vb: &mut [f32], xp: &[f32], b: &Block) {
+    input_block(vb, xp, b)
 }
 
 /// [`input_block`] compiled for AVX2 and FMA.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_block_avx2(
-    vb: &mut [f32],
-    xp: &[f32],
-    ci: usize,
-    hp: usize,
-    rs: usize,
-    np: usize,
-    t0: usize,
-    n: usize,
-    tw: usize,
-) {
-    input_block(vb, xp, ci, hp, rs, np, t0, n, tw)
+unsafe fn input_block_avx2(vb: &mut [f32], xp: &[f32], b: &Block) {
+    input_block(vb, xp, b)
 }
 
 /// `u[r·16·ci + ξ·ci + c] = (G g Gᵀ)[ξ]` for the 3×3 filter `g` of output row `r` and input channel `c` (`w`:
@@ -389,9 +370,8 @@ fn output_transform(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{noise, runnable, shape};
+    use super::super::tests::{layer, runnable, shape};
     use super::*;
-    use crate::ops::conv2d_pad;
 
     /// The 3×3 stride-1 layers of google/ddpm-cifar10-32 that F(2×2, 3×3) runs, and others (32×32, 28×28, 18×18
     /// and 16×16 maps; channel counts that leave a partial block of output channels and of tiles), f32 and f16
@@ -417,13 +397,8 @@ mod tests {
         );
         for (n, g) in cases.iter().enumerate() {
             assert!(applies(g), "{g:?}");
-            let (sc, sh, sw) = g.scratch_shape();
-            let x = noise(g.ci * g.h * g.w, n as u64);
-            let w = noise(g.co * g.ci * 9, 100 + n as u64);
+            let (xp, w, b) = layer(g, n as u64);
             let w16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
-            let b = noise(g.co, 200 + n as u64);
-            let mut xp = vec![f32::NAN; sc * sh * sw];
-            conv2d_pad(&mut xp, &x, g);
             let mut want = vec![0f32; g.co * g.ho * g.wo];
             let mut want16 = want.clone();
             crate::ops::conv2d(&mut want, &xp, &w, &b, g);
