@@ -8,7 +8,7 @@ Exact command (from the repository root):
 
 Defaults: N = number of cores (os.cpu_count()), R = 3 rounds, K = timed forwards per
 measurement per round (per model: cifar10 3, mnist 20), models cifar10,mnist.
-141-263 s at the defaults on a 2-core AMD EPYC that other jobs kept busy (bench/README.md).
+20-40 s at the defaults on a quiet 2-core AMD EPYC, up to 263 s on a loaded one (bench/README.md).
 
 For each model, in one run:
 
