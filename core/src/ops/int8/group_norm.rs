@@ -40,11 +40,7 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
     for g in 0..p.groups {
         let base = g * cg * hw;
         let range = base..base + cg * hw;
-        #[cfg(all(feature = "std", target_arch = "x86_64"))]
-        let fast = if p.kernels == Kernels::Fast { super::fast::group_sums(out, x, range.clone()) } else { None };
-        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
-        let fast = None;
-        let (s1, s2) = fast.unwrap_or_else(|| sums(out, x, range));
+        let (s1, s2) = fast_sums(out, x, range.clone(), p.kernels).unwrap_or_else(|| sums(out, x, range));
         // n·Σq² − (Σq)² ≥ 0 exactly; mean and variance in units of the input's integer step.
         let var_n2 = i128::from(n) * i128::from(s2) - i128::from(s1) * i128::from(s1);
         let mean = (s1 as f64 / n as f64) as f32;
@@ -57,6 +53,17 @@ pub fn qgroup_norm(out: &mut QMut<'_>, x: Src<'_>, p: &QNorm<'_>) {
             channel_affine(out, x, ch * hw..(ch + 1) * hw, a, b, ymax, p.lut, p.kernels == Kernels::Fast);
         }
     }
+}
+
+/// [`sums`] by the vector kernels with [`Kernels::Fast`] where the host has them, else `None`.
+#[inline(always)]
+fn fast_sums(out: &QMut<'_>, x: Src<'_>, range: core::ops::Range<usize>, kernels: Kernels) -> Option<(i64, i64)> {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if kernels == Kernels::Fast {
+        return super::fast::group_sums(out, x, range);
+    }
+    let _ = (out, x, range, kernels);
+    None
 }
 
 /// `(Σ x, Σ x²)` over `range` (elements outside `x` read 0), the element type resolved once (inlined where it is
