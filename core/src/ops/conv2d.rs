@@ -75,7 +75,7 @@ pub fn conv2d_pad(xp: &mut [f32], x: &[f32], g: &Conv2dShape) {
     if plane == 0 {
         return;
     }
-    let chans = PAD_CHUNK.div_ceil(plane).max(1);
+    let chans = PAD_CHUNK.div_ceil(plane);
     par::for_each_chunk(xp, chans * plane, |blk, part| {
         for (k, xc) in part.chunks_exact_mut(plane).enumerate() {
             let c = blk * chans + k;

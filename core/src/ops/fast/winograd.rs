@@ -9,14 +9,15 @@
 //! 2. Per block of [`Kernel::mr`] output channels (one task each), the block's filters are transformed into
 //!    `u (mr, 16, ci)` in a buffer of the thread, then for every block of tiles and each `ξ` the float
 //!    microkernel computes the `mr × np` products `Σ_c u[r][ξ][c]·v[ξ][c][t]` (one fused multiply-add per
-//!    channel, ascending), held in a stack buffer of 16 such tiles;
+//!    channel, ascending), held in a buffer of the thread for the 16 such tiles;
 //! 3. the output transform `Aᵀ m A` of each tile, plus the bias, is written to the output.
 //!
 //! Every value is defined by the same IEEE operations in the same order whatever the vector width, the tile or
 //! the thread count, so AVX-512 and AVX2 give the same bits, and so do 1 and N threads. Against the direct sum it
 //! differs by rounding: tested within 1e-5 × max|ref| on layer shapes. Scratch beyond the arena: `v`, 16 floats
 //! per input channel and tile (four times the input), reused by the calling thread, and each worker's `u`,
-//! `mr × 16 × ci` floats (256 KiB for 8 × 512 channels).
+//! `mr × 16 × ci` floats (256 KiB for 8 × 512 channels), its 16 product tiles and its filter transform's
+//! `30 × ci` floats.
 
 use std::cell::RefCell;
 
@@ -71,8 +72,7 @@ pub(crate) fn conv2d<W: Weight>(out: &mut [f32], xp: &[f32], w: &[W], b: &[f32],
     }
     let tiles = (g.ho / 2) * (g.wo / 2);
     let cost = |k: &Kernel| tile_cost(k, tiles.div_ceil(k.np) * k.np);
-    let best = conv_kernels().iter().copied().filter(|k| k.np <= tiles && k.mr <= g.co).min_by_key(cost);
-    match best {
+    match conv_kernels().iter().copied().min_by_key(cost) {
         Some(k) => conv2d_with(k, out, xp, w, b, g),
         None => false,
     }
@@ -90,20 +90,15 @@ pub(crate) fn conv2d_with<W: Weight>(
     let (ci, hp, rs) = g.scratch_shape();
     let (th, tw) = (g.ho / 2, g.wo / 2);
     let (tiles, plane) = (th * tw, g.ho * g.wo);
-    if !applies(g)
-        || tiles < k.np
-        || g.co < k.mr
-        || xp.len() < ci * hp * rs
-        || out.len() < g.co * plane
-        || w.len() < g.co * ci * 9
-        || b.len() < g.co
-    {
+    if !applies(g) || xp.len() < ci * hp * rs || out.len() < g.co * plane || w.len() < g.co * ci * 9 || b.len() < g.co {
         return false;
     }
     let Some(isa) = super::isa() else { return false };
     let (mr, np) = (k.mr, k.np);
     let blocks = tiles.div_ceil(np);
     let panel = ci * np;
+    // Block `tb` of tiles: its first tile and how many of its `np` there are (the last one may be short).
+    let block = |tb: usize| Block { ci, hp, rs, tw, np, t0: tb * np, n: (tiles - tb * np).min(np) };
     let mut v = INPUT.take();
     // Every element is written below (tiles past the last one as zeros), so a reused buffer is not cleared.
     if v.len() < blocks * 16 * panel {
@@ -111,13 +106,11 @@ pub(crate) fn conv2d_with<W: Weight>(
     }
     // 1. Bᵀ d B for every channel and tile, per block of tiles.
     par::for_each_chunk(&mut v[..blocks * 16 * panel], 16 * panel, |tb, vb| {
-        let (t0, n) = (tb * np, (tiles - tb * np).min(np));
-        let block = Block { ci, hp, rs, tw, np, t0, n };
         match isa {
             // SAFETY: `isa()` found the instruction sets each variant needs.
-            Isa::Avx512 => unsafe { input_block_avx512(vb, xp, &block) },
+            Isa::Avx512 => unsafe { input_block_avx512(vb, xp, &block(tb)) },
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { input_block_avx2(vb, xp, &block) },
+            Isa::Avx2 => unsafe { input_block_avx2(vb, xp, &block(tb)) },
         }
     });
     // 2 and 3, per block of output channels.
@@ -147,19 +140,19 @@ pub(crate) fn conv2d_with<W: Weight>(
             let zero = [0f32; MAX_MR];
             for tb in 0..blocks {
                 for xi in 0..16 {
-                    let panel = &vs[(tb * 16 + xi) * panel..][..panel];
+                    let p = &vs[(tb * 16 + xi) * panel..][..panel];
                     // SAFETY: `conv_kernels` returned `k` only on a CPU with its instruction set. The kernel reads
                     // the panel up to `(ci − 1)·np + np − 1 = ci·np − 1`, its last element; u from `ξ·ci` up to
                     // `max_a(mr) = ci − 1 + (mr − 1)·16·ci` further, at most `mr·16·ci − 1 < u.len()`; the zero
                     // bias `mr ≤ MAX_MR` values; m `mr·np` from `ξ·mr·np`, at most `16·mr·np ≤ m.len()`.
                     unsafe {
-                        run(panel.as_ptr(), u[xi * ci..].as_ptr(), &taps, zero.as_ptr(), m[xi * mr * np..].as_mut_ptr())
+                        run(p.as_ptr(), u[xi * ci..].as_ptr(), &taps, zero.as_ptr(), m[xi * mr * np..].as_mut_ptr())
                     };
                 }
-                let (t0, n) = (tb * np, (tiles - tb * np).min(np));
+                let bk = block(tb);
                 for r in 0..nco {
                     let dst = &mut o[r * plane..][..plane];
-                    output_transform(dst, &m[..mlen], mr * np, r * np, n, t0, tw, g.wo, b[co0 + r]);
+                    output_transform(dst, &m[..mlen], mr * np, r * np, &bk, g.wo, b[co0 + r]);
                 }
             }
         });
@@ -336,21 +329,11 @@ unsafe fn filter_block_avx2<W: Weight>(u: &mut [f32], w: &[W], ci: usize, buf: &
     filter_block(u, w, ci, buf)
 }
 
-/// Writes the 2×2 outputs `Aᵀ m A + bias` of the tiles `t0 .. t0 + n` of one output channel into its plane
-/// `dst` (`wo` wide, `tw` tiles a row), with `Aᵀ = [1 1 1 0; 0 1 −1 −1]`; `m[ξ·stride + at + j]` is position `ξ`
-/// of tile `t0 + j`.
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    dst: &mut [f32],
-    m: &[f32],
-    stride: usize,
-    at: usize,
-    n: usize,
-    t0: usize,
-    tw: usize,
-    wo: usize,
-    bias: f32,
-) {
+/// Writes the 2×2 outputs `Aᵀ m A + bias` of the tiles `t0 .. t0 + n` of block `b` for one output channel into
+/// its plane `dst` (`wo` wide), with `Aᵀ = [1 1 1 0; 0 1 −1 −1]`; `m[ξ·stride + at + j]` is position `ξ` of tile
+/// `t0 + j`.
+fn output_transform(dst: &mut [f32], m: &[f32], stride: usize, at: usize, b: &Block, wo: usize, bias: f32) {
+    let Block { t0, n, tw, .. } = *b;
     let e = |xi: usize, j: usize| m[xi * stride + at + j];
     for j in 0..n {
         // Aᵀ m: two combinations of the rows, column by column; then of their columns.
