@@ -75,8 +75,7 @@ fn cpu_bench(
     let class = (m.num_classes() > 0).then_some(0);
     // A batch is split into one run of consecutive images per worker thread, each with its own arena, as
     // `host-cli sample` splits it; `--per-op` times one image after another on one arena.
-    let workers = if per_op { 1 } else { rayon::current_num_threads().clamp(1, batch.max(1) as usize) };
-    let per = (batch.max(1) as usize).div_ceil(workers);
+    let per = if per_op { batch.max(1) as usize } else { crate::sample::images_per_part(batch as usize) };
     let mut parts: Vec<_> =
         x.chunks(per * per_in).map(|xs| (blobfile::arena(m.arena_bytes()), vec![0f32; out_len], xs)).collect();
     let mut times = Vec::new();

@@ -60,6 +60,13 @@ fn explain(m: &Model<'_>, steps: u32, e: SampleError) -> anyhow::Error {
     }
 }
 
+/// Images in each part of a batch of `batch` split into one part per worker thread (the last part may be
+/// shorter).
+pub fn images_per_part(batch: usize) -> usize {
+    let batch = batch.max(1);
+    batch.div_ceil(rayon::current_num_threads().clamp(1, batch))
+}
+
 /// One sub-batch: its sampler, arena and progress.
 struct Part<'m, 'a> {
     sampler: Sampler<'m, 'a>,
@@ -144,8 +151,7 @@ fn sample_cpu<'r>(
     let (batch, steps, k) = (spec.batch, spec.steps, whole.num_steps());
     let (c, h, w) = (m.in_channels(), m.height(), m.width());
     let len = c * h * w;
-    let workers = rayon::current_num_threads().clamp(1, batch as usize);
-    let per = (batch as usize).div_ceil(workers);
+    let per = images_per_part(batch as usize);
     let mut parts = Vec::new();
     for first in (0..batch as usize).step_by(per) {
         let n = per.min(batch as usize - first);
